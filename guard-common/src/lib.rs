@@ -1,0 +1,14 @@
+//! Types shared by the sipguard XDP program and userspace, and the SIP Request-URI number parser
+//! that both sides run.
+//!
+//! Everything here is `no_std`, allocation-free and panic-free: the same code is compiled into the
+//! eBPF object (where a panic would be a verifier rejection) and into the host binary.
+#![no_std]
+
+pub mod maps;
+pub mod number;
+pub mod sip;
+
+pub use maps::*;
+pub use number::{Domain, IntlPrefix, IntlPrefixes, LookupKey, Number};
+pub use sip::{ByteSource, MAX_STEPS, Parsed, Scanner, WINDOW, parse, parse_payload};

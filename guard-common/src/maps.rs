@@ -1,0 +1,251 @@
+//! Map layouts shared by the XDP program and userspace.
+//!
+//! Layouts are `#[repr(C)]` with explicit padding fields, so both sides agree byte for byte.
+//! Every struct carries reserved room or sits in a map whose size leaves room, so the later
+//! features (per-destination call limits, source policies, call counting) can be added without
+//! changing the meaning of what is already there.
+
+use crate::number::{IntlPrefixes, KEY_DATA_LEN, LookupKey};
+use crate::sip::{Scanner, WINDOW};
+
+/// Map names (BPF object names are at most 15 bytes). The pinned maps keep these names.
+pub mod names {
+    pub const RULES: &str = "SG_RULES";
+    pub const RULE_STATS: &str = "SG_RULE_STATS";
+    pub const COUNTERS: &str = "SG_COUNTERS";
+    pub const CONFIG: &str = "SG_CONFIG";
+    pub const SIP_PORTS: &str = "SG_SIP_PORTS";
+    pub const SCRATCH: &str = "SG_SCRATCH";
+}
+
+/// Program names in the object.
+pub mod programs {
+    /// The filter.
+    pub const FILTER: &str = "sipguard";
+    /// An empty `XDP_PASS` program: the baseline that benchmarks divide by.
+    pub const EMPTY: &str = "sipguard_empty";
+}
+
+/// Capacity of the rule map and of the per-rule counter array. Rule ids are `0..MAX_RULES`.
+pub const MAX_RULES: u32 = 262_144;
+
+/// The rule trie's key data: domain byte + digit nibbles (see [`LookupKey`]).
+pub type RuleKeyData = [u8; KEY_DATA_LEN];
+
+/// What a matching rule does.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Drop the INVITE (in `enforce` mode; counted as would-drop in `monitor` mode).
+    Block = 1,
+    /// An exception inside a block: pass.
+    Allow = 2,
+    /// Pass, but count as would-drop.
+    Monitor = 3,
+}
+
+impl Action {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Block),
+            2 => Some(Self::Allow),
+            3 => Some(Self::Monitor),
+            _ => None,
+        }
+    }
+}
+
+/// Value of the rule trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleValue {
+    /// Index into the per-rule counters.
+    pub id: u32,
+    /// An [`Action`] as `u8`.
+    pub action: u8,
+    /// Reserved for per-rule options (rate limits, source policies); zero today.
+    pub flags: u8,
+    pub _reserved: u16,
+}
+
+/// Per-rule counters (one per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    /// INVITEs whose longest matching prefix was this rule.
+    pub matched: u64,
+    /// Of those, dropped.
+    pub dropped: u64,
+    /// Of those, passed but counted as would-drop (`monitor` action, or `monitor` mode).
+    pub would_drop: u64,
+}
+
+/// Global mode.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Enforce = 0,
+    /// Never drop; count would-drops.
+    Monitor = 1,
+}
+
+/// Global settings. Userspace writes a whole new copy into the inactive slot of the config
+/// array and then flips [`Config`] slot 2's `active` word, so the program never reads a
+/// half-written configuration (array map updates are plain memcpy, not atomic).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// A [`Mode`] as `u32`.
+    pub mode: u32,
+    /// Which of slots 0 and 1 is live; only meaningful in slot [`CONFIG_SELECTOR`].
+    pub active: u32,
+    pub intl_prefixes: IntlPrefixes,
+    /// Reserved for later global settings; zero today.
+    pub _reserved: [u64; 4],
+}
+
+/// Config array slot that holds the `active` selector.
+pub const CONFIG_SELECTOR: u32 = 2;
+/// Config array size: two configuration slots and the selector.
+pub const CONFIG_SLOTS: u32 = 3;
+
+impl Config {
+    pub fn new(mode: Mode, intl_prefixes: IntlPrefixes) -> Self {
+        Self {
+            mode: mode as u32,
+            active: 0,
+            intl_prefixes,
+            _reserved: [0; 4],
+        }
+    }
+}
+
+/// Global counters: indices into the per-CPU counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    /// Every frame the program saw.
+    Frames = 0,
+    /// UDP datagrams to a configured SIP port.
+    SipCandidates = 1,
+    /// SIP INVITE requests.
+    Invites = 2,
+    /// INVITEs whose Request-URI gave a number.
+    NumbersParsed = 3,
+    /// INVITEs dropped.
+    Dropped = 4,
+    /// INVITEs passed because their longest match was an `allow` rule.
+    AllowedByException = 5,
+    /// INVITEs that would have been dropped (monitor action or monitor mode).
+    WouldDrop = 6,
+    /// INVITEs whose Request-URI could not be parsed (unknown scheme, malformed line).
+    UnparsableUri = 7,
+    /// IPv4/IPv6 fragments other than the first (not inspected).
+    NonFirstFragments = 8,
+    /// Frames whose headers are cut short, or whose IP/UDP lengths claim more than the frame
+    /// holds (the claimed length is never trusted beyond the frame).
+    Truncated = 9,
+    /// INVITEs with a Request-URI that has no number (`sip:alice@...`).
+    NoNumber = 10,
+    /// INVITEs whose user part ran past the inspected window (matched on its leading digits).
+    NumberIncomplete = 11,
+    /// Frames that are not IPv4/IPv6 or not UDP.
+    NotUdp = 12,
+    /// IPv6 packets with more extension headers than the program walks (passed).
+    Ipv6ExtLimit = 13,
+}
+
+/// Size of the global counter array (room for later counters).
+pub const COUNTER_SLOTS: u32 = 32;
+
+impl Counter {
+    pub const ALL: [Counter; 14] = [
+        Counter::Frames,
+        Counter::SipCandidates,
+        Counter::Invites,
+        Counter::NumbersParsed,
+        Counter::Dropped,
+        Counter::AllowedByException,
+        Counter::WouldDrop,
+        Counter::UnparsableUri,
+        Counter::NonFirstFragments,
+        Counter::Truncated,
+        Counter::NoNumber,
+        Counter::NumberIncomplete,
+        Counter::NotUdp,
+        Counter::Ipv6ExtLimit,
+    ];
+
+    /// Stable snake_case name, used in CLI output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Frames => "frames",
+            Counter::SipCandidates => "sip_candidates",
+            Counter::Invites => "invites",
+            Counter::NumbersParsed => "numbers_parsed",
+            Counter::Dropped => "dropped",
+            Counter::AllowedByException => "allowed_by_exception",
+            Counter::WouldDrop => "would_drop",
+            Counter::UnparsableUri => "unparsable_uri",
+            Counter::NonFirstFragments => "non_first_fragments",
+            Counter::Truncated => "truncated",
+            Counter::NoNumber => "no_number",
+            Counter::NumberIncomplete => "number_incomplete",
+            Counter::NotUdp => "not_udp",
+            Counter::Ipv6ExtLimit => "ipv6_ext_limit",
+        }
+    }
+}
+
+/// All global counters in one per-CPU value, so the program does one lookup per frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GlobalCounters {
+    pub counters: [u64; COUNTER_SLOTS as usize],
+}
+
+impl Default for GlobalCounters {
+    fn default() -> Self {
+        Self {
+            counters: [0; COUNTER_SLOTS as usize],
+        }
+    }
+}
+
+/// Per-CPU scratch space of the XDP program: the copied payload window and the scanner state.
+/// Keeping the scanner in a map value (not on the stack) means the verifier treats its fields as
+/// unknown scalars, so the `bpf_loop` callback is verified once, not once per byte.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    pub buf: [u8; WINDOW],
+    pub len: u32,
+    pub _pad: u32,
+    pub scanner: Scanner,
+}
+
+/// Builds the rule-trie key for a rule prefix, in the layout `LookupKey` uses.
+pub fn rule_key(domain: crate::number::Domain, digits: &[u8]) -> Option<LookupKey> {
+    if digits.len() > crate::number::MAX_DIGITS {
+        return None;
+    }
+    let mut n = crate::number::Number::default();
+    for &d in digits {
+        if d > 9 {
+            return None;
+        }
+        n.push(d);
+    }
+    Some(n.key(domain))
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain data with no padding holes the kernel could leak
+    // or reject, and any bit pattern is valid.
+    unsafe impl aya::Pod for RuleValue {}
+    unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for GlobalCounters {}
+}

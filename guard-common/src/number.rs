@@ -1,0 +1,334 @@
+//! Dialled numbers: digit storage, normalisation against international dialling prefixes, and the
+//! LPM key that both rules and lookups use.
+//!
+//! Digits are packed as nibbles, most significant first, into two `u64`s (16 digits each). This
+//! keeps the number in two registers on the eBPF side, makes prefix comparison a mask-and-compare
+//! instead of a loop, and turns "strip an international prefix" into a shift.
+
+/// Digits kept from a dialled number and the most digits a rule prefix may have. Longer numbers
+/// are matched on their leading `MAX_DIGITS` digits (E.164 numbers have at most 15).
+pub const MAX_DIGITS: usize = 30;
+
+/// Bytes of LPM key data: one domain byte, then `MAX_DIGITS` nibbles.
+pub const KEY_DATA_LEN: usize = 1 + MAX_DIGITS / 2;
+
+/// Most digits an international dialling prefix (`00`, `011`, `010`, `0011`, ...) may have.
+pub const MAX_INTL_PREFIX_DIGITS: usize = 8;
+
+/// Most international dialling prefixes that can be configured at once.
+pub const MAX_INTL_PREFIXES: usize = 4;
+
+/// Which numbering space a number or a rule prefix lives in. The value is the first byte of the
+/// LPM key, so the two spaces never match each other.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Domain {
+    /// E.164 digits after the country-code boundary: `+CC...`, or a national dial string that
+    /// started with a configured international prefix, which was stripped.
+    International = 1,
+    /// A dial string matched as written.
+    National = 2,
+}
+
+/// Digits of a number, packed as nibbles. `len` counts the digits kept (at most `MAX_DIGITS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Number {
+    /// Digits 0..16, digit 0 in the top nibble.
+    pub hi: u64,
+    /// Digits 16..32, digit 16 in the top nibble.
+    pub lo: u64,
+    /// Digits kept.
+    pub len: u8,
+    /// The number had a leading `+`.
+    pub plus: bool,
+    /// More than `MAX_DIGITS` digits were dialled; the rest were not kept.
+    pub overflow: bool,
+}
+
+impl Number {
+    /// Appends a digit (0..=9). Past `MAX_DIGITS` digits, the digit is dropped and `overflow` set.
+    #[inline(always)]
+    pub fn push(&mut self, digit: u8) {
+        let len = self.len as u32;
+        let d = (digit & 0x0f) as u64;
+        if len >= MAX_DIGITS as u32 {
+            self.overflow = true;
+        } else if len < 16 {
+            self.hi |= d << (60 - 4 * len);
+            self.len += 1;
+        } else {
+            self.lo |= d << (60 - 4 * (len - 16));
+            self.len += 1;
+        }
+    }
+
+    /// The digit at `i`, if kept.
+    pub fn digit(&self, i: usize) -> Option<u8> {
+        if i >= self.len as usize {
+            return None;
+        }
+        let word = if i < 16 { self.hi } else { self.lo };
+        Some(((word >> (60 - 4 * (i % 16))) & 0x0f) as u8)
+    }
+
+    /// Appends `other`'s digits (keeping at most `MAX_DIGITS`). Loop-free: a 128-bit shift done
+    /// on two words, so the verifier sees straight-line code.
+    #[inline(always)]
+    pub fn append(&mut self, other: &Number) {
+        let s = 4 * self.len as u32; // 0..=120
+        let (hi, lo) = if s == 0 {
+            (other.hi, other.lo)
+        } else if s < 64 {
+            (other.hi >> s, (other.lo >> s) | (other.hi << (64 - s)))
+        } else if s < 128 {
+            (0, other.hi >> (s - 64))
+        } else {
+            (0, 0)
+        };
+        let total = self.len as u32 + other.len as u32;
+        self.hi |= hi;
+        // Digits 30 and 31 (the low byte of `lo`) are never kept.
+        self.lo = (self.lo | lo) & !0xff;
+        self.overflow |= other.overflow || total > MAX_DIGITS as u32;
+        self.len = if total > MAX_DIGITS as u32 { MAX_DIGITS as u8 } else { total as u8 };
+    }
+
+    /// The first `MAX_INTL_PREFIX_DIGITS` digits, packed like `hi`'s top 32 bits.
+    #[inline(always)]
+    fn lead(&self) -> u32 {
+        (self.hi >> 32) as u32
+    }
+
+    /// Drops the first `n` digits (n <= `MAX_INTL_PREFIX_DIGITS`).
+    #[inline(always)]
+    fn strip(&mut self, n: u8) {
+        if n == 0 {
+            return;
+        }
+        let n = if n as usize > MAX_INTL_PREFIX_DIGITS { MAX_INTL_PREFIX_DIGITS as u8 } else { n };
+        let s = 4 * n as u32; // 4..=32
+        self.hi = (self.hi << s) | (self.lo >> (64 - s));
+        self.lo <<= s;
+        self.len = self.len.saturating_sub(n);
+    }
+
+    /// The LPM key for this number in `domain`.
+    #[inline(always)]
+    pub fn key(&self, domain: Domain) -> LookupKey {
+        let hi = self.hi.to_be_bytes();
+        let lo = self.lo.to_be_bytes();
+        LookupKey {
+            prefix_len: 8 + 4 * self.len as u32,
+            data: [
+                domain as u8,
+                hi[0],
+                hi[1],
+                hi[2],
+                hi[3],
+                hi[4],
+                hi[5],
+                hi[6],
+                hi[7],
+                lo[0],
+                lo[1],
+                lo[2],
+                lo[3],
+                lo[4],
+                lo[5],
+                lo[6],
+            ],
+        }
+    }
+}
+
+/// One international dialling prefix, such as `00` or `011`, packed like `Number::hi`'s top bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IntlPrefix {
+    /// Digits, first digit in the top nibble.
+    pub packed: u32,
+    /// Digits used; 0 means the slot is empty.
+    pub len: u32,
+}
+
+impl IntlPrefix {
+    /// Packs a digit string (`"011"`). `None` if it is empty, too long or has a non-digit.
+    pub fn from_digits(digits: &str) -> Option<Self> {
+        let b = digits.as_bytes();
+        if b.is_empty() || b.len() > MAX_INTL_PREFIX_DIGITS {
+            return None;
+        }
+        let mut packed = 0u32;
+        for (i, c) in b.iter().enumerate() {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            packed |= ((c - b'0') as u32) << (28 - 4 * i as u32);
+        }
+        Some(Self {
+            packed,
+            len: b.len() as u32,
+        })
+    }
+
+    #[inline(always)]
+    fn matches(&self, n: &Number) -> bool {
+        if self.len == 0 || self.len > MAX_INTL_PREFIX_DIGITS as u32 || (n.len as u32) < self.len {
+            return false;
+        }
+        let mask = !u32::MAX.checked_shr(4 * self.len).unwrap_or(0);
+        (n.lead() ^ self.packed) & mask == 0
+    }
+}
+
+/// The configured international dialling prefixes. The longest matching one wins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IntlPrefixes {
+    pub slots: [IntlPrefix; MAX_INTL_PREFIXES],
+}
+
+impl IntlPrefixes {
+    /// `["00", "011"]`, the ITU and NANP international prefixes.
+    pub fn default_set() -> Self {
+        let mut p = Self::default();
+        p.slots[0] = IntlPrefix { packed: 0x0000_0000, len: 2 };
+        p.slots[1] = IntlPrefix { packed: 0x0110_0000, len: 3 };
+        p
+    }
+
+    /// Normalises a dialled number: `+` numbers and numbers that start with a configured
+    /// international prefix (stripped, longest first) are international; anything else is a
+    /// national dial string matched as written.
+    #[inline(always)]
+    pub fn normalize(&self, n: &Number) -> (Domain, Number) {
+        let mut out = *n;
+        if n.plus {
+            return (Domain::International, out);
+        }
+        let mut best = 0u32;
+        // Unrolled by hand: four slots, no loop for the verifier to walk.
+        if self.slots[0].matches(n) && self.slots[0].len > best {
+            best = self.slots[0].len;
+        }
+        if self.slots[1].matches(n) && self.slots[1].len > best {
+            best = self.slots[1].len;
+        }
+        if self.slots[2].matches(n) && self.slots[2].len > best {
+            best = self.slots[2].len;
+        }
+        if self.slots[3].matches(n) && self.slots[3].len > best {
+            best = self.slots[3].len;
+        }
+        if best == 0 {
+            return (Domain::National, out);
+        }
+        out.strip(best as u8);
+        (Domain::International, out)
+    }
+}
+
+/// LPM trie key: `prefix_len` bits of `data` are significant. Rules and lookups use the same
+/// layout: byte 0 is the `Domain`, then one nibble per digit. A lookup's `prefix_len` covers
+/// exactly the digits dialled, so zero padding can never match a rule's further digits.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LookupKey {
+    pub prefix_len: u32,
+    pub data: [u8; KEY_DATA_LEN],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(s: &str) -> Number {
+        let mut n = Number::default();
+        for c in s.bytes() {
+            if c == b'+' {
+                n.plus = true;
+            } else {
+                n.push(c - b'0');
+            }
+        }
+        n
+    }
+
+    fn digits(n: &Number) -> [u8; 32] {
+        let mut out = [b' '; 32];
+        for i in 0..n.len as usize {
+            out[i] = b'0' + n.digit(i).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn push_and_read_back_across_the_word_boundary() {
+        let n = num("0123456789012345678901234567890123");
+        assert_eq!(n.len, 30);
+        assert!(n.overflow);
+        assert_eq!(&digits(&n)[..30], b"012345678901234567890123456789");
+    }
+
+    #[test]
+    fn append_concatenates_and_caps() {
+        let mut a = num("232");
+        a.append(&num("76123456"));
+        assert_eq!(a.len, 11);
+        assert_eq!(&digits(&a)[..11], b"23276123456");
+        let mut a = num("1234567890123456789");
+        a.append(&num("98765432109876543"));
+        assert_eq!(a.len, 30);
+        assert!(a.overflow);
+        assert_eq!(&digits(&a)[..30], b"123456789012345678998765432109");
+        let mut e = Number::default();
+        e.append(&num("44"));
+        assert_eq!(&digits(&e)[..2], b"44");
+    }
+
+    #[test]
+    fn longest_intl_prefix_wins_and_is_stripped() {
+        let mut p = IntlPrefixes::default_set();
+        let (d, n) = p.normalize(&num("0113216"));
+        assert_eq!(d, Domain::International);
+        assert_eq!(&digits(&n)[..4], b"3216");
+        let (d, n) = p.normalize(&num("00232"));
+        assert_eq!((d, n.len), (Domain::International, 3));
+        p.slots[2] = IntlPrefix::from_digits("0113").unwrap();
+        let (d, n) = p.normalize(&num("0113216"));
+        assert_eq!(d, Domain::International);
+        assert_eq!(&digits(&n)[..3], b"216");
+    }
+
+    #[test]
+    fn eight_digit_prefix_and_strip_across_words() {
+        let mut p = IntlPrefixes::default();
+        p.slots[0] = IntlPrefix::from_digits("12345678").unwrap();
+        let n = num("1234567890123456789");
+        let (d, s) = p.normalize(&n);
+        assert_eq!(d, Domain::International);
+        assert_eq!(s.len, 11);
+        assert_eq!(&digits(&s)[..11], b"90123456789");
+        let (d, _) = p.normalize(&num("1234567"));
+        assert_eq!(d, Domain::National);
+    }
+
+    #[test]
+    fn plus_numbers_are_international_unchanged() {
+        let p = IntlPrefixes::default_set();
+        let (d, n) = p.normalize(&num("+00232"));
+        assert_eq!(d, Domain::International);
+        assert_eq!(&digits(&n)[..5], b"00232");
+    }
+
+    #[test]
+    fn key_prefix_len_covers_only_dialled_digits() {
+        let k = num("232").key(Domain::International);
+        let pl = k.prefix_len;
+        assert_eq!(pl, 8 + 12);
+        assert_eq!(k.data[0], 1);
+        assert_eq!(k.data[1], 0x23);
+        assert_eq!(k.data[2], 0x20);
+    }
+}

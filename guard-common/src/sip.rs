@@ -1,0 +1,404 @@
+//! The SIP request-line scanner: finds an `INVITE`, its Request-URI scheme, and the dialled
+//! number in the URI's user part.
+//!
+//! The scanner is a step machine: [`Scanner::step`] does a bounded amount of work and says
+//! whether to go on. The host drives it with a plain loop ([`parse`]); the XDP program drives the
+//! very same function through `bpf_loop`, so the verifier checks one step instead of every
+//! iteration. At most [`MAX_STEPS`] steps are ever taken, and no step loops.
+//!
+//! Grammar (RFC 3261 §25, RFC 3966), restricted to what a toll-fraud filter needs:
+//! - CR and LF before the request line are keep-alives and are skipped;
+//! - the method is exactly `INVITE` followed by SP (methods are case-sensitive);
+//! - the scheme is `sip:`, `sips:` or `tel:`, in any case;
+//! - the number is an optional leading `+`, then digits; the visual separators `-.()` are
+//!   skipped; `%XX` escapes of `+`, digits and separators are decoded; anything else ends it;
+//! - in `sip:`/`sips:` URIs the number only counts if the user part ends with a real `@`
+//!   (otherwise the digits came from a host such as `sip:192.0.2.1`);
+//! - in `tel:` URIs, a local number with `;phone-context=+CC...` is read as `+CC` + number.
+
+use crate::number::Number;
+
+/// Bytes of SIP payload (from the first byte after the UDP header) that are inspected.
+pub const WINDOW: usize = 256;
+
+/// Upper bound on [`Scanner::step`] calls: every step either consumes a byte or moves to a
+/// later state, and there are fewer than 8 state moves.
+pub const MAX_STEPS: u32 = WINDOW as u32 + 8;
+
+/// A byte source for the scanner: a slice on the host, a bounded buffer in the kernel.
+pub trait ByteSource {
+    /// The byte at `i`, or `None` past the end.
+    fn at(&self, i: u32) -> Option<u8>;
+}
+
+impl ByteSource for [u8] {
+    #[inline(always)]
+    fn at(&self, i: u32) -> Option<u8> {
+        self.get(i as usize).copied()
+    }
+}
+
+/// What the scanner found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not an INVITE request: another method, a response, or not SIP at all.
+    NotInvite,
+    /// An INVITE whose Request-URI is not `sip:`, `sips:` or `tel:` followed by a URI.
+    UnparsableUri,
+    /// An INVITE whose Request-URI has no dialled number (`sip:alice@...`, `sip:host`).
+    NoNumber,
+    /// An INVITE that dials `Number`. `complete` is false when the user part ran past the
+    /// inspected window before it ended; the digits seen are still a prefix of the number.
+    Number { number: Number, complete: bool },
+}
+
+mod state {
+    pub const START: u8 = 0;
+    pub const METHOD: u8 = 1;
+    pub const SCHEME: u8 = 2;
+    pub const NUMBER: u8 = 3;
+    pub const FIND_AT: u8 = 4;
+    pub const TEL_PARAMS: u8 = 5;
+    pub const CONTEXT: u8 = 6;
+    pub const DONE: u8 = 7;
+}
+
+mod outcome {
+    pub const NOT_INVITE: u8 = 0;
+    pub const UNPARSABLE: u8 = 1;
+    pub const NO_NUMBER: u8 = 2;
+    pub const NUMBER: u8 = 3;
+    pub const NUMBER_INCOMPLETE: u8 = 4;
+}
+
+/// Scanner state. Plain data (`repr(C)`), so the kernel can keep it in a per-CPU map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scanner {
+    pub number: Number,
+    /// `tel:` phone-context digits.
+    pub context: Number,
+    pos: u32,
+    /// Where the number (or the context) starts; `+` is only accepted there.
+    start: u32,
+    state: u8,
+    outcome: u8,
+    /// `sip:`/`sips:`: the user part must end with `@`.
+    needs_at: bool,
+}
+
+/// One character of a number, after `%XX` decoding.
+enum Char {
+    Plus,
+    Digit(u8),
+    Separator,
+    /// Anything else, with the raw byte (an escaped character is never a delimiter, so it is
+    /// reported as `0`).
+    End(u8),
+}
+
+#[inline(always)]
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn classify(c: u8) -> Option<Char> {
+    match c {
+        b'+' => Some(Char::Plus),
+        b'0'..=b'9' => Some(Char::Digit(c - b'0')),
+        b'-' | b'.' | b'(' | b')' => Some(Char::Separator),
+        _ => None,
+    }
+}
+
+/// Reads one number character at `pos`: `(char, bytes consumed)`, or `None` at the end of input
+/// (including inside a `%XX` escape that the end of input cut short).
+#[inline(always)]
+fn number_char<S: ByteSource + ?Sized>(src: &S, pos: u32) -> Option<(Char, u32)> {
+    let c = src.at(pos)?;
+    if c == b'%' {
+        let decoded = match (src.at(pos + 1).map(hex), src.at(pos + 2).map(hex)) {
+            (Some(Some(h)), Some(Some(l))) => (h << 4) | l,
+            // `%` or `%X` at the end of the window: it may still be an escaped digit.
+            (None, _) | (Some(Some(_)), None) => return None,
+            _ => return Some((Char::End(c), 1)),
+        };
+        return Some(match classify(decoded) {
+            Some(ch) => (ch, 3),
+            None => (Char::End(0), 3),
+        });
+    }
+    Some(match classify(c) {
+        Some(ch) => (ch, 1),
+        None => (Char::End(c), 1),
+    })
+}
+
+/// Case-insensitive compare of `lit` (lower-case ASCII letters and punctuation) at `pos`.
+#[inline(always)]
+fn literal_ci<S: ByteSource + ?Sized>(src: &S, pos: u32, lit: &[u8]) -> bool {
+    let mut i = 0;
+    while i < lit.len() {
+        match src.at(pos + i as u32) {
+            Some(c) if c.to_ascii_lowercase() == lit[i] => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+const PHONE_CONTEXT: &[u8] = b"phone-context=";
+
+impl Scanner {
+    pub const fn new() -> Self {
+        Self {
+            number: Number {
+                hi: 0,
+                lo: 0,
+                len: 0,
+                plus: false,
+                overflow: false,
+            },
+            context: Number {
+                hi: 0,
+                lo: 0,
+                len: 0,
+                plus: false,
+                overflow: false,
+            },
+            pos: 0,
+            start: 0,
+            state: state::START,
+            outcome: outcome::NOT_INVITE,
+            needs_at: false,
+        }
+    }
+
+    fn done(&mut self, outcome: u8) -> bool {
+        self.outcome = outcome;
+        self.state = state::DONE;
+        false
+    }
+
+    /// Does one bounded step. Returns `true` while there is more to do.
+    #[inline(always)]
+    pub fn step<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        match self.state {
+            state::START => match src.at(self.pos) {
+                Some(b'\r' | b'\n') => {
+                    self.pos += 1;
+                    true
+                }
+                Some(_) => {
+                    self.state = state::METHOD;
+                    true
+                }
+                None => self.done(outcome::NOT_INVITE),
+            },
+            state::METHOD => {
+                let p = self.pos;
+                // Case-sensitive: RFC 3261 §7.1, method names are case-sensitive.
+                let is_invite = src.at(p) == Some(b'I')
+                    && src.at(p + 1) == Some(b'N')
+                    && src.at(p + 2) == Some(b'V')
+                    && src.at(p + 3) == Some(b'I')
+                    && src.at(p + 4) == Some(b'T')
+                    && src.at(p + 5) == Some(b'E')
+                    && src.at(p + 6) == Some(b' ');
+                if !is_invite {
+                    return self.done(outcome::NOT_INVITE);
+                }
+                self.pos = p + 7;
+                self.state = state::SCHEME;
+                true
+            }
+            state::SCHEME => {
+                let p = self.pos;
+                let (len, needs_at) = if literal_ci(src, p, b"sip:") {
+                    (4, true)
+                } else if literal_ci(src, p, b"sips:") {
+                    (5, true)
+                } else if literal_ci(src, p, b"tel:") {
+                    (4, false)
+                } else {
+                    return self.done(outcome::UNPARSABLE);
+                };
+                self.pos = p + len;
+                self.start = self.pos;
+                self.needs_at = needs_at;
+                self.state = state::NUMBER;
+                true
+            }
+            state::NUMBER => self.step_number(src),
+            state::FIND_AT => match src.at(self.pos) {
+                // The digits were in the user part after all.
+                Some(b'@') => self.done(outcome::NUMBER),
+                // No user part: the digits came from the host (`sip:192.0.2.1`).
+                Some(b' ' | b'>' | b'\r' | b'\n') => self.done(outcome::NO_NUMBER),
+                Some(_) => {
+                    self.pos += 1;
+                    true
+                }
+                None => self.done(outcome::NUMBER_INCOMPLETE),
+            },
+            state::TEL_PARAMS => match src.at(self.pos) {
+                Some(b';') => {
+                    if literal_ci(src, self.pos + 1, PHONE_CONTEXT) {
+                        self.pos += 1 + PHONE_CONTEXT.len() as u32;
+                        self.start = self.pos;
+                        self.state = state::CONTEXT;
+                    } else {
+                        self.pos += 1;
+                    }
+                    true
+                }
+                Some(b' ' | b'>' | b'\r' | b'\n' | b'?') | None => self.done(outcome::NUMBER),
+                Some(_) => {
+                    self.pos += 1;
+                    true
+                }
+            },
+            state::CONTEXT => self.step_context(src),
+            _ => false,
+        }
+    }
+
+    #[inline(always)]
+    fn step_number<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        let Some((ch, used)) = number_char(src, self.pos) else {
+            // The window ended inside the user part.
+            return if self.number.len == 0 {
+                self.done(outcome::NO_NUMBER)
+            } else {
+                self.done(outcome::NUMBER_INCOMPLETE)
+            };
+        };
+        let end = match ch {
+            Char::Plus if self.pos == self.start => {
+                self.number.plus = true;
+                self.pos += used;
+                return true;
+            }
+            Char::Digit(d) => {
+                self.number.push(d);
+                self.pos += used;
+                return true;
+            }
+            Char::Separator => {
+                self.pos += used;
+                return true;
+            }
+            Char::Plus => b'+',
+            Char::End(c) => c,
+        };
+        if self.number.len == 0 {
+            return self.done(outcome::NO_NUMBER);
+        }
+        if self.needs_at {
+            match end {
+                b'@' => return self.done(outcome::NUMBER),
+                // The URI ended before any `@`: the digits came from the host.
+                b' ' | b'>' | b'\r' | b'\n' => return self.done(outcome::NO_NUMBER),
+                _ => {}
+            }
+            self.pos += used;
+            self.state = state::FIND_AT;
+            return true;
+        }
+        if end == b';' && !self.number.plus {
+            self.state = state::TEL_PARAMS;
+            return true;
+        }
+        self.done(outcome::NUMBER)
+    }
+
+    #[inline(always)]
+    fn step_context<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        match number_char(src, self.pos) {
+            Some((Char::Plus, used)) if self.pos == self.start => {
+                self.context.plus = true;
+                self.pos += used;
+                true
+            }
+            Some((Char::Digit(d), used)) if self.context.plus => {
+                self.context.push(d);
+                self.pos += used;
+                true
+            }
+            Some((Char::Separator, used)) if self.context.plus => {
+                self.pos += used;
+                true
+            }
+            // A domain-name context (`phone-context=example.com`) or the end of a global one.
+            _ => self.done(outcome::NUMBER),
+        }
+    }
+
+    /// The result, once `step` has returned `false` (or the step budget ran out).
+    #[inline(always)]
+    pub fn finish(&self) -> Parsed {
+        if self.state != state::DONE {
+            // The step budget ran out. Every step consumes a byte or moves to a later state, so
+            // this only happens past the window: whatever number was read is a prefix.
+            return match self.state {
+                state::NUMBER | state::FIND_AT if self.number.len > 0 => Parsed::Number {
+                    number: self.number,
+                    complete: false,
+                },
+                state::TEL_PARAMS | state::CONTEXT => Parsed::Number {
+                    number: self.with_context(),
+                    complete: true,
+                },
+                state::START | state::METHOD => Parsed::NotInvite,
+                _ => Parsed::UnparsableUri,
+            };
+        }
+        match self.outcome {
+            outcome::NOT_INVITE => Parsed::NotInvite,
+            outcome::UNPARSABLE => Parsed::UnparsableUri,
+            outcome::NO_NUMBER => Parsed::NoNumber,
+            outcome::NUMBER_INCOMPLETE => Parsed::Number {
+                number: self.number,
+                complete: false,
+            },
+            _ => Parsed::Number {
+                number: self.with_context(),
+                complete: true,
+            },
+        }
+    }
+
+    /// `number` with a global `tel:` phone-context prepended, when there is one.
+    #[inline(always)]
+    fn with_context(&self) -> Number {
+        if !self.context.plus || self.context.len == 0 || self.number.plus {
+            return self.number;
+        }
+        let mut out = self.context;
+        out.append(&self.number);
+        out
+    }
+}
+
+/// Scans the first [`WINDOW`] bytes of a UDP payload, exactly as the XDP program does.
+pub fn parse_payload(payload: &[u8]) -> Parsed {
+    parse(&payload[..payload.len().min(WINDOW)])
+}
+
+/// Runs the scanner over `src` on the host. The kernel runs the same `Scanner::step` via
+/// `bpf_loop`.
+pub fn parse<S: ByteSource + ?Sized>(src: &S) -> Parsed {
+    let mut s = Scanner::new();
+    let mut steps = 0;
+    while steps < MAX_STEPS && s.step(src) {
+        steps += 1;
+    }
+    s.finish()
+}

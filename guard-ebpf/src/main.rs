@@ -1,0 +1,452 @@
+//! sipguard's XDP program: drops SIP INVITEs whose Request-URI dials a blocked destination.
+//!
+//! One small function per layer: `l2` (Ethernet, up to two VLAN tags), `l3` (IPv4 with options,
+//! IPv6 with extension headers), `l4` (UDP to a SIP port), `sip` (request line and number, using
+//! the scanner from guard-common), then `verdict` (rule lookup and counters).
+//!
+//! Anything that cannot be parsed passes and is counted. The program never loops unbounded: the
+//! IPv6 header walk is a constant-bounded loop and the SIP scanner runs under `bpf_loop` with a
+//! constant iteration budget.
+#![no_std]
+#![no_main]
+
+use core::{ffi::c_void, mem::size_of, ptr};
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::generated::{bpf_loop, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use guard_common::{
+    Action, CONFIG_SELECTOR, CONFIG_SLOTS, COUNTER_SLOTS, Config, Counter, GlobalCounters,
+    MAX_RULES, MAX_STEPS, Mode, Parsed, RuleCounters, RuleKeyData, RuleValue, Scanner, Scratch,
+    WINDOW, sip::ByteSource,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr, vlan::VlanHdr};
+
+#[map(name = "SG_RULES")]
+static SG_RULES: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "SG_RULE_STATS")]
+static SG_RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "SG_COUNTERS")]
+static SG_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SG_CONFIG")]
+static SG_CONFIG: Array<Config> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+/// Indexed by UDP destination port; non-zero means "SIP port".
+#[map(name = "SG_SIP_PORTS")]
+static SG_SIP_PORTS: Array<u8> = Array::with_max_entries(65536, 0);
+
+#[map(name = "SG_SCRATCH")]
+static SG_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+/// IPv6 extension headers walked before giving up (hop-by-hop, destination options, routing,
+/// fragment, destination options, plus one spare).
+const MAX_IPV6_EXT: usize = 6;
+
+/// Why a frame is passed without a verdict; each maps to a global counter.
+#[derive(Clone, Copy)]
+enum Skip {
+    Truncated,
+    NotUdp,
+    NonFirstFragment,
+    Ipv6ExtLimit,
+    NotSipPort,
+}
+
+type Counters = GlobalCounters;
+
+#[inline(always)]
+fn bump(c: &mut Counters, which: Counter) {
+    let i = which as usize;
+    if i < COUNTER_SLOTS as usize {
+        c.counters[i] += 1;
+    }
+}
+
+// `frags`: multi-buffer aware (kernel 6.0+), so the program attaches to jumbo-MTU interfaces and
+// test runs take frames larger than a page. Headers are read from the linear part; the payload
+// is copied with bpf_xdp_load_bytes, which spans fragments.
+#[xdp(frags)]
+pub fn sipguard(ctx: XdpContext) -> u32 {
+    let Some(counters) = SG_COUNTERS.get_ptr_mut(0) else {
+        return XDP_PASS;
+    };
+    // SAFETY: a per-CPU map value, valid for this program run and not shared with other CPUs.
+    let c = unsafe { &mut *counters };
+    bump(c, Counter::Frames);
+    try_sipguard(&ctx, c)
+}
+
+/// The baseline for benchmarks: does nothing.
+#[xdp(frags)]
+pub fn sipguard_empty(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[inline(always)]
+fn try_sipguard(ctx: &XdpContext, c: &mut Counters) -> u32 {
+    let l4 = match l2(ctx).and_then(|(proto, off)| l3(ctx, proto, off)) {
+        Ok(l4) => l4,
+        Err(skip) => return skipped(c, skip),
+    };
+    let payload = match l4_udp(ctx, l4) {
+        Ok(p) => p,
+        Err(skip) => return skipped(c, skip),
+    };
+    bump(c, Counter::SipCandidates);
+    if payload.lying_len {
+        // A length field claims more than the frame holds: inspect only what is there.
+        bump(c, Counter::Truncated);
+    }
+    sip(ctx, c, payload.off, payload.len)
+}
+
+#[inline(always)]
+fn skipped(c: &mut Counters, skip: Skip) -> u32 {
+    match skip {
+        Skip::Truncated => bump(c, Counter::Truncated),
+        Skip::NotUdp => bump(c, Counter::NotUdp),
+        Skip::NonFirstFragment => bump(c, Counter::NonFirstFragments),
+        Skip::Ipv6ExtLimit => bump(c, Counter::Ipv6ExtLimit),
+        Skip::NotSipPort => {}
+    }
+    XDP_PASS
+}
+
+/// A bounds-checked pointer into the frame.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer 2: Ethernet II, then up to two VLAN tags (802.1Q or 802.1ad, in any order).
+
+#[inline(always)]
+fn l2(ctx: &XdpContext) -> Result<(u16, usize), Skip> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Skip::Truncated)?;
+    // SAFETY: bounds-checked by ptr_at; unaligned read of a plain u16.
+    let mut proto = u16::from_be(unsafe { ptr::read_unaligned(ptr::addr_of!((*eth).ether_type)) });
+    let mut off = EthHdr::LEN;
+    let mut tags = 0;
+    while tags < 2 && (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+        let vlan: *const VlanHdr = ptr_at(ctx, off).ok_or(Skip::Truncated)?;
+        // SAFETY: bounds-checked by ptr_at.
+        proto = u16::from_be(unsafe { ptr::read_unaligned(ptr::addr_of!((*vlan).ether_type)) });
+        off += VlanHdr::LEN;
+        tags += 1;
+    }
+    Ok((proto, off))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer 3: IPv4 (honouring IHL) and IPv6 (walking the extension headers that may precede UDP).
+
+#[derive(Clone, Copy)]
+struct L4 {
+    /// Offset of the UDP header.
+    off: usize,
+    /// Where the IP packet ends, clamped to the frame.
+    end: usize,
+    /// The IP length claimed more than the frame holds.
+    lying_len: bool,
+}
+
+#[inline(always)]
+fn l3(ctx: &XdpContext, proto: u16, off: usize) -> Result<L4, Skip> {
+    match proto {
+        ETH_P_IPV4 => ipv4(ctx, off),
+        ETH_P_IPV6 => ipv6(ctx, off),
+        _ => Err(Skip::NotUdp),
+    }
+}
+
+/// Bytes in the frame, all fragments included.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    // SAFETY: plain helper call on the program's own context.
+    (unsafe { bpf_xdp_get_buff_len(ctx.ctx) }) as usize
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, off: usize) -> Result<L4, Skip> {
+    let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Skip::Truncated)?;
+    // SAFETY: bounds-checked by ptr_at; every field is a byte or byte array.
+    let (vihl, tot_len, frags, proto) = unsafe { ((*ip).vihl, (*ip).tot_len, (*ip).frags, (*ip).proto) };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return Err(Skip::Truncated);
+    }
+    // Fragment offset in 8-byte units; non-zero means not the first fragment (RFC 791).
+    if u16::from_be_bytes(frags) & 0x1fff != 0 {
+        return Err(Skip::NonFirstFragment);
+    }
+    if proto != IPPROTO_UDP {
+        return Err(Skip::NotUdp);
+    }
+    let tot_len = u16::from_be_bytes(tot_len) as usize;
+    let frame = frame_len(ctx);
+    if off + ihl > frame || tot_len < ihl {
+        return Err(Skip::Truncated);
+    }
+    let (end, lying_len) = if off + tot_len > frame { (frame, true) } else { (off + tot_len, false) };
+    Ok(L4 { off: off + ihl, end, lying_len })
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, off: usize) -> Result<L4, Skip> {
+    let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Skip::Truncated)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (vcf0, payload_len, mut next) = unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };
+    if vcf0 >> 4 != 6 {
+        return Err(Skip::Truncated);
+    }
+    let frame = frame_len(ctx);
+    let payload_len = u16::from_be_bytes(payload_len) as usize;
+    let mut cur = off + Ipv6Hdr::LEN;
+    // A zero payload length means a jumbogram (RFC 2675): the frame decides.
+    let (end, lying_len) = if payload_len == 0 || cur + payload_len > frame {
+        (frame, payload_len != 0)
+    } else {
+        (cur + payload_len, false)
+    };
+    let mut i = 0;
+    while i < MAX_IPV6_EXT {
+        match next {
+            IPPROTO_UDP => return Ok(L4 { off: cur, end, lying_len }),
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let hdr: *const [u8; 2] = ptr_at(ctx, cur).ok_or(Skip::Truncated)?;
+                // SAFETY: bounds-checked by ptr_at.
+                let [nh, len] = unsafe { *hdr };
+                next = nh;
+                cur += (len as usize + 1) * 8;
+            }
+            IPPROTO_FRAGMENT => {
+                let hdr: *const [u8; 8] = ptr_at(ctx, cur).ok_or(Skip::Truncated)?;
+                // SAFETY: bounds-checked by ptr_at.
+                let h = unsafe { *hdr };
+                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                    return Err(Skip::NonFirstFragment);
+                }
+                next = h[0];
+                cur += 8;
+            }
+            _ => return Err(Skip::NotUdp),
+        }
+        i += 1;
+    }
+    if next == IPPROTO_UDP {
+        return Ok(L4 { off: cur, end, lying_len });
+    }
+    Err(Skip::Ipv6ExtLimit)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer 4: UDP to a configured SIP port. The UDP length is never trusted beyond the frame.
+
+/// The UDP payload to inspect.
+#[derive(Clone, Copy)]
+struct Payload {
+    off: usize,
+    /// Bytes present, never more than the frame (or the IP packet) holds.
+    len: usize,
+    /// The IP or UDP length claimed more than the frame holds.
+    lying_len: bool,
+}
+
+#[inline(always)]
+fn l4_udp(ctx: &XdpContext, l4: L4) -> Result<Payload, Skip> {
+    let udp: *const UdpHdr = ptr_at(ctx, l4.off).ok_or(Skip::Truncated)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let (dst, len) = unsafe { ((*udp).dst, (*udp).len) };
+    let port = u16::from_be_bytes(dst);
+    match SG_SIP_PORTS.get(port as u32) {
+        Some(&v) if v != 0 => {}
+        _ => return Err(Skip::NotSipPort),
+    }
+    let udp_len = u16::from_be_bytes(len) as usize;
+    if udp_len < UdpHdr::LEN {
+        return Err(Skip::Truncated);
+    }
+    let off = l4.off + UdpHdr::LEN;
+    let claimed = udp_len - UdpHdr::LEN;
+    let available = l4.end.saturating_sub(off);
+    Ok(Payload {
+        off,
+        len: if claimed < available { claimed } else { available },
+        lying_len: l4.lying_len || claimed > available,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIP: copy up to WINDOW payload bytes, run the shared scanner under bpf_loop, decide.
+
+/// The copied payload window as the scanner's byte source.
+struct Window<'a> {
+    buf: &'a [u8; WINDOW],
+    len: u32,
+}
+
+impl ByteSource for Window<'_> {
+    #[inline(always)]
+    fn at(&self, i: u32) -> Option<u8> {
+        if i < self.len {
+            Some(self.buf[(i as usize) & (WINDOW - 1)])
+        } else {
+            None
+        }
+    }
+}
+
+/// `bpf_loop` callback: one scanner step. Returns 1 to stop the loop.
+extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(s) = SG_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: per-CPU map value, exclusively ours during this program run.
+    let s = unsafe { &mut *s };
+    let len = if (s.len as usize) < WINDOW { s.len } else { WINDOW as u32 };
+    let src = Window { buf: &s.buf, len };
+    if s.scanner.step(&src) { 0 } else { 1 }
+}
+
+#[inline(always)]
+fn sip(ctx: &XdpContext, c: &mut Counters, off: usize, len: usize) -> u32 {
+    // Cheap pre-filter: only a payload starting with 'I' (INVITE) or CR/LF (keep-alives before
+    // a request) can be an INVITE; responses start with 'S', other methods with other letters.
+    // Two bytes are read because LLVM turns a one-byte bounds check into `ptr >= end`, from
+    // which the verifier learns no range; a payload under two bytes is no INVITE anyway.
+    match ptr_at::<[u8; 2]>(ctx, off) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(p) => match unsafe { (*p)[0] } {
+            b'I' | b'\r' | b'\n' => {}
+            _ => return XDP_PASS,
+        },
+        None => return XDP_PASS,
+    }
+    let Some(s) = SG_SCRATCH.get_ptr_mut(0) else {
+        return XDP_PASS;
+    };
+    // SAFETY: per-CPU map value, exclusively ours during this program run.
+    let s = unsafe { &mut *s };
+    let n = if len > WINDOW { WINDOW } else { len };
+    if n == 0 {
+        return XDP_PASS;
+    }
+    // SAFETY: the helper copies `n` (1..=WINDOW) bytes into a WINDOW-byte buffer.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(ctx.ctx, off as u32, s.buf.as_mut_ptr() as *mut c_void, n as u32)
+    };
+    if rc != 0 {
+        bump(c, Counter::Truncated);
+        return XDP_PASS;
+    }
+    s.len = n as u32;
+    s.scanner = Scanner::new();
+    // SAFETY: constant iteration budget and a callback with the helper's signature.
+    unsafe {
+        bpf_loop(MAX_STEPS, scan_step as *mut c_void, ptr::null_mut(), 0);
+    }
+    match s.scanner.finish() {
+        Parsed::NotInvite => XDP_PASS,
+        Parsed::UnparsableUri => {
+            bump(c, Counter::Invites);
+            bump(c, Counter::UnparsableUri);
+            XDP_PASS
+        }
+        Parsed::NoNumber => {
+            bump(c, Counter::Invites);
+            bump(c, Counter::NoNumber);
+            XDP_PASS
+        }
+        Parsed::Number { number, complete } => {
+            bump(c, Counter::Invites);
+            bump(c, Counter::NumbersParsed);
+            if !complete {
+                bump(c, Counter::NumberIncomplete);
+            }
+            verdict(c, &number)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdict: normalise, longest-prefix match, count.
+
+#[inline(always)]
+fn config() -> Option<&'static Config> {
+    let sel = SG_CONFIG.get(CONFIG_SELECTOR)?.active;
+    SG_CONFIG.get(sel & 1)
+}
+
+#[inline(always)]
+fn verdict(c: &mut Counters, number: &guard_common::Number) -> u32 {
+    let Some(cfg) = config() else {
+        return XDP_PASS;
+    };
+    let (domain, normalized) = cfg.intl_prefixes.normalize(number);
+    let lk = normalized.key(domain);
+    let key = Key::new(lk.prefix_len, lk.data);
+    let Some(rule) = SG_RULES.get(&key) else {
+        return XDP_PASS;
+    };
+    let (id, action) = (rule.id, rule.action);
+    // SAFETY: per-CPU map value, exclusively ours during this program run.
+    let stats = SG_RULE_STATS.get_ptr_mut(id).map(|p| unsafe { &mut *p });
+    let Some(stats) = stats else {
+        // Only possible if userspace wrote an id past MAX_RULES; the verdict still stands.
+        return decide(c, cfg, action, &mut RuleCounters::default());
+    };
+    stats.matched += 1;
+    decide(c, cfg, action, stats)
+}
+
+#[inline(always)]
+fn decide(c: &mut Counters, cfg: &Config, action: u8, stats: &mut RuleCounters) -> u32 {
+    match Action::from_u8(action) {
+        Some(Action::Block) if cfg.mode == Mode::Enforce as u32 => {
+            bump(c, Counter::Dropped);
+            stats.dropped += 1;
+            XDP_DROP
+        }
+        Some(Action::Block) | Some(Action::Monitor) => {
+            bump(c, Counter::WouldDrop);
+            stats.would_drop += 1;
+            XDP_PASS
+        }
+        Some(Action::Allow) => {
+            bump(c, Counter::AllowedByException);
+            XDP_PASS
+        }
+        None => XDP_PASS,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable: nothing in the program can panic (checked indexing only on masked indices).
+    // If LLVM ever left a panic path in, the verifier would reject the loop below, so a panic
+    // path is a load-time error, never a runtime one.
+    loop {}
+}

@@ -1,0 +1,66 @@
+//! Global settings: SIP ports, international dialling prefixes, and the mode.
+
+use guard_common::{
+    Config, IntlPrefix, IntlPrefixes, Mode,
+    number::{MAX_INTL_PREFIXES, MAX_INTL_PREFIX_DIGITS},
+};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("sip_ports is empty: at least one SIP port is needed")]
+    NoPorts,
+    #[error("sip_ports: port 0 is not a valid UDP port")]
+    PortZero,
+    #[error("international prefix `{0}` must be 1 to {MAX_INTL_PREFIX_DIGITS} digits")]
+    BadIntlPrefix(String),
+    #[error("{0} international prefixes given; at most {MAX_INTL_PREFIXES} are supported")]
+    TooManyIntlPrefixes(usize),
+    #[error("unknown mode `{0}` (expected enforce or monitor)")]
+    UnknownMode(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub sip_ports: Vec<u16>,
+    pub intl_prefixes: Vec<String>,
+    pub mode: Mode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            sip_ports: vec![5060],
+            intl_prefixes: vec!["00".into(), "011".into()],
+            mode: Mode::Enforce,
+        }
+    }
+}
+
+pub fn parse_mode(s: &str) -> Result<Mode, SettingsError> {
+    match s {
+        "enforce" => Ok(Mode::Enforce),
+        "monitor" => Ok(Mode::Monitor),
+        other => Err(SettingsError::UnknownMode(other.to_string())),
+    }
+}
+
+impl Settings {
+    /// Checks everything and builds the kernel config. Nothing is applied if this fails.
+    pub fn to_config(&self) -> Result<Config, SettingsError> {
+        if self.sip_ports.is_empty() {
+            return Err(SettingsError::NoPorts);
+        }
+        if self.sip_ports.contains(&0) {
+            return Err(SettingsError::PortZero);
+        }
+        if self.intl_prefixes.len() > MAX_INTL_PREFIXES {
+            return Err(SettingsError::TooManyIntlPrefixes(self.intl_prefixes.len()));
+        }
+        let mut prefixes = IntlPrefixes::default();
+        for (slot, p) in prefixes.slots.iter_mut().zip(&self.intl_prefixes) {
+            *slot = IntlPrefix::from_digits(p).ok_or_else(|| SettingsError::BadIntlPrefix(p.clone()))?;
+        }
+        Ok(Config::new(self.mode, prefixes))
+    }
+}

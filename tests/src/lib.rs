@@ -1,0 +1,44 @@
+//! Shared test support for sipguard's kernel tests and benchmarks: the frame builder, the
+//! fixture table, a host-side reference verdict, and network-namespace plumbing.
+
+pub mod fixtures;
+pub mod netns;
+pub mod packet;
+
+use guard_common::{Action, Counter, Mode, Parsed, parse_payload};
+use sipguard::{Filter, Rule, Settings, Verdict};
+
+/// Loads the filter with `settings` and `rules`.
+pub fn load(settings: &Settings, rules: &[Rule]) -> Filter {
+    let mut f = Filter::load(settings).expect("load the XDP program (tests must run as root)");
+    for r in rules {
+        f.insert_rule(r).expect("insert rule");
+    }
+    f
+}
+
+/// What the filter should do with a UDP payload to a SIP port, computed on the host with the
+/// shared parser and a plain longest-prefix search over `rules`.
+pub fn host_verdict(payload: &[u8], settings: &Settings, rules: &[Rule]) -> (Verdict, Option<u32>) {
+    let config = settings.to_config().expect("valid settings");
+    let Parsed::Number { number, .. } = parse_payload(payload) else {
+        return (Verdict::Pass, None);
+    };
+    let (domain, n) = config.intl_prefixes.normalize(&number);
+    let digits: Vec<u8> = (0..n.len as usize).filter_map(|i| n.digit(i)).collect();
+    let best = rules
+        .iter()
+        .filter(|r| r.prefix.domain == domain && digits.starts_with(&r.prefix.digits))
+        .max_by_key(|r| r.prefix.digits.len());
+    match best {
+        Some(r) if r.action == Action::Block && settings.mode == Mode::Enforce => (Verdict::Drop, Some(r.id)),
+        Some(r) => (Verdict::Pass, Some(r.id)),
+        None => (Verdict::Pass, None),
+    }
+}
+
+/// Global counters as a name → value list, for messages.
+pub fn counter_snapshot(f: &Filter) -> Vec<(Counter, u64)> {
+    let g = f.global_counters().expect("read counters");
+    Counter::ALL.iter().map(|&c| (c, g.counters[c as usize])).collect()
+}

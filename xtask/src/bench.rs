@@ -1,0 +1,26 @@
+//! `cargo xtask bench [-- ARGS]`: setup, then the sipguard-bench binary.
+
+use std::{ffi::OsString, process::ExitCode};
+
+use crate::{setup, util};
+
+pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    setup::run(setup::Scope::Full)?;
+    if !util::is_root() {
+        eprintln!("warning: not running as root; the benchmark needs root to attach XDP programs");
+    }
+    let st = util::status(
+        util::cargo()
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "sipguard-tests",
+                "--bin",
+                "sipguard-bench",
+                "--",
+            ])
+            .args(args),
+    )?;
+    Ok(util::exit_code(st))
+}

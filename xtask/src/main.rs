@@ -1,0 +1,63 @@
+//! `cargo xtask <verb>`: one entry point for setting up, building, testing and linting sipguard.
+//!
+//! The alias lives in `.cargo/config.toml`. Every verb runs from the workspace root, whatever the
+//! current directory.
+
+mod bench;
+mod build;
+mod clippy;
+mod setup;
+mod test;
+mod util;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "sipguard build, test and setup tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install whatever is missing: nightly rust-src, bpf-linker, test packages, bpffs mount.
+    Setup,
+    /// Setup, then build guard-userspace (and the embedded XDP object) in release mode.
+    Build,
+    /// Setup, build, then run every test once; the command CI runs.
+    Test {
+        /// Arguments forwarded to the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Setup, then run the sipguard-bench binary.
+    Bench {
+        /// Arguments forwarded to sipguard-bench.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Clippy (warnings are errors) on the host crates, then a rustfmt check.
+    Clippy,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().verb {
+        Verb::Setup => setup::run(setup::Scope::Full).map(|()| ExitCode::SUCCESS),
+        Verb::Build => build::run().map(|()| ExitCode::SUCCESS),
+        Verb::Test { args } => test::run(&args),
+        Verb::Bench { args } => bench::run(&args),
+        Verb::Clippy => clippy::run(),
+    };
+    result.unwrap_or_else(|e| {
+        // `{:#}` prints the whole context chain on one line, without a backtrace.
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}

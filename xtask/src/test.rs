@@ -1,0 +1,140 @@
+//! `cargo xtask test [-- ARGS]`: the one test command CI runs.
+//!
+//! Setup, a release build of guard-userspace, then a single `cargo test` over the host crates.
+//! Its stdout is streamed live and scanned for libtest's `test result:` lines; the last line we
+//! print is the summed `N passed, M failed, K skipped`, and cargo's exit status is handed on.
+
+use std::{
+    ffi::OsString,
+    io::{self, Read as _, Write as _},
+    process::{ExitCode, Stdio},
+};
+
+use anyhow::Context as _;
+
+use crate::{build, setup, util};
+
+pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    setup::run(setup::Scope::Full)?;
+    if !util::is_root() {
+        eprintln!("warning: not running as root; kernel tests need root to attach XDP programs");
+    }
+    build::build_userspace()?;
+
+    let mut cmd = util::cargo();
+    cmd.env("RUST_BACKTRACE", "1")
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "guard-ebpf",
+            "--exclude",
+            "xtask",
+        ])
+        .stdout(Stdio::piped());
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("failed to start `{}`", util::describe(&cmd)))?;
+    let mut pipe = child.stdout.take().context("child stdout was not piped")?;
+
+    let mut totals = Totals::default();
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let mut out = io::stdout();
+    loop {
+        let n = match pipe.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading the output of cargo test"),
+        };
+        // Echo as it arrives (libtest prints "test x ... " before the verdict), parse by line.
+        // A closed stdout (e.g. piped into head) must not stop us draining the child.
+        let _ = out.write_all(&chunk[..n]).and_then(|()| out.flush());
+        for &b in &chunk[..n] {
+            if b == b'\n' {
+                totals.add_line(&String::from_utf8_lossy(&line));
+                line.clear();
+            } else {
+                line.push(b);
+            }
+        }
+    }
+    totals.add_line(&String::from_utf8_lossy(&line));
+    let status = child.wait().context("waiting for cargo test")?;
+
+    let _ = out.flush();
+    io::stderr().flush().ok();
+    println!(
+        "{} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    Ok(util::exit_code(status))
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds the counts of a libtest summary such as
+    /// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match kind {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn sums_result_lines() {
+        let mut t = Totals::default();
+        for line in [
+            "running 4 tests",
+            "test a ... ok",
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "",
+            "test result: FAILED. 5 passed; 2 failed; 0 ignored; 0 measured; 1 filtered out; finished in 1.20s",
+            "   Doc-tests guard_common",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\r",
+            "test foo prints test result: ok. 9 passed",
+        ] {
+            t.add_line(line);
+        }
+        assert_eq!(
+            t,
+            Totals {
+                passed: 8,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
+}
