@@ -20,7 +20,9 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Nightly,
     )
-    .context("building the XDP program (guard-ebpf) failed; `cargo xtask setup` installs its toolchain")
+    .context(
+        "building the XDP program (guard-ebpf) failed; `cargo xtask setup` installs its toolchain",
+    )
 }
 
 /// Checks for bpf-linker and nightly's rust-src, the two things a fresh machine lacks.
@@ -40,7 +42,10 @@ fn preflight() -> anyhow::Result<()> {
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     let core = sysroot.join("lib/rustlib/src/rust/library/core");
     if !core.is_dir() {
-        bail!("nightly has no rust-src component ({} is missing): {hint}", core.display());
+        bail!(
+            "nightly has no rust-src component ({} is missing): {hint}",
+            core.display()
+        );
     }
     Ok(())
 }

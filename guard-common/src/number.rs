@@ -91,7 +91,11 @@ impl Number {
         // Digits 30 and 31 (the low byte of `lo`) are never kept.
         self.lo = (self.lo | lo) & !0xff;
         self.overflow |= other.overflow || total > MAX_DIGITS as u32;
-        self.len = if total > MAX_DIGITS as u32 { MAX_DIGITS as u8 } else { total as u8 };
+        self.len = if total > MAX_DIGITS as u32 {
+            MAX_DIGITS as u8
+        } else {
+            total as u8
+        };
     }
 
     /// The first `MAX_INTL_PREFIX_DIGITS` digits, packed like `hi`'s top 32 bits.
@@ -106,7 +110,11 @@ impl Number {
         if n == 0 {
             return;
         }
-        let n = if n as usize > MAX_INTL_PREFIX_DIGITS { MAX_INTL_PREFIX_DIGITS as u8 } else { n };
+        let n = if n as usize > MAX_INTL_PREFIX_DIGITS {
+            MAX_INTL_PREFIX_DIGITS as u8
+        } else {
+            n
+        };
         let s = 4 * n as u32; // 4..=32
         self.hi = (self.hi << s) | (self.lo >> (64 - s));
         self.lo <<= s;
@@ -193,8 +201,14 @@ impl IntlPrefixes {
     /// `["00", "011"]`, the ITU and NANP international prefixes.
     pub fn default_set() -> Self {
         let mut p = Self::default();
-        p.slots[0] = IntlPrefix { packed: 0x0000_0000, len: 2 };
-        p.slots[1] = IntlPrefix { packed: 0x0110_0000, len: 3 };
+        p.slots[0] = IntlPrefix {
+            packed: 0x0000_0000,
+            len: 2,
+        };
+        p.slots[1] = IntlPrefix {
+            packed: 0x0110_0000,
+            len: 3,
+        };
         p
     }
 

@@ -192,7 +192,8 @@ fn frame_len(ctx: &XdpContext) -> usize {
 fn ipv4(ctx: &XdpContext, off: usize) -> Result<L4, Skip> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Skip::Truncated)?;
     // SAFETY: bounds-checked by ptr_at; every field is a byte or byte array.
-    let (vihl, tot_len, frags, proto) = unsafe { ((*ip).vihl, (*ip).tot_len, (*ip).frags, (*ip).proto) };
+    let (vihl, tot_len, frags, proto) =
+        unsafe { ((*ip).vihl, (*ip).tot_len, (*ip).frags, (*ip).proto) };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Skip::Truncated);
@@ -209,15 +210,24 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<L4, Skip> {
     if off + ihl > frame || tot_len < ihl {
         return Err(Skip::Truncated);
     }
-    let (end, lying_len) = if off + tot_len > frame { (frame, true) } else { (off + tot_len, false) };
-    Ok(L4 { off: off + ihl, end, lying_len })
+    let (end, lying_len) = if off + tot_len > frame {
+        (frame, true)
+    } else {
+        (off + tot_len, false)
+    };
+    Ok(L4 {
+        off: off + ihl,
+        end,
+        lying_len,
+    })
 }
 
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, off: usize) -> Result<L4, Skip> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Skip::Truncated)?;
     // SAFETY: bounds-checked by ptr_at.
-    let (vcf0, payload_len, mut next) = unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };
+    let (vcf0, payload_len, mut next) =
+        unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };
     if vcf0 >> 4 != 6 {
         return Err(Skip::Truncated);
     }
@@ -233,7 +243,13 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L4, Skip> {
     let mut i = 0;
     while i < MAX_IPV6_EXT {
         match next {
-            IPPROTO_UDP => return Ok(L4 { off: cur, end, lying_len }),
+            IPPROTO_UDP => {
+                return Ok(L4 {
+                    off: cur,
+                    end,
+                    lying_len,
+                });
+            }
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let hdr: *const [u8; 2] = ptr_at(ctx, cur).ok_or(Skip::Truncated)?;
                 // SAFETY: bounds-checked by ptr_at.
@@ -256,7 +272,11 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L4, Skip> {
         i += 1;
     }
     if next == IPPROTO_UDP {
-        return Ok(L4 { off: cur, end, lying_len });
+        return Ok(L4 {
+            off: cur,
+            end,
+            lying_len,
+        });
     }
     Err(Skip::Ipv6ExtLimit)
 }
@@ -293,7 +313,11 @@ fn l4_udp(ctx: &XdpContext, l4: L4) -> Result<Payload, Skip> {
     let available = l4.end.saturating_sub(off);
     Ok(Payload {
         off,
-        len: if claimed < available { claimed } else { available },
+        len: if claimed < available {
+            claimed
+        } else {
+            available
+        },
         lying_len: l4.lying_len || claimed > available,
     })
 }
@@ -325,7 +349,11 @@ extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: per-CPU map value, exclusively ours during this program run.
     let s = unsafe { &mut *s };
-    let len = if (s.len as usize) < WINDOW { s.len } else { WINDOW as u32 };
+    let len = if (s.len as usize) < WINDOW {
+        s.len
+    } else {
+        WINDOW as u32
+    };
     let src = Window { buf: &s.buf, len };
     if s.scanner.step(&src) { 0 } else { 1 }
 }
@@ -355,7 +383,12 @@ fn sip(ctx: &XdpContext, c: &mut Counters, off: usize, len: usize) -> u32 {
     }
     // SAFETY: the helper copies `n` (1..=WINDOW) bytes into a WINDOW-byte buffer.
     let rc = unsafe {
-        bpf_xdp_load_bytes(ctx.ctx, off as u32, s.buf.as_mut_ptr() as *mut c_void, n as u32)
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            off as u32,
+            s.buf.as_mut_ptr() as *mut c_void,
+            n as u32,
+        )
     };
     if rc != 0 {
         bump(c, Counter::Truncated);

@@ -8,7 +8,11 @@ use guard_common::{Domain, Parsed, parse_payload};
 use sipguard::Settings;
 
 #[derive(Parser)]
-#[command(name = "sipguard", version, about = "XDP filter against SIP toll fraud")]
+#[command(
+    name = "sipguard",
+    version,
+    about = "XDP filter against SIP toll fraud"
+)]
 struct Cli {
     #[command(subcommand)]
     verb: Verb,
@@ -29,7 +33,10 @@ enum Verb {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.verb {
-        Verb::Classify { line, intl_prefixes } => classify(&line, intl_prefixes),
+        Verb::Classify {
+            line,
+            intl_prefixes,
+        } => classify(&line, intl_prefixes),
     }
 }
 
@@ -42,17 +49,30 @@ fn classify(line: &str, intl_prefixes: Vec<String>) -> Result<()> {
     let payload = format!("{line}\r\n");
     match parse_payload(payload.as_bytes()) {
         Parsed::NotInvite => println!("not an INVITE: passes"),
-        Parsed::UnparsableUri => println!("INVITE with an unparsable Request-URI: passes (counted)"),
+        Parsed::UnparsableUri => {
+            println!("INVITE with an unparsable Request-URI: passes (counted)")
+        }
         Parsed::NoNumber => println!("INVITE without a dialled number: passes"),
         Parsed::Number { number, complete } => {
             let (domain, n) = config.intl_prefixes.normalize(&number);
-            let digits: String = (0..n.len as usize).filter_map(|i| n.digit(i)).map(|d| char::from(b'0' + d)).collect();
+            let digits: String = (0..n.len as usize)
+                .filter_map(|i| n.digit(i))
+                .map(|d| char::from(b'0' + d))
+                .collect();
             let shown = match domain {
                 Domain::International => format!("+{digits}"),
                 Domain::National => digits,
             };
-            let kind = if domain == Domain::International { "international" } else { "national" };
-            let note = if complete { "" } else { " (user part longer than the inspected window)" };
+            let kind = if domain == Domain::International {
+                "international"
+            } else {
+                "national"
+            };
+            let note = if complete {
+                ""
+            } else {
+                " (user part longer than the inspected window)"
+            };
             println!("INVITE to {shown} ({kind}){note}");
         }
     }

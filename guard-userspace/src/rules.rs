@@ -12,8 +12,14 @@ use thiserror::Error;
 pub enum RuleError {
     #[error("empty prefix: a rule needs `+` and/or digits")]
     EmptyPrefix,
-    #[error("prefix `{prefix}`: `{ch}` at position {pos} is not a digit (only a leading `+` is allowed)")]
-    BadCharacter { prefix: String, ch: char, pos: usize },
+    #[error(
+        "prefix `{prefix}`: `{ch}` at position {pos} is not a digit (only a leading `+` is allowed)"
+    )]
+    BadCharacter {
+        prefix: String,
+        ch: char,
+        pos: usize,
+    },
     #[error("prefix `{prefix}` has {len} digits; at most {MAX_DIGITS} fit a rule key")]
     TooLong { prefix: String, len: usize },
     #[error("unknown action `{0}` (expected block, allow or monitor)")]
@@ -140,12 +146,30 @@ mod tests {
     fn bad_prefixes_name_the_problem() {
         assert_eq!("".parse::<Prefix>(), Err(RuleError::EmptyPrefix));
         let e = "+23a".parse::<Prefix>().unwrap_err();
-        assert_eq!(e.to_string(), "prefix `+23a`: `a` at position 4 is not a digit (only a leading `+` is allowed)");
-        assert!(matches!("++1".parse::<Prefix>(), Err(RuleError::BadCharacter { pos: 2, .. })));
-        assert!(matches!("+١".parse::<Prefix>(), Err(RuleError::BadCharacter { .. })));
+        assert_eq!(
+            e.to_string(),
+            "prefix `+23a`: `a` at position 4 is not a digit (only a leading `+` is allowed)"
+        );
+        assert!(matches!(
+            "++1".parse::<Prefix>(),
+            Err(RuleError::BadCharacter { pos: 2, .. })
+        ));
+        assert!(matches!(
+            "+١".parse::<Prefix>(),
+            Err(RuleError::BadCharacter { .. })
+        ));
         let long = format!("+{}", "1".repeat(31));
-        assert_eq!(long.parse::<Prefix>(), Err(RuleError::TooLong { prefix: long.clone(), len: 31 }));
+        assert_eq!(
+            long.parse::<Prefix>(),
+            Err(RuleError::TooLong {
+                prefix: long.clone(),
+                len: 31
+            })
+        );
         assert!(format!("+{}", "1".repeat(30)).parse::<Prefix>().is_ok());
-        assert_eq!(parse_action("drop"), Err(RuleError::UnknownAction("drop".into())));
+        assert_eq!(
+            parse_action("drop"),
+            Err(RuleError::UnknownAction("drop".into()))
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use guard_common::{
     Config, IntlPrefix, IntlPrefixes, Mode,
-    number::{MAX_INTL_PREFIXES, MAX_INTL_PREFIX_DIGITS},
+    number::{MAX_INTL_PREFIX_DIGITS, MAX_INTL_PREFIXES},
 };
 use thiserror::Error;
 
@@ -59,7 +59,8 @@ impl Settings {
         }
         let mut prefixes = IntlPrefixes::default();
         for (slot, p) in prefixes.slots.iter_mut().zip(&self.intl_prefixes) {
-            *slot = IntlPrefix::from_digits(p).ok_or_else(|| SettingsError::BadIntlPrefix(p.clone()))?;
+            *slot = IntlPrefix::from_digits(p)
+                .ok_or_else(|| SettingsError::BadIntlPrefix(p.clone()))?;
         }
         Ok(Config::new(self.mode, prefixes))
     }

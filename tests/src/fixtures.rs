@@ -9,12 +9,12 @@ use crate::packet::{Ext, Pkt, invite, request};
 
 /// The rules every fixture runs against: (prefix, action, id).
 pub const RULES: &[(&str, Action, u32)] = &[
-    ("+232", Action::Block, 0),    // Sierra Leone
-    ("+23222", Action::Allow, 1),  // an exception inside it
-    ("+881", Action::Block, 2),    // satellite
-    ("+44", Action::Monitor, 3),   // watched, not blocked
-    ("0990", Action::Block, 4),    // a national premium-rate dial string
-    ("+1876", Action::Block, 5),   // Jamaica (NANP: area-code granularity)
+    ("+232", Action::Block, 0),   // Sierra Leone
+    ("+23222", Action::Allow, 1), // an exception inside it
+    ("+881", Action::Block, 2),   // satellite
+    ("+44", Action::Monitor, 3),  // watched, not blocked
+    ("0990", Action::Block, 4),   // a national premium-rate dial string
+    ("+1876", Action::Block, 5),  // Jamaica (NANP: area-code granularity)
 ];
 
 /// Rule ids in `RULES`, for counter checks.
@@ -26,7 +26,10 @@ pub const PREMIUM: u32 = 4;
 pub const JM: u32 = 5;
 
 pub fn rules() -> Vec<Rule> {
-    RULES.iter().map(|&(p, a, id)| Rule::new(p, a, id).expect("fixture rule")).collect()
+    RULES
+        .iter()
+        .map(|&(p, a, id)| Rule::new(p, a, id).expect("fixture rule"))
+        .collect()
 }
 
 /// Settings a fixture runs under.
@@ -45,7 +48,13 @@ pub enum Setup {
 }
 
 impl Setup {
-    pub const ALL: [Setup; 5] = [Setup::Default, Setup::Japan, Setup::Australia, Setup::Monitor, Setup::TwoPorts];
+    pub const ALL: [Setup; 5] = [
+        Setup::Default,
+        Setup::Japan,
+        Setup::Australia,
+        Setup::Monitor,
+        Setup::TwoPorts,
+    ];
 
     pub fn settings(self) -> Settings {
         let mut s = Settings::default();
@@ -87,7 +96,14 @@ use Counter::*;
 fn case(name: &'static str, frame: Vec<u8>, verdict: Verdict, counters: &[(Counter, u64)]) -> Case {
     let mut c: Vec<(Counter, u64)> = vec![(Frames, 1)];
     c.extend_from_slice(counters);
-    Case { name, setup: Setup::Default, frame, verdict, counters: c, rule: None }
+    Case {
+        name,
+        setup: Setup::Default,
+        frame,
+        verdict,
+        counters: c,
+        rule: None,
+    }
 }
 
 impl Case {
@@ -96,7 +112,12 @@ impl Case {
         self
     }
     fn rule(mut self, id: u32, matched: u64, dropped: u64, would_drop: u64) -> Self {
-        self.rule = Some(RuleDelta { id, matched, dropped, would_drop });
+        self.rule = Some(RuleDelta {
+            id,
+            matched,
+            dropped,
+            would_drop,
+        });
         self
     }
 }
@@ -331,5 +352,8 @@ pub fn cases() -> Vec<Case> {
 
 /// Looks a case up by name (benchmarks use this).
 pub fn case_named(name: &str) -> Case {
-    cases().into_iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no fixture named {name}"))
+    cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no fixture named {name}"))
 }

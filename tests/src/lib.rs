@@ -31,7 +31,9 @@ pub fn host_verdict(payload: &[u8], settings: &Settings, rules: &[Rule]) -> (Ver
         .filter(|r| r.prefix.domain == domain && digits.starts_with(&r.prefix.digits))
         .max_by_key(|r| r.prefix.digits.len());
     match best {
-        Some(r) if r.action == Action::Block && settings.mode == Mode::Enforce => (Verdict::Drop, Some(r.id)),
+        Some(r) if r.action == Action::Block && settings.mode == Mode::Enforce => {
+            (Verdict::Drop, Some(r.id))
+        }
         Some(r) => (Verdict::Pass, Some(r.id)),
         None => (Verdict::Pass, None),
     }
@@ -40,5 +42,8 @@ pub fn host_verdict(payload: &[u8], settings: &Settings, rules: &[Rule]) -> (Ver
 /// Global counters as a name → value list, for messages.
 pub fn counter_snapshot(f: &Filter) -> Vec<(Counter, u64)> {
     let g = f.global_counters().expect("read counters");
-    Counter::ALL.iter().map(|&c| (c, g.counters[c as usize])).collect()
+    Counter::ALL
+        .iter()
+        .map(|&c| (c, g.counters[c as usize]))
+        .collect()
 }

@@ -1,18 +1,20 @@
 //! Network namespaces and veth pairs that tests create and always delete (on drop, so also when
 //! a test fails). Names carry the test process id, so parallel or leftover runs never collide.
 
-use std::{
-    fs::File,
-    os::fd::AsRawFd,
-    process::Command,
-    thread,
-};
+use std::{fs::File, os::fd::AsRawFd, process::Command, thread};
 
 /// Runs `ip ARGS`, failing with the command and its stderr.
 pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
     if !out.status.success() {
-        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(())
 }
@@ -88,13 +90,23 @@ impl VethPair {
         let tx_if = format!("sg{id}{tag}t");
         let rx_if = format!("sg{id}{tag}r");
         assert!(rx_if.len() <= 15, "interface name too long: {rx_if}");
-        ip(&["link", "add", &tx_if, "netns", &tx.name, "type", "veth", "peer", "name", &rx_if, "netns", &rx.name])
-            .expect("create veth pair");
+        ip(&[
+            "link", "add", &tx_if, "netns", &tx.name, "type", "veth", "peer", "name", &rx_if,
+            "netns", &rx.name,
+        ])
+        .expect("create veth pair");
         for (ns, dev, a4, a6) in [(&tx, &tx_if, TX4, TX6), (&rx, &rx_if, RX4, RX6)] {
-            ns.ip(&["addr", "add", &format!("{a4}/24"), "dev", dev]).expect("add IPv4 address");
-            ns.ip(&["addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"]).expect("add IPv6 address");
+            ns.ip(&["addr", "add", &format!("{a4}/24"), "dev", dev])
+                .expect("add IPv4 address");
+            ns.ip(&["addr", "add", &format!("{a6}/64"), "dev", dev, "nodad"])
+                .expect("add IPv6 address");
             ns.ip(&["link", "set", dev, "up"]).expect("link up");
         }
-        Self { tx, rx, tx_if, rx_if }
+        Self {
+            tx,
+            rx,
+            tx_if,
+            rx_if,
+        }
     }
 }

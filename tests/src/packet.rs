@@ -8,7 +8,10 @@ pub enum Ext {
     Routing,
     DestOpts,
     /// Fragment header with this offset (in 8-byte units) and the M flag.
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -41,8 +44,12 @@ pub struct Pkt {
 
 pub const SRC4: [u8; 4] = [192, 0, 2, 10];
 pub const DST4: [u8; 4] = [198, 51, 100, 20];
-pub const SRC6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-pub const DST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20];
+pub const SRC6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+];
+pub const DST6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20,
+];
 
 impl Pkt {
     fn new(l3: L3, payload: &[u8]) -> Self {
@@ -62,7 +69,13 @@ impl Pkt {
     /// IPv4/UDP to port 5060.
     pub fn v4(payload: &[u8]) -> Self {
         Self::new(
-            L3::V4 { options: 0, frag_offset: 0, more_frags: false, proto: 17, ihl_override: None },
+            L3::V4 {
+                options: 0,
+                frag_offset: 0,
+                more_frags: false,
+                proto: 17,
+                ihl_override: None,
+            },
             payload,
         )
     }
@@ -102,7 +115,12 @@ impl Pkt {
 
     /// IPv4 fragment fields.
     pub fn fragment(mut self, offset: u16, more: bool) -> Self {
-        if let L3::V4 { frag_offset, more_frags, .. } = &mut self.l3 {
+        if let L3::V4 {
+            frag_offset,
+            more_frags,
+            ..
+        } = &mut self.l3
+        {
             *frag_offset = offset;
             *more_frags = more;
         }
@@ -171,7 +189,13 @@ impl Pkt {
         udp.extend_from_slice(&self.payload);
 
         match &self.l3 {
-            L3::V4 { options, frag_offset, more_frags, proto, ihl_override } => {
+            L3::V4 {
+                options,
+                frag_offset,
+                more_frags,
+                proto,
+                ihl_override,
+            } => {
                 let hlen = 20 + options;
                 let total = (hlen + udp.len()) as i32 + self.ip_len_delta;
                 let ihl = ihl_override.unwrap_or((hlen / 4) as u8);
@@ -241,7 +265,10 @@ impl Pkt {
 }
 
 fn checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -255,13 +282,18 @@ pub fn invite(uri: &str) -> Vec<u8> {
 
 /// A SIP request with this method and Request-URI.
 pub fn request(method: &str, uri: &str) -> Vec<u8> {
+    request_with_call_id(method, uri, "a84b4c76e66710@192.0.2.10")
+}
+
+/// A SIP request with a chosen Call-ID (tests use it to recognise what arrived).
+pub fn request_with_call_id(method: &str, uri: &str, call_id: &str) -> Vec<u8> {
     format!(
         "{method} {uri} SIP/2.0\r\n\
          Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds\r\n\
          Max-Forwards: 70\r\n\
          To: <{uri}>\r\n\
          From: <sip:100@192.0.2.10>;tag=1928301774\r\n\
-         Call-ID: a84b4c76e66710@192.0.2.10\r\n\
+         Call-ID: {call_id}\r\n\
          CSeq: 314159 {method}\r\n\
          Contact: <sip:100@192.0.2.10>\r\n\
          Content-Length: 0\r\n\r\n"

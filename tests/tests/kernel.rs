@@ -12,7 +12,10 @@ use sipguard_tests::{
 };
 
 fn rule_counters(f: &Filter) -> Vec<RuleCounters> {
-    fixtures::RULES.iter().map(|&(_, _, id)| f.rule_counters(id).expect("rule counters")).collect()
+    fixtures::RULES
+        .iter()
+        .map(|&(_, _, id)| f.rule_counters(id).expect("rule counters"))
+        .collect()
 }
 
 /// Runs one case and returns a description of every mismatch.
@@ -33,7 +36,10 @@ fn check(f: &Filter, case: &Case) -> Vec<String> {
         let got = g1.counters[c as usize] - g0.counters[c as usize];
         let want = expected.get(&c).copied().unwrap_or(0);
         if got != want {
-            errs.push(format!("counter {} moved by {got}, expected {want}", c.name()));
+            errs.push(format!(
+                "counter {} moved by {got}, expected {want}",
+                c.name()
+            ));
         }
     }
     for (i, &(prefix, _, id)) in fixtures::RULES.iter().enumerate() {
@@ -45,7 +51,12 @@ fn check(f: &Filter, case: &Case) -> Vec<String> {
         };
         let want = match case.rule {
             Some(d) if d.id == id => d,
-            _ => RuleDelta { id, matched: 0, dropped: 0, would_drop: 0 },
+            _ => RuleDelta {
+                id,
+                matched: 0,
+                dropped: 0,
+                would_drop: 0,
+            },
         };
         if got != want {
             errs.push(format!("rule {prefix}: {got:?}, expected {want:?}"));
@@ -57,24 +68,44 @@ fn check(f: &Filter, case: &Case) -> Vec<String> {
 #[test]
 fn fixture_table_through_the_kernel() {
     let rules = fixtures::rules();
-    let filters: BTreeMap<Setup, Filter> = Setup::ALL.iter().map(|&s| (s, load(&s.settings(), &rules))).collect();
+    let filters: BTreeMap<Setup, Filter> = Setup::ALL
+        .iter()
+        .map(|&s| (s, load(&s.settings(), &rules)))
+        .collect();
     let cases = fixtures::cases();
     let mut failures = Vec::new();
     for case in &cases {
         let errs = check(&filters[&case.setup], case);
         if !errs.is_empty() {
-            failures.push(format!("{} ({:?}):\n    {}", case.name, case.setup, errs.join("\n    ")));
+            failures.push(format!(
+                "{} ({:?}):\n    {}",
+                case.name,
+                case.setup,
+                errs.join("\n    ")
+            ));
         }
     }
-    println!("{} fixture cases run through BPF_PROG_TEST_RUN", cases.len());
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    println!(
+        "{} fixture cases run through BPF_PROG_TEST_RUN",
+        cases.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn fixture_table_agrees_with_the_host_parser() {
     // The same table, judged on the host with the shared parser: the kernel and the host agree.
     let rules = fixtures::rules();
-    let filters: BTreeMap<Setup, Filter> = Setup::ALL.iter().map(|&s| (s, load(&s.settings(), &rules))).collect();
+    let filters: BTreeMap<Setup, Filter> = Setup::ALL
+        .iter()
+        .map(|&s| (s, load(&s.settings(), &rules)))
+        .collect();
     let mut failures = Vec::new();
     for case in fixtures::cases() {
         let settings = case.setup.settings();
@@ -82,7 +113,10 @@ fn fixture_table_agrees_with_the_host_parser() {
         let kernel = f.test_run(&case.frame).expect("test run");
         // Only frames the kernel reaches the SIP layer for are comparable; those are the ones
         // that count a SIP candidate and no truncation.
-        let sip_reached = case.counters.iter().any(|&(c, _)| c == Counter::SipCandidates);
+        let sip_reached = case
+            .counters
+            .iter()
+            .any(|&(c, _)| c == Counter::SipCandidates);
         let clean = !case.counters.iter().any(|&(c, _)| c == Counter::Truncated);
         if !(sip_reached && clean) {
             continue;
@@ -93,7 +127,11 @@ fn fixture_table_agrees_with_the_host_parser() {
             failures.push(format!("{}: kernel {kernel:?}, host {host:?}", case.name));
         }
     }
-    assert!(failures.is_empty(), "host and kernel disagree:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "host and kernel disagree:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The UDP payload of a frame built by `Pkt` (no lies), found by walking the headers.
@@ -112,7 +150,11 @@ fn udp_payload(frame: &[u8]) -> &[u8] {
         off += 40;
         while next != 17 {
             let (nh, len) = (frame[off], frame[off + 1]);
-            off += if next == 44 { 8 } else { (len as usize + 1) * 8 };
+            off += if next == 44 {
+                8
+            } else {
+                (len as usize + 1) * 8
+            };
             next = nh;
         }
     }
@@ -123,9 +165,15 @@ fn udp_payload(frame: &[u8]) -> &[u8] {
 #[test]
 fn verifier_processed_instructions_stay_under_100k() {
     let f = load(&Setup::Default.settings(), &fixtures::rules());
-    let insns = f.verified_insns().expect("program info").expect("kernel reports verified_insns (5.16+)");
+    let insns = f
+        .verified_insns()
+        .expect("program info")
+        .expect("kernel reports verified_insns (5.16+)");
     println!("verifier processed instructions: {insns}");
-    assert!(insns < 100_000, "verifier processed {insns} instructions, budget is 100k");
+    assert!(
+        insns < 100_000,
+        "verifier processed {insns} instructions, budget is 100k"
+    );
 }
 
 fn rfc4475_messages() -> Vec<(String, Vec<u8>)> {
@@ -134,7 +182,10 @@ fn rfc4475_messages() -> Vec<(String, Vec<u8>)> {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| {
             let p = e.expect("dir entry").path();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), fs::read(&p).expect("read message"))
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                fs::read(&p).expect("read message"),
+            )
         })
         .filter(|(n, _)| n.ends_with(".dat"))
         .collect();
@@ -162,12 +213,18 @@ fn rfc4475_torture_messages() {
     let rules = fixtures::rules();
     let f = load(&settings, &rules);
     let messages = rfc4475_messages();
-    assert_eq!(messages.len(), 50, "the 50 RFC 4475 messages are in tests/data/rfc4475");
+    assert_eq!(
+        messages.len(),
+        50,
+        "the 50 RFC 4475 messages are in tests/data/rfc4475"
+    );
     let mut redialled = 0;
     let mut failures = Vec::new();
     for (name, msg) in &messages {
         for frame in [Pkt::v4(msg).build(), Pkt::v6(msg).vlan(0x8100).build()] {
-            let got = f.test_run(&frame).unwrap_or_else(|e| panic!("{name}: test run failed: {e:#}"));
+            let got = f
+                .test_run(&frame)
+                .unwrap_or_else(|e| panic!("{name}: test run failed: {e:#}"));
             let (want, _) = host_verdict(msg, &settings, &rules);
             if got != want {
                 failures.push(format!("{name}: kernel {got:?}, host says {want:?}"));
@@ -178,16 +235,27 @@ fn rfc4475_torture_messages() {
             let (want, id) = host_verdict(&m, &settings, &rules);
             let got = f.test_run(&Pkt::v4(&m).build()).expect("test run");
             if got != want {
-                failures.push(format!("{name} redialled: kernel {got:?}, host says {want:?} (rule {id:?})"));
+                failures.push(format!(
+                    "{name} redialled: kernel {got:?}, host says {want:?} (rule {id:?})"
+                ));
             }
             if want == Verdict::Drop {
                 redialled += 1;
             }
         }
     }
-    assert!(failures.is_empty(), "RFC 4475 mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "RFC 4475 mismatches:\n{}",
+        failures.join("\n")
+    );
     // Every INVITE with a `sip:user@host` Request-URI in the corpus, redialled, must drop.
-    println!("RFC 4475: 50 messages x 2 framings agree with the host parser; {redialled} redialled INVITEs dropped");
-    assert!(redialled >= 15, "only {redialled} redialled INVITEs dropped");
+    println!(
+        "RFC 4475: 50 messages x 2 framings agree with the host parser; {redialled} redialled INVITEs dropped"
+    );
+    assert!(
+        redialled >= 15,
+        "only {redialled} redialled INVITEs dropped"
+    );
     assert_eq!(f.counter(Counter::Dropped).unwrap(), redialled as u64);
 }
