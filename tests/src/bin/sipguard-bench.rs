@@ -1,0 +1,173 @@
+//! `cargo xtask bench`: ns per packet through BPF_PROG_TEST_RUN for the fixture frames, with 250
+//! country-code rules and with 100k operator prefixes, each as a ratio to an empty XDP program
+//! measured in the same run. Not a test: it asserts only that verdicts are the expected ones.
+
+use std::process::ExitCode;
+
+use guard_common::{Action, programs};
+use sipguard::{Filter, Rule, Verdict};
+use sipguard_tests::{
+    fixtures::{Setup, case_named},
+    load,
+};
+
+/// Rows: (label, fixture name, expected verdict).
+const ROWS: &[(&str, &str, Verdict)] = &[
+    (
+        "non-SIP frame (UDP 5061)",
+        "l4/not-a-sip-port",
+        Verdict::Pass,
+    ),
+    ("SIP OPTIONS", "sip/options", Verdict::Pass),
+    ("allowed INVITE", "uri/allowed-international", Verdict::Pass),
+    ("blocked INVITE", "l2/eth-ipv4", Verdict::Drop),
+];
+
+/// A small deterministic generator (xorshift), so every run benchmarks the same rule set.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// 250 country-code style rules: +232 block with its +23222 exception, then 248 other 3-digit
+/// codes (never a prefix of the allowed destination +33...).
+fn country_rules() -> Vec<Rule> {
+    let mut rules = vec![
+        Rule::new("+232", Action::Block, 0).unwrap(),
+        Rule::new("+23222", Action::Allow, 1).unwrap(),
+    ];
+    let mut code = 200u32;
+    while rules.len() < 250 {
+        if code != 232 && !(330..340).contains(&code) {
+            let action = if code % 3 == 0 {
+                Action::Monitor
+            } else {
+                Action::Block
+            };
+            rules.push(Rule::new(&format!("+{code}"), action, rules.len() as u32).unwrap());
+        }
+        code += 1;
+    }
+    rules
+}
+
+/// The country rules plus operator prefixes up to `total`: random 6- to 9-digit prefixes under
+/// random country codes, skipping anything under +33 (the allowed destination).
+fn operator_rules(total: usize) -> Vec<Rule> {
+    let mut rules = country_rules();
+    let mut seen: std::collections::BTreeSet<String> =
+        rules.iter().map(|r| r.prefix.to_string()).collect();
+    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    while rules.len() < total {
+        let len = 6 + (rng.next() % 4) as usize;
+        let mut p = String::from("+");
+        for i in 0..len {
+            let d = (rng.next() % 10) as u8;
+            p.push(char::from(b'0' + if i == 0 && d == 0 { 4 } else { d }));
+        }
+        if p.starts_with("+33") || !seen.insert(p.clone()) {
+            continue;
+        }
+        rules.push(Rule::new(&p, Action::Block, rules.len() as u32).unwrap());
+    }
+    rules
+}
+
+fn best_ns(
+    f: &Filter,
+    program: &'static str,
+    frame: &[u8],
+    repeat: u32,
+    rounds: u32,
+) -> (u32, f64) {
+    let mut best = f64::MAX;
+    let mut rc = 0;
+    for _ in 0..rounds {
+        let (r, ns) = f.run(program, frame, repeat).expect("test run");
+        rc = r;
+        best = best.min(ns);
+    }
+    (rc, best)
+}
+
+fn main() -> ExitCode {
+    let mut repeat = 1_000_000u32;
+    let mut rounds = 3u32;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next().and_then(|v| v.parse().ok())) {
+            ("--repeat", Some(v)) => repeat = v,
+            ("--rounds", Some(v)) => rounds = v,
+            _ => {
+                eprintln!(
+                    "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)]"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let settings = Setup::Default.settings();
+    let sets = [
+        ("250 country codes", country_rules()),
+        ("100k operator prefixes", operator_rules(100_000)),
+    ];
+    let mut cols = Vec::new();
+    let mut insns = None;
+    for (label, rules) in &sets {
+        let t = std::time::Instant::now();
+        let f = load(&settings, rules);
+        eprintln!(
+            "loaded {} rules ({label}) in {:.2?}",
+            rules.len(),
+            t.elapsed()
+        );
+        insns = f.verified_insns().expect("program info");
+        let frame = case_named("l2/eth-ipv4").frame;
+        let (_, empty) = best_ns(&f, programs::EMPTY, &frame, repeat, rounds);
+        let mut col = vec![empty];
+        for &(row, fixture, want) in ROWS {
+            let frame = case_named(fixture).frame;
+            let (rc, ns) = best_ns(&f, programs::FILTER, &frame, repeat, rounds);
+            let got = Verdict::from_xdp(rc);
+            if got != want {
+                eprintln!("{row} ({label}): verdict {got:?}, expected {want:?}");
+                return ExitCode::FAILURE;
+            }
+            col.push(ns);
+        }
+        cols.push(col);
+    }
+    println!();
+    println!(
+        "BPF_PROG_TEST_RUN, repeat {repeat}, best of {rounds} rounds; ratio = ns / empty XDP_PASS program in the same run"
+    );
+    println!();
+    println!(
+        "| case | {} ns | ratio | {} ns | ratio |",
+        sets[0].0, sets[1].0
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let labels: Vec<&str> = std::iter::once("empty XDP_PASS program")
+        .chain(ROWS.iter().map(|r| r.0))
+        .collect();
+    for (i, label) in labels.iter().enumerate() {
+        println!(
+            "| {label} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            cols[0][i],
+            cols[0][i] / cols[0][0],
+            cols[1][i],
+            cols[1][i] / cols[1][0]
+        );
+    }
+    println!();
+    match insns {
+        Some(n) => println!("verifier processed instructions (filter program): {n}"),
+        None => println!("verifier processed instructions: not reported by this kernel"),
+    }
+    ExitCode::SUCCESS
+}
