@@ -10,7 +10,9 @@ use crate::sip::{Scanner, WINDOW};
 
 /// Map names (BPF object names are at most 15 bytes). The pinned maps keep these names.
 pub mod names {
-    pub const RULES: &str = "SG_RULES";
+    /// The two rule tries. Config slot `i` goes with trie `i`, so a reload builds the new rule
+    /// set in the inactive trie and switches rules and settings live together in one word.
+    pub const RULES: [&str; 2] = ["SG_RULES_A", "SG_RULES_B"];
     pub const RULE_STATS: &str = "SG_RULE_STATS";
     pub const COUNTERS: &str = "SG_COUNTERS";
     pub const CONFIG: &str = "SG_CONFIG";
@@ -90,8 +92,9 @@ pub enum Mode {
 }
 
 /// Global settings. Userspace writes a whole new copy into the inactive slot of the config
-/// array and then flips [`Config`] slot 2's `active` word, so the program never reads a
-/// half-written configuration (array map updates are plain memcpy, not atomic).
+/// array (and the whole new rule set into the rule trie of the same index), then flips
+/// [`Config`] slot 2's `active` word, so the program never reads a half-written configuration
+/// or a half-applied rule set (array map updates are plain memcpy, not atomic).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -100,9 +103,16 @@ pub struct Config {
     /// Which of slots 0 and 1 is live; only meaningful in slot [`CONFIG_SELECTOR`].
     pub active: u32,
     pub intl_prefixes: IntlPrefixes,
+    /// [`CONFIG_FLAG_DEBUG_LOG`] and later per-config switches.
+    pub flags: u32,
+    pub _pad: u32,
     /// Reserved for later global settings; zero today.
-    pub _reserved: [u64; 4],
+    pub _reserved: [u64; 3],
 }
+
+/// Config flag: the program writes an aya-log debug line for every rule match. Off by default:
+/// it costs a ring-buffer write per matched INVITE, which a flood would turn into load.
+pub const CONFIG_FLAG_DEBUG_LOG: u32 = 1;
 
 /// Config array slot that holds the `active` selector.
 pub const CONFIG_SELECTOR: u32 = 2;
@@ -115,7 +125,9 @@ impl Config {
             mode: mode as u32,
             active: 0,
             intl_prefixes,
-            _reserved: [0; 4],
+            flags: 0,
+            _pad: 0,
+            _reserved: [0; 3],
         }
     }
 }

@@ -26,8 +26,12 @@ use guard_common::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr, vlan::VlanHdr};
 
-#[map(name = "SG_RULES")]
-static SG_RULES: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
+// Two rule tries, double-buffered with the config slots: slot 0 uses A, slot 1 uses B.
+#[map(name = "SG_RULES_A")]
+static SG_RULES_A: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "SG_RULES_B")]
+static SG_RULES_B: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
 
 #[map(name = "SG_RULE_STATS")]
 static SG_RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
@@ -443,21 +447,23 @@ fn sip(ctx: &XdpContext, c: &mut Counters, off: usize, len: usize) -> u32 {
 // ---------------------------------------------------------------------------------------------
 // Verdict: normalise, longest-prefix match, count.
 
+/// The live config slot: its settings and the rule trie that goes with it.
 #[inline(always)]
-fn config() -> Option<&'static Config> {
-    let sel = SG_CONFIG.get(CONFIG_SELECTOR)?.active;
-    SG_CONFIG.get(sel & 1)
+fn config() -> Option<(&'static Config, &'static LpmTrie<RuleKeyData, RuleValue>)> {
+    let slot = SG_CONFIG.get(CONFIG_SELECTOR)?.active & 1;
+    let rules = if slot == 0 { &SG_RULES_A } else { &SG_RULES_B };
+    Some((SG_CONFIG.get(slot)?, rules))
 }
 
 #[inline(always)]
 fn verdict(c: &mut Counters, number: &guard_common::Number) -> u32 {
-    let Some(cfg) = config() else {
+    let Some((cfg, rules)) = config() else {
         return XDP_PASS;
     };
     let (domain, normalized) = cfg.intl_prefixes.normalize(number);
     let lk = normalized.key(domain);
     let key = Key::new(lk.prefix_len, lk.data);
-    let Some(rule) = SG_RULES.get(&key) else {
+    let Some(rule) = rules.get(&key) else {
         return XDP_PASS;
     };
     let (id, action) = (rule.id, rule.action);

@@ -1,20 +1,18 @@
 //! The loaded XDP program and its maps.
 
-use std::collections::BTreeSet;
+use std::path::Path;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::lpm_trie::Key,
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use guard_common::{
-    CONFIG_SELECTOR, Config, Counter, GlobalCounters, RuleCounters, RuleKeyData, RuleValue,
-    maps::names, programs,
-};
+use guard_common::{Counter, GlobalCounters, RuleCounters, RuleValue, maps::names, programs};
 use thiserror::Error;
 
 use crate::{
-    rules::{Prefix, Rule},
+    maps::{Maps, MapsError, PINNED_MAPS},
+    rules::{Rule, RuleEntry, RuleSet, Source},
     settings::{Settings, SettingsError},
 };
 
@@ -37,26 +35,12 @@ pub enum FilterError {
         #[source]
         source: ProgramError,
     },
-    #[error("map `{name}`: {action} failed")]
-    Map {
-        name: &'static str,
-        action: String,
-        #[source]
-        source: MapError,
-    },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
     #[error("invalid settings")]
     Settings(#[from] SettingsError),
     #[error("rule id {id} is out of range (at most {max})")]
     RuleId { id: u32, max: u32 },
-}
-
-fn map_err(name: &'static str, action: impl Into<String>) -> impl FnOnce(MapError) -> FilterError {
-    let action = action.into();
-    move |source| FilterError::Map {
-        name,
-        action,
-        source,
-    }
 }
 
 /// What the program returned for a frame.
@@ -78,48 +62,51 @@ impl Verdict {
     }
 }
 
-/// The loaded filter: both programs loaded (not attached) and the maps configured.
+/// The loaded filter: both programs loaded (not attached) and the maps.
 pub struct Filter {
     ebpf: Ebpf,
-    ports: BTreeSet<u16>,
+    pub maps: Maps,
 }
 
 impl Filter {
-    /// Loads the object into the kernel with `settings` applied and no rules.
+    /// Loads a private instance (no pins) with `settings` applied and no rules. Tests and
+    /// `sipguard replay` use this; it never touches a live filter's maps.
     pub fn load(settings: &Settings) -> Result<Self, FilterError> {
         // Validate before touching the kernel.
         settings.to_config()?;
         let ebpf = EbpfLoader::new().load(OBJECT).map_err(FilterError::Load)?;
-        let mut f = Self {
-            ebpf,
-            ports: BTreeSet::new(),
-        };
+        let mut f = Self::finish_load(ebpf)?;
+        f.maps.commit(settings, &RuleSet::new())?;
+        Ok(f)
+    }
+
+    /// Loads the programs with their maps pinned in `dir`: maps already pinned there are
+    /// reused with their rules and counters (a restart or an upgrade), missing ones are created
+    /// and pinned. Settings and rules are left as they are; commit them next.
+    pub fn load_pinned(dir: &Path) -> Result<Self, FilterError> {
+        let paths: Vec<(&'static str, std::path::PathBuf)> =
+            PINNED_MAPS.iter().map(|&n| (n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(OBJECT).map_err(FilterError::Load)?;
+        Self::finish_load(ebpf)
+    }
+
+    fn finish_load(ebpf: Ebpf) -> Result<Self, FilterError> {
+        let mut ebpf = ebpf;
         for name in [programs::FILTER, programs::EMPTY] {
-            f.xdp_mut(name)?
+            xdp_mut(&mut ebpf, name)?
                 .load()
                 .map_err(|source| FilterError::Program {
-                    name: static_name(name),
+                    name,
                     action: "load (verifier)",
                     source,
                 })?;
         }
-        f.apply_settings(settings)?;
-        Ok(f)
-    }
-
-    fn xdp_mut(&mut self, name: &'static str) -> Result<&mut Xdp, FilterError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(FilterError::Missing {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| FilterError::Program {
-                name,
-                action: "type check",
-                source,
-            })
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        Ok(Self { ebpf, maps })
     }
 
     fn xdp(&self, name: &'static str) -> Result<&Xdp, FilterError> {
@@ -137,58 +124,42 @@ impl Filter {
             })
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, FilterError> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or(FilterError::Missing { kind: "map", name })
+    /// The filter program, to attach or pin.
+    pub fn program_mut(&mut self) -> Result<&mut Xdp, FilterError> {
+        xdp_mut(&mut self.ebpf, programs::FILTER)
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, FilterError> {
-        self.ebpf
-            .map(name)
-            .ok_or(FilterError::Missing { kind: "map", name })
+    /// The loaded object, for aya-log.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
-    /// Applies settings: the config goes into the inactive slot and is then switched live in one
-    /// word write; new SIP ports are added before old ones are removed.
+    /// Applies settings (keeping the live rules), atomically.
     pub fn apply_settings(&mut self, settings: &Settings) -> Result<(), FilterError> {
-        let mut config = settings.to_config()?;
-        let new_ports: BTreeSet<u16> = settings.sip_ports.iter().copied().collect();
-        let old_ports = std::mem::take(&mut self.ports);
-        {
-            let mut ports: Array<&mut MapData, u8> =
-                Array::try_from(self.map_mut(names::SIP_PORTS)?)
-                    .map_err(map_err(names::SIP_PORTS, "open"))?;
-            for &p in new_ports.difference(&old_ports) {
-                ports
-                    .set(p as u32, 1u8, 0)
-                    .map_err(map_err(names::SIP_PORTS, format!("add port {p}")))?;
-            }
-            for &p in old_ports.difference(&new_ports) {
-                ports
-                    .set(p as u32, 0u8, 0)
-                    .map_err(map_err(names::SIP_PORTS, format!("remove port {p}")))?;
-            }
-        }
-        self.ports = new_ports;
-        let mut cfg: Array<&mut MapData, Config> = Array::try_from(self.map_mut(names::CONFIG)?)
-            .map_err(map_err(names::CONFIG, "open"))?;
-        let selector = cfg
-            .get(&CONFIG_SELECTOR, 0)
-            .map_err(map_err(names::CONFIG, "read selector"))?;
-        let next = (selector.active ^ 1) & 1;
-        config.active = next;
-        cfg.set(next, config, 0)
-            .map_err(map_err(names::CONFIG, format!("write slot {next}")))?;
-        // The flip: one aligned 32-bit word is what changes in the selector slot.
-        let mut sel = selector;
-        sel.active = next;
-        cfg.set(CONFIG_SELECTOR, sel, 0)
-            .map_err(map_err(names::CONFIG, "switch slot"))?;
+        let rules: RuleSet = self
+            .maps
+            .rules()?
+            .into_iter()
+            .filter_map(|r| {
+                let action = guard_common::Action::from_u8(r.value.action)?;
+                Some((
+                    r.prefix,
+                    RuleEntry {
+                        action,
+                        comment: None,
+                        country: None,
+                        source: Source::Runtime,
+                    },
+                ))
+            })
+            .collect();
+        self.maps.commit(settings, &rules)?;
         Ok(())
     }
 
-    /// Inserts or replaces the rule for `rule.prefix` (an LPM update is atomic per key).
+    /// Inserts or replaces the rule for `rule.prefix` with an explicit counter id, straight
+    /// into the live trie. For tests and benchmarks that need fixed ids; operators' changes go
+    /// through [`Maps::commit`], which is atomic and assigns ids itself.
     pub fn insert_rule(&mut self, rule: &Rule) -> Result<(), FilterError> {
         if rule.id >= guard_common::MAX_RULES {
             return Err(FilterError::RuleId {
@@ -196,6 +167,8 @@ impl Filter {
                 max: guard_common::MAX_RULES - 1,
             });
         }
+        let slot = self.maps.active_slot()? as usize;
+        let name = names::RULES[slot];
         let key = rule.prefix.key();
         let value = RuleValue {
             id: rule.id,
@@ -203,55 +176,25 @@ impl Filter {
             flags: 0,
             _reserved: 0,
         };
-        let mut trie: LpmTrie<&mut MapData, RuleKeyData, RuleValue> =
-            LpmTrie::try_from(self.map_mut(names::RULES)?)
-                .map_err(map_err(names::RULES, "open"))?;
-        trie.insert(&Key::new(key.prefix_len, key.data), value, 0)
-            .map_err(map_err(names::RULES, format!("insert {}", rule.prefix)))
-    }
-
-    /// Removes the rule for `prefix`.
-    pub fn remove_rule(&mut self, prefix: &Prefix) -> Result<(), FilterError> {
-        let key = prefix.key();
-        let mut trie: LpmTrie<&mut MapData, RuleKeyData, RuleValue> =
-            LpmTrie::try_from(self.map_mut(names::RULES)?)
-                .map_err(map_err(names::RULES, "open"))?;
-        trie.remove(&Key::new(key.prefix_len, key.data))
-            .map_err(map_err(names::RULES, format!("remove {prefix}")))
+        self.maps
+            .insert_live(slot, &Key::new(key.prefix_len, key.data), value)
+            .map_err(|source| {
+                FilterError::Maps(MapsError::Map {
+                    name,
+                    action: format!("insert {}", rule.prefix),
+                    source,
+                })
+            })
     }
 
     /// Counters of rule `id`, summed over CPUs.
     pub fn rule_counters(&self, id: u32) -> Result<RuleCounters, FilterError> {
-        let stats: PerCpuArray<&MapData, RuleCounters> =
-            PerCpuArray::try_from(self.map(names::RULE_STATS)?)
-                .map_err(map_err(names::RULE_STATS, "open"))?;
-        let per_cpu = stats
-            .get(&id, 0)
-            .map_err(map_err(names::RULE_STATS, format!("read rule {id}")))?;
-        Ok(per_cpu
-            .iter()
-            .fold(RuleCounters::default(), |a, c| RuleCounters {
-                matched: a.matched + c.matched,
-                dropped: a.dropped + c.dropped,
-                would_drop: a.would_drop + c.would_drop,
-            }))
+        Ok(self.maps.rule_counters(id)?)
     }
 
     /// Global counters, summed over CPUs.
     pub fn global_counters(&self) -> Result<GlobalCounters, FilterError> {
-        let counters: PerCpuArray<&MapData, GlobalCounters> =
-            PerCpuArray::try_from(self.map(names::COUNTERS)?)
-                .map_err(map_err(names::COUNTERS, "open"))?;
-        let per_cpu = counters
-            .get(&0, 0)
-            .map_err(map_err(names::COUNTERS, "read"))?;
-        let mut sum = GlobalCounters::default();
-        for cpu in per_cpu.iter() {
-            for (s, v) in sum.counters.iter_mut().zip(cpu.counters.iter()) {
-                *s += v;
-            }
-        }
-        Ok(sum)
+        Ok(self.maps.global_counters()?)
     }
 
     /// One global counter, summed over CPUs.
@@ -299,7 +242,7 @@ impl Filter {
 
     /// Attaches the filter to `iface`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId, FilterError> {
-        self.xdp_mut(programs::FILTER)?
+        self.program_mut()?
             .attach(iface, mode)
             .map_err(|source| FilterError::Program {
                 name: programs::FILTER,
@@ -307,6 +250,20 @@ impl Filter {
                 source,
             })
     }
+}
+
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, FilterError> {
+    ebpf.program_mut(name)
+        .ok_or(FilterError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| FilterError::Program {
+            name,
+            action: "type check",
+            source,
+        })
 }
 
 fn static_name(name: &str) -> &'static str {

@@ -5,6 +5,7 @@
 //! - [`filter`]: the loaded program and its maps.
 
 pub mod filter;
+pub mod maps;
 pub mod rules;
 pub mod settings;
 

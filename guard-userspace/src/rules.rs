@@ -3,9 +3,10 @@
 //! A prefix with `+` (`+232`, or `+` alone for "every international number") matches
 //! international numbers; a prefix without `+` (`0120`) matches national dial strings as dialled.
 
-use std::{fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use guard_common::{Action, Domain, LookupKey, number::MAX_DIGITS, rule_key};
+use guard_common::{Action, Domain, LookupKey, RuleKeyData, number::MAX_DIGITS, rule_key};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -39,6 +40,37 @@ impl Prefix {
     pub fn key(&self) -> LookupKey {
         // Validated on construction: at most MAX_DIGITS digits, each 0..=9.
         rule_key(self.domain, &self.digits).expect("validated prefix")
+    }
+}
+
+impl Prefix {
+    /// Decodes a rule-trie key (`prefix_len` bits of `data`) back into a prefix. `None` for a
+    /// key that no `Prefix` produces (unknown domain byte, a partial nibble, a non-digit).
+    pub fn from_key(prefix_len: u32, data: &RuleKeyData) -> Option<Self> {
+        let domain = match data[0] {
+            1 => Domain::International,
+            2 => Domain::National,
+            _ => return None,
+        };
+        let bits = prefix_len.checked_sub(8)?;
+        if bits % 4 != 0 || bits as usize / 4 > MAX_DIGITS {
+            return None;
+        }
+        let digits = (0..bits as usize / 4)
+            .map(|i| {
+                let byte = data[1 + i / 2];
+                if i % 2 == 0 { byte >> 4 } else { byte & 0x0f }
+            })
+            .collect::<Vec<u8>>();
+        digits
+            .iter()
+            .all(|&d| d <= 9)
+            .then_some(Self { domain, digits })
+    }
+
+    /// The digits as a string, without the `+`.
+    pub fn digit_string(&self) -> String {
+        self.digits.iter().map(|&d| char::from(b'0' + d)).collect()
     }
 }
 
@@ -89,6 +121,19 @@ impl fmt::Display for Prefix {
     }
 }
 
+impl Serialize for Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Parses `block`, `allow` or `monitor`.
 pub fn parse_action(s: &str) -> Result<Action, RuleError> {
     match s {
@@ -126,6 +171,47 @@ impl Rule {
     }
 }
 
+/// Where a rule comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The config file.
+    Config,
+    /// A runtime edit (`sipguard rules add` / `import`), kept in the state directory.
+    Runtime,
+}
+
+/// A rule as the operator wrote it: everything but the counter id, which the map layer assigns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleEntry {
+    #[serde(with = "action_serde")]
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// ISO 3166 alpha-2 code, for rules written as `country = "SL"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    pub source: Source,
+}
+
+/// The full rule set: one entry per prefix, so conflicts cannot exist once it is built.
+pub type RuleSet = BTreeMap<Prefix, RuleEntry>;
+
+/// `action = "block"` in serde form.
+pub mod action_serde {
+    use guard_common::Action;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Action, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(super::action_name(*a))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_action(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +226,29 @@ mod tests {
         assert!(p.digits.is_empty());
         let p: Prefix = "0120".parse().unwrap();
         assert_eq!(p.domain, Domain::National);
+    }
+
+    #[test]
+    fn keys_decode_back_to_prefixes() {
+        for p in [
+            "+",
+            "+232",
+            "+23222",
+            "0990",
+            "+123456789012345678901234567890",
+            "0",
+        ] {
+            let prefix: Prefix = p.parse().unwrap();
+            let k = prefix.key();
+            assert_eq!(Prefix::from_key(k.prefix_len, &k.data), Some(prefix), "{p}");
+        }
+        let mut data = [0u8; guard_common::number::KEY_DATA_LEN];
+        data[0] = 3;
+        assert_eq!(Prefix::from_key(8, &data), None);
+        data[0] = 1;
+        data[1] = 0xa0;
+        assert_eq!(Prefix::from_key(12, &data), None);
+        assert_eq!(Prefix::from_key(10, &data), None);
     }
 
     #[test]
