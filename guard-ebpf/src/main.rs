@@ -19,10 +19,11 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
+use aya_log_ebpf::debug;
 use guard_common::{
-    Action, CONFIG_SELECTOR, CONFIG_SLOTS, COUNTER_SLOTS, Config, Counter, GlobalCounters,
-    MAX_RULES, MAX_STEPS, Mode, Parsed, RuleCounters, RuleKeyData, RuleValue, Scanner, Scratch,
-    WINDOW, sip::ByteSource,
+    Action, CONFIG_FLAG_DEBUG_LOG, CONFIG_SELECTOR, CONFIG_SLOTS, COUNTER_SLOTS, Config, Counter,
+    GlobalCounters, MAX_RULES, MAX_STEPS, Mode, Parsed, RuleCounters, RuleKeyData, RuleValue,
+    Scanner, Scratch, WINDOW, sip::ByteSource,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr, vlan::VlanHdr};
 
@@ -439,7 +440,7 @@ fn sip(ctx: &XdpContext, c: &mut Counters, off: usize, len: usize) -> u32 {
             if !complete {
                 bump(c, Counter::NumberIncomplete);
             }
-            verdict(c, &number)
+            verdict(ctx, c, &number)
         }
     }
 }
@@ -456,7 +457,7 @@ fn config() -> Option<(&'static Config, &'static LpmTrie<RuleKeyData, RuleValue>
 }
 
 #[inline(always)]
-fn verdict(c: &mut Counters, number: &guard_common::Number) -> u32 {
+fn verdict(ctx: &XdpContext, c: &mut Counters, number: &guard_common::Number) -> u32 {
     let Some((cfg, rules)) = config() else {
         return XDP_PASS;
     };
@@ -467,6 +468,10 @@ fn verdict(c: &mut Counters, number: &guard_common::Number) -> u32 {
         return XDP_PASS;
     };
     let (id, action) = (rule.id, rule.action);
+    if cfg.flags & CONFIG_FLAG_DEBUG_LOG != 0 {
+        // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
+        debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
+    }
     // SAFETY: per-CPU map value, exclusively ours during this program run.
     let stats = SG_RULE_STATS.get_ptr_mut(id).map(|p| unsafe { &mut *p });
     let Some(stats) = stats else {

@@ -2,13 +2,42 @@
 //!
 //! - [`rules`]: the rule model (prefix, action, id) and its validation;
 //! - [`settings`]: global settings (SIP ports, international prefixes, mode);
-//! - [`filter`]: the loaded program and its maps.
+//! - [`config`]: the TOML config file, validated with file:line errors;
+//! - [`country`]: ISO countries to calling-code prefixes (libphonenumber data);
+//! - [`maps`]: the filter's maps, atomic commits of rules and settings, counters;
+//! - [`filter`]: the loaded program and its maps;
+//! - [`pins`]: the pinned state under bpffs, one directory per interface;
+//! - [`state`]: runtime rule edits and daemon records in the state directory;
+//! - [`daemon`]: `sipguard run`;
+//! - [`capture`]: pcap/pcapng reading for `sipguard replay`.
 
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod country;
+pub mod daemon;
 pub mod filter;
 pub mod maps;
+pub mod pins;
+pub mod replay;
 pub mod rules;
 pub mod settings;
+pub mod state;
 
 pub use filter::{Filter, FilterError, Verdict};
 pub use rules::{Prefix, Rule, RuleError};
 pub use settings::{Settings, SettingsError};
+
+/// Whether we run as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The interface index of `name`, if it exists.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: NUL-terminated name; the call only reads it.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}

@@ -25,6 +25,8 @@ pub struct Settings {
     pub sip_ports: Vec<u16>,
     pub intl_prefixes: Vec<String>,
     pub mode: Mode,
+    /// Kernel-side aya-log debug lines for every rule match (off: it costs per matched INVITE).
+    pub kernel_debug_log: bool,
 }
 
 impl Default for Settings {
@@ -33,7 +35,15 @@ impl Default for Settings {
             sip_ports: vec![5060],
             intl_prefixes: vec!["00".into(), "011".into()],
             mode: Mode::Enforce,
+            kernel_debug_log: false,
         }
+    }
+}
+
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Enforce => "enforce",
+        Mode::Monitor => "monitor",
     }
 }
 
@@ -62,6 +72,10 @@ impl Settings {
             *slot = IntlPrefix::from_digits(p)
                 .ok_or_else(|| SettingsError::BadIntlPrefix(p.clone()))?;
         }
-        Ok(Config::new(self.mode, prefixes))
+        let mut config = Config::new(self.mode, prefixes);
+        if self.kernel_debug_log {
+            config.flags |= guard_common::CONFIG_FLAG_DEBUG_LOG;
+        }
+        Ok(config)
     }
 }

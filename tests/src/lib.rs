@@ -4,6 +4,7 @@
 pub mod fixtures;
 pub mod netns;
 pub mod packet;
+pub mod pcap;
 
 use guard_common::{Action, Counter, Mode, Parsed, parse_payload};
 use sipguard::{Filter, Rule, Settings, Verdict};

@@ -1,0 +1,514 @@
+//! The read and edit verbs that work on the pinned state: `rules`, `stats`, `status`, `detach`.
+//! None of them needs the daemon: they open the pinned maps directly, so an edit is live within
+//! milliseconds, and they take the state lock so they never interleave with a daemon reload.
+
+use std::{collections::BTreeMap, io::Write as _, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use guard_common::{Action, Config, Counter, Domain, RuleCounters};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{
+    config, country,
+    maps::Maps,
+    pins::{self, LINK_PIN, PROG_PIN, PinRoot},
+    rules::{Prefix, RuleEntry, RuleSet, Source, action_name},
+    settings::{Settings, mode_name},
+    state::{Overlay, StateDir},
+};
+
+/// Where the pinned state and the state directory are.
+pub struct Ctx {
+    pub pins: PinRoot,
+    pub state: StateDir,
+}
+
+/// Settings as they are live in `config` (and the ports map).
+pub fn live_settings(config: &Config, ports: Vec<u16>) -> Settings {
+    let intl_prefixes = config
+        .intl_prefixes
+        .slots
+        .iter()
+        .filter(|s| s.len > 0)
+        .map(|s| {
+            (0..s.len)
+                .map(|i| char::from(b'0' + ((s.packed >> (28 - 4 * i)) & 0x0f) as u8))
+                .collect()
+        })
+        .collect();
+    Settings {
+        sip_ports: ports,
+        intl_prefixes,
+        mode: if config.mode == guard_common::Mode::Monitor as u32 {
+            guard_common::Mode::Monitor
+        } else {
+            guard_common::Mode::Enforce
+        },
+        kernel_debug_log: config.flags & guard_common::CONFIG_FLAG_DEBUG_LOG != 0,
+    }
+}
+
+/// The live rule set of `maps` with comments, countries and sources from the last commit.
+fn live_rules(maps: &Maps, state: &StateDir) -> Result<RuleSet> {
+    let meta = state.committed().unwrap_or_default();
+    Ok(maps
+        .rules()?
+        .into_iter()
+        .filter_map(|r| {
+            let action = Action::from_u8(r.value.action)?;
+            let mut entry = meta.get(&r.prefix).cloned().unwrap_or(RuleEntry {
+                action,
+                comment: None,
+                country: None,
+                source: Source::Runtime,
+            });
+            entry.action = action;
+            Some((r.prefix, entry))
+        })
+        .collect())
+}
+
+/// An edit of the rule set: applied to the overlay and to the live set, then committed to
+/// every interface. Validation happens before anything is written.
+pub enum Edit {
+    Add { rules: RuleSet, replace: bool },
+    Del(Prefix),
+}
+
+/// Applies `edit` under the state lock. Returns a one-line summary.
+pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
+    let ifaces = ctx.pins.require_ifaces()?;
+    let _lock = ctx.state.lock()?;
+    let mut all_maps = Vec::new();
+    for iface in &ifaces {
+        let maps = Maps::from_pins(&ctx.pins.iface_dir(iface))
+            .with_context(|| format!("interface {iface}"))?;
+        all_maps.push((iface, maps));
+    }
+    let (_, first) = &all_maps[0];
+    let settings = live_settings(&first.config()?, first.sip_ports()?);
+    let mut rules = live_rules(first, &ctx.state)?;
+    let mut overlay: Overlay = ctx.state.overlay()?;
+    let summary = match edit {
+        Edit::Add {
+            rules: new,
+            replace,
+        } => {
+            let conflicts: Vec<String> = new
+                .iter()
+                .filter_map(|(p, e)| {
+                    let old = rules.get(p)?;
+                    (old.action != e.action && !replace).then(|| {
+                        format!(
+                            "{p} is already `{}` ({}), not `{}`",
+                            action_name(old.action),
+                            source_name(old.source),
+                            action_name(e.action)
+                        )
+                    })
+                })
+                .collect();
+            if !conflicts.is_empty() {
+                bail!(
+                    "rule conflict: {}; delete the rule first or pass --replace. Nothing was changed",
+                    conflicts.join("; ")
+                );
+            }
+            let total = rules.len() + new.keys().filter(|p| !rules.contains_key(*p)).count();
+            if total > guard_common::MAX_RULES as usize {
+                bail!(
+                    "the rule map is full: {total} rules do not fit (at most {}); nothing was changed",
+                    guard_common::MAX_RULES
+                );
+            }
+            let n = new.len();
+            let shown: Vec<String> = new.keys().map(|p| p.to_string()).collect();
+            for (p, e) in new {
+                overlay.add(p.clone(), &e);
+                rules.insert(p, e);
+            }
+            format!(
+                "added {n} rule(s): {}",
+                if shown.len() > 8 {
+                    format!("{} ...", shown[..8].join(" "))
+                } else {
+                    shown.join(" ")
+                }
+            )
+        }
+        Edit::Del(prefix) => {
+            if rules.remove(&prefix).is_none() {
+                bail!("no rule for {prefix}; `sipguard rules list` shows the rules");
+            }
+            overlay.delete(prefix.clone());
+            format!("deleted {prefix}")
+        }
+    };
+    for (iface, maps) in &mut all_maps {
+        maps.commit(&settings, &rules)
+            .with_context(|| format!("interface {iface}: nothing was changed there"))?;
+    }
+    ctx.state.save_overlay(&overlay)?;
+    ctx.state.save_committed(&rules)?;
+    Ok(summary)
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Config => "config",
+        Source::Runtime => "runtime",
+    }
+}
+
+/// `sipguard rules add --country CC`: the rules a country expands to.
+pub fn country_rules(cc: &str, action: Action, comment: Option<String>) -> Result<RuleSet> {
+    let c = country::expand(cc)?;
+    let mut out = RuleSet::new();
+    for d in &c.prefixes {
+        out.insert(
+            format!("+{d}").parse::<Prefix>()?,
+            RuleEntry {
+                action,
+                comment: comment.clone().or_else(|| Some(c.name.clone())),
+                country: Some(c.alpha2.clone()),
+                source: Source::Runtime,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `sipguard rules import FILE`: the `[[rule]]` entries of FILE (config format, no settings).
+pub fn import_rules(path: &Path) -> Result<RuleSet> {
+    let f = config::load(path)?;
+    if f.has_settings {
+        bail!(
+            "{}: an import file holds only [[rule]] entries; [settings] belong in the config file",
+            path.display()
+        );
+    }
+    Ok(f.rules
+        .into_iter()
+        .map(|(p, mut e)| {
+            e.source = Source::Runtime;
+            (p, e)
+        })
+        .collect())
+}
+
+/// A label for a prefix: its country (or network) name.
+pub fn prefix_label(p: &Prefix) -> String {
+    match p.domain {
+        Domain::International if !p.digits.is_empty() => {
+            country::label_for_prefix(&p.digit_string()).unwrap_or_default()
+        }
+        Domain::International => "all international".into(),
+        Domain::National => "national dial string".into(),
+    }
+}
+
+/// The country of a rule: the one it was written for (`country = "JM"`), else its prefix's.
+fn country_label(meta: Option<&RuleEntry>, p: &Prefix) -> String {
+    meta.and_then(|m| m.country.as_deref())
+        .map(|cc| country::expand(cc).map_or(cc.to_string(), |c| c.name))
+        .unwrap_or_else(|| prefix_label(p))
+}
+
+#[derive(Serialize)]
+struct RuleRow {
+    prefix: String,
+    action: &'static str,
+    country: String,
+    comment: String,
+    source: &'static str,
+    id: u32,
+}
+
+/// `sipguard rules list`.
+pub fn rules_list(ctx: &Ctx, json_out: bool) -> Result<()> {
+    let ifaces = ctx.pins.require_ifaces()?;
+    let maps = Maps::from_pins(&ctx.pins.iface_dir(&ifaces[0]))?;
+    let meta = ctx.state.committed().unwrap_or_default();
+    let rows: Vec<RuleRow> = maps
+        .rules()?
+        .into_iter()
+        .map(|r| {
+            let m = meta.get(&r.prefix);
+            RuleRow {
+                country: country_label(m, &r.prefix),
+                comment: m.and_then(|m| m.comment.clone()).unwrap_or_default(),
+                source: m.map_or("runtime", |m| source_name(m.source)),
+                action: Action::from_u8(r.value.action).map_or("?", action_name),
+                prefix: r.prefix.to_string(),
+                id: r.value.id,
+            }
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<18} {:<8} {:<8} {:<28} COMMENT",
+        "PREFIX", "ACTION", "SOURCE", "COUNTRY"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<18} {:<8} {:<8} {:<28} {}",
+            r.prefix,
+            r.action,
+            r.source,
+            truncate(&r.country, 28),
+            r.comment
+        )?;
+    }
+    writeln!(out, "{} rule(s)", rows.len())?;
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[derive(Serialize, Clone)]
+pub struct StatRow {
+    pub prefix: String,
+    pub country: String,
+    pub action: &'static str,
+    pub comment: String,
+    pub matched: u64,
+    pub dropped: u64,
+    pub would_drop: u64,
+}
+
+/// Per-rule and global counters summed over every interface.
+pub fn collect_stats(ctx: &Ctx) -> Result<(Vec<StatRow>, BTreeMap<&'static str, u64>)> {
+    let ifaces = ctx.pins.require_ifaces()?;
+    let meta = ctx.state.committed().unwrap_or_default();
+    let mut per_rule: BTreeMap<Prefix, (Action, RuleCounters)> = BTreeMap::new();
+    let mut global: BTreeMap<&'static str, u64> =
+        Counter::ALL.iter().map(|c| (c.name(), 0)).collect();
+    for iface in &ifaces {
+        let maps = Maps::from_pins(&ctx.pins.iface_dir(iface))
+            .with_context(|| format!("interface {iface}"))?;
+        for r in maps.rules()? {
+            let c = maps.rule_counters(r.value.id)?;
+            let Some(action) = Action::from_u8(r.value.action) else {
+                continue;
+            };
+            let e = per_rule
+                .entry(r.prefix)
+                .or_insert((action, RuleCounters::default()));
+            e.1.matched += c.matched;
+            e.1.dropped += c.dropped;
+            e.1.would_drop += c.would_drop;
+        }
+        let g = maps.global_counters()?;
+        for c in Counter::ALL {
+            *global.entry(c.name()).or_default() += g.counters[c as usize];
+        }
+    }
+    let mut rows: Vec<StatRow> = per_rule
+        .into_iter()
+        .map(|(p, (action, c))| {
+            let m = meta.get(&p);
+            StatRow {
+                country: country_label(m, &p),
+                comment: m.and_then(|m| m.comment.clone()).unwrap_or_default(),
+                prefix: p.to_string(),
+                action: action_name(action),
+                matched: c.matched,
+                dropped: c.dropped,
+                would_drop: c.would_drop,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        (b.dropped, b.would_drop, b.matched)
+            .cmp(&(a.dropped, a.would_drop, a.matched))
+            .then_with(|| a.prefix.cmp(&b.prefix))
+    });
+    Ok((rows, global))
+}
+
+/// `sipguard stats`.
+pub fn stats(
+    ctx: &Ctx,
+    json_out: bool,
+    top: Option<usize>,
+    watch: Option<u64>,
+    reset: bool,
+) -> Result<()> {
+    loop {
+        let (mut rows, global) = collect_stats(ctx)?;
+        if let Some(n) = top {
+            rows.truncate(n);
+        }
+        let mut out = std::io::stdout().lock();
+        if json_out {
+            writeln!(out, "{}", json!({ "rules": rows, "global": global }))?;
+        } else {
+            if watch.is_some() {
+                writeln!(out, "--- {}", humantime_now())?;
+            }
+            writeln!(
+                out,
+                "{:<18} {:<26} {:<8} {:>12} {:>12} {:>12}",
+                "PREFIX", "COUNTRY", "ACTION", "MATCHED", "DROPPED", "WOULD_DROP"
+            )?;
+            for r in &rows {
+                writeln!(
+                    out,
+                    "{:<18} {:<26} {:<8} {:>12} {:>12} {:>12}",
+                    r.prefix,
+                    truncate(&r.country, 26),
+                    r.action,
+                    r.matched,
+                    r.dropped,
+                    r.would_drop
+                )?;
+            }
+            writeln!(out)?;
+            for (k, v) in &global {
+                writeln!(out, "{k:<22} {v}")?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        if reset {
+            let _lock = ctx.state.lock()?;
+            for iface in ctx.pins.require_ifaces()? {
+                Maps::from_pins(&ctx.pins.iface_dir(&iface))?.reset_counters()?;
+            }
+            if !json_out {
+                println!("counters reset");
+            }
+        }
+        match watch {
+            Some(secs) => std::thread::sleep(Duration::from_secs(secs.max(1))),
+            None => return Ok(()),
+        }
+    }
+}
+
+fn humantime_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("unix time {secs}")
+}
+
+/// `sipguard status`.
+pub fn status(ctx: &Ctx, json_out: bool) -> Result<()> {
+    let ifaces = ctx.pins.require_ifaces()?;
+    let daemon = ctx.state.running_daemon().unwrap_or(None);
+    let modes = ctx.state.iface_modes();
+    let mut rows = Vec::new();
+    for iface in &ifaces {
+        let dir = ctx.pins.iface_dir(iface);
+        let maps = Maps::from_pins(&dir)?;
+        let cfg = maps.config()?;
+        let settings = live_settings(&cfg, maps.sip_ports()?);
+        let prog_id = aya::programs::ProgramInfo::from_pin(dir.join(PROG_PIN))
+            .ok()
+            .map(|i| i.id());
+        let attached = dir.join(LINK_PIN).exists();
+        let xdp_mode = modes
+            .get(iface)
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        rows.push(json!({
+            "iface": iface,
+            "attached": attached,
+            "xdp_mode": xdp_mode,
+            "program_id": prog_id,
+            "rules": maps.rules()?.len(),
+            "mode": mode_name(settings.mode),
+            "sip_ports": settings.sip_ports,
+            "international_prefixes": settings.intl_prefixes,
+        }));
+    }
+    let v = json!({
+        "pin_root": ctx.pins.root,
+        "state_dir": ctx.state.dir,
+        "daemon": daemon.as_ref().map(|d| json!({"running": true, "pid": d.pid})).unwrap_or(json!({"running": false})),
+        "config": daemon.as_ref().and_then(|d| d.config.clone()),
+        "interfaces": rows,
+    });
+    if json_out {
+        println!("{v}");
+        return Ok(());
+    }
+    match &daemon {
+        Some(d) => println!("daemon: running (pid {})", d.pid),
+        None => println!("daemon: not running (the pinned filter keeps enforcing)"),
+    }
+    println!(
+        "config: {}",
+        daemon
+            .as_ref()
+            .and_then(|d| d.config.as_ref())
+            .map_or("- (no daemon)".into(), |p| p.display().to_string())
+    );
+    for r in rows {
+        println!(
+            "{}: {} xdp={} prog_id={} rules={} mode={} ports={} intl_prefixes={}",
+            r["iface"].as_str().unwrap_or("?"),
+            if r["attached"].as_bool() == Some(true) {
+                "attached"
+            } else {
+                "NOT attached (maps kept)"
+            },
+            r["xdp_mode"].as_str().unwrap_or("?"),
+            r["program_id"],
+            r["rules"],
+            r["mode"].as_str().unwrap_or("?"),
+            r["sip_ports"],
+            r["international_prefixes"],
+        );
+    }
+    Ok(())
+}
+
+/// `sipguard detach --iface IF [--keep-maps]`.
+pub fn detach(ctx: &Ctx, iface: &str, keep_maps: bool) -> Result<()> {
+    let dir = ctx.pins.require_iface(iface)?;
+    let _lock = ctx.state.lock()?;
+    let link = dir.join(LINK_PIN);
+    if link.exists() {
+        pins::detach_link(&link)?;
+        println!("{iface}: detached");
+    } else {
+        println!("{iface}: was not attached");
+    }
+    ctx.pins.remove(iface, keep_maps)?;
+    ctx.state.set_iface_mode(iface, None)?;
+    if keep_maps {
+        println!(
+            "{iface}: maps kept (rules and counters) under {}",
+            dir.display()
+        );
+    }
+    if let Ok(Some(d)) = ctx.state.running_daemon()
+        && d.ifaces.iter().any(|i| i.name == iface)
+    {
+        eprintln!(
+            "note: the daemon (pid {}) still runs for {iface}; it re-attaches when restarted",
+            d.pid
+        );
+    }
+    Ok(())
+}

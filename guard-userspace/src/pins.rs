@@ -1,0 +1,273 @@
+//! The pinned state under bpffs: one directory per interface holding the program, its XDP link
+//! and its maps, so the filter and its counters outlive the daemon (xdp-tools style).
+//!
+//! ```text
+//! /sys/fs/bpf/sipguard/          0700
+//!   eth1/                        0700
+//!     prog  link                 0600
+//!     SG_RULES_A SG_RULES_B SG_RULE_STATS SG_COUNTERS SG_CONFIG SG_SIP_PORTS   0600
+//! ```
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use crate::maps::PINNED_MAPS;
+
+/// Default pin root.
+pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/sipguard";
+/// Where bpffs is mounted when it is not.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// `statfs` magic of bpffs (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Pin names of the program and link inside an interface directory.
+pub const PROG_PIN: &str = "prog";
+pub const LINK_PIN: &str = "link";
+
+#[derive(Debug, Error)]
+pub enum PinsError {
+    #[error(
+        "bpffs cannot be mounted at {path}: {source} (mount it with `mount -t bpf bpf {path}`)"
+    )]
+    Mount {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not on a bpf filesystem; the pin root must be below a bpffs mount")]
+    NotBpffs { path: String },
+    #[error("{path}: {action} failed")]
+    Io {
+        path: String,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "no pinned sipguard state under {root}: the filter is not attached (start it with `sipguard run --iface IF`)"
+    )]
+    NoState { root: String },
+    #[error("interface {iface} has no pinned sipguard state under {root} (attached: {attached})")]
+    NoIface {
+        iface: String,
+        root: String,
+        attached: String,
+    },
+    #[error("detaching the XDP link pinned at {path} failed")]
+    Detach {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> PinsError {
+    let path = path.display().to_string();
+    move |source| PinsError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// The pin root and its per-interface directories.
+#[derive(Clone, Debug)]
+pub struct PinRoot {
+    pub root: PathBuf,
+}
+
+impl PinRoot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn iface_dir(&self, iface: &str) -> PathBuf {
+        self.root.join(iface)
+    }
+
+    /// Interfaces with pinned state (directories that hold a link or maps), sorted.
+    pub fn ifaces(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(PINNED_MAPS[0]).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Interfaces with pinned state, or the error a CLI verb should print.
+    pub fn require_ifaces(&self) -> Result<Vec<String>, PinsError> {
+        let ifaces = self.ifaces();
+        if ifaces.is_empty() {
+            return Err(PinsError::NoState {
+                root: self.root.display().to_string(),
+            });
+        }
+        Ok(ifaces)
+    }
+
+    /// The directory of `iface`, which must have pinned state.
+    pub fn require_iface(&self, iface: &str) -> Result<PathBuf, PinsError> {
+        let all = self.ifaces();
+        if !all.iter().any(|i| i == iface) {
+            return Err(PinsError::NoIface {
+                iface: iface.to_string(),
+                root: self.root.display().to_string(),
+                attached: if all.is_empty() {
+                    "none".into()
+                } else {
+                    all.join(", ")
+                },
+            });
+        }
+        Ok(self.iface_dir(iface))
+    }
+
+    /// Makes sure the root is on bpffs (mounting bpffs at /sys/fs/bpf if the root is below it
+    /// and nothing is mounted there), then creates the root and `iface`'s directory, 0700.
+    pub fn prepare(&self, iface: &str) -> Result<PathBuf, PinsError> {
+        ensure_bpffs(&self.root)?;
+        let dir = self.iface_dir(iface);
+        for d in [&self.root, &dir] {
+            fs::create_dir_all(d).map_err(io_err(d, "create directory"))?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(d, "chmod 0700"))?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes `iface`'s program and link pins, and its map pins unless `keep_maps`; the
+    /// directory goes too when it is empty.
+    pub fn remove(&self, iface: &str, keep_maps: bool) -> Result<(), PinsError> {
+        let dir = self.iface_dir(iface);
+        let mut names = vec![PROG_PIN, LINK_PIN];
+        if !keep_maps {
+            names.extend(PINNED_MAPS);
+        }
+        for name in names {
+            let p = dir.join(name);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p, "unpin")(e)),
+            }
+        }
+        if !keep_maps {
+            let _ = fs::remove_dir(&dir);
+            // The root goes when the last interface does (it is ours).
+            let _ = fs::remove_dir(&self.root);
+        }
+        Ok(())
+    }
+}
+
+/// chmod 0600 on a pin.
+pub fn secure(path: &Path) -> Result<(), PinsError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path, "chmod 0600"))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// The deepest existing ancestor of `path` (itself included).
+fn existing_ancestor(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| p.exists())
+}
+
+/// Mounts bpffs at /sys/fs/bpf when `root` lies below it and it is not mounted.
+pub fn ensure_bpffs(root: &Path) -> Result<(), PinsError> {
+    let probe = existing_ancestor(root).unwrap_or(Path::new("/"));
+    if is_bpffs(probe) {
+        return Ok(());
+    }
+    if root.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
+        let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+        // SAFETY: plain mount(2) with NUL-terminated constant strings.
+        let rc =
+            unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(PinsError::Mount {
+                path: BPFFS.into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        tracing::info!("mounted bpffs at {BPFFS}");
+        return Ok(());
+    }
+    Err(PinsError::NotBpffs {
+        path: root.display().to_string(),
+    })
+}
+
+/// Detaches the XDP link pinned at `path` with BPF_LINK_DETACH (kernel 5.9+), which works even
+/// while another process (a running daemon) holds the link open, then removes the pin.
+pub fn detach_link(path: &Path) -> Result<(), PinsError> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| PinsError::Detach {
+        path: path.display().to_string(),
+        source: io::Error::other(e),
+    })?;
+    let fd = obj_get(&c).map_err(|source| PinsError::Detach {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // union bpf_attr { struct { __u32 link_fd; } link_detach; } — BPF_LINK_DETACH = 34.
+    let mut attr = [0u32; 16];
+    attr[0] = fd.as_raw_fd() as u32;
+    // SAFETY: bpf(2) with a zero-padded attr buffer larger than the link_detach member.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            34,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc != 0 {
+        return Err(PinsError::Detach {
+            path: path.display().to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    fs::remove_file(path).map_err(io_err(path, "unpin"))
+}
+
+/// BPF_OBJ_GET on a pin path.
+fn obj_get(path: &CString) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // union bpf_attr { struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; } } —
+    // BPF_OBJ_GET = 7.
+    let mut attr = [0u64; 8];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: bpf(2) reads the NUL-terminated path we own for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            7,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nobody else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
+}

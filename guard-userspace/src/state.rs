@@ -1,0 +1,365 @@
+//! The state directory (default /var/lib/sipguard): what must survive the daemon besides the
+//! pinned maps.
+//!
+//! - `runtime.toml`: runtime rule edits (`sipguard rules add/del/import`). The daemon's rule set
+//!   is always *config file ⊕ runtime edits*: runtime rules are added (replacing a config rule
+//!   of the same prefix), and runtime deletions remove config rules. A reload re-reads the
+//!   config file and re-applies the runtime edits, so an edit is never silently undone. To make
+//!   an edit permanent, put it in the config file and `sipguard rules del` / re-add it, or
+//!   remove `runtime.toml`.
+//! - `rules.json`: the last committed rule set with comments and countries (the kernel keeps
+//!   only prefix, action and counter id).
+//! - `daemon.json`: the running daemon (pid, config path, interfaces and XDP modes).
+//! - `lock`: an flock that serialises every change of the maps (daemon reloads, CLI edits).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::rules::{Prefix, RuleEntry, RuleSet, Source};
+
+/// Default state directory.
+pub const DEFAULT_DIR: &str = "/var/lib/sipguard";
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("{path}: {action} failed")]
+    Io {
+        path: String,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: corrupt state file: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> StateError {
+    let path = path.display().to_string();
+    move |source| StateError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// Runtime rule edits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overlay {
+    /// Prefixes deleted at runtime (config rules that must stay out).
+    #[serde(default)]
+    pub deleted: BTreeSet<Prefix>,
+    /// Rules added at runtime.
+    #[serde(default)]
+    pub rule: Vec<OverlayRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayRule {
+    pub prefix: Prefix,
+    #[serde(with = "crate::rules::action_serde")]
+    pub action: guard_common::Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+}
+
+impl Overlay {
+    /// Records a runtime add (which also cancels an earlier runtime delete of that prefix).
+    pub fn add(&mut self, prefix: Prefix, entry: &RuleEntry) {
+        self.deleted.remove(&prefix);
+        self.rule.retain(|r| r.prefix != prefix);
+        self.rule.push(OverlayRule {
+            prefix,
+            action: entry.action,
+            comment: entry.comment.clone(),
+            country: entry.country.clone(),
+        });
+        self.rule.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+    }
+
+    /// Records a runtime delete.
+    pub fn delete(&mut self, prefix: Prefix) {
+        self.rule.retain(|r| r.prefix != prefix);
+        self.deleted.insert(prefix);
+    }
+
+    /// Config rules with these edits applied.
+    pub fn apply(&self, config: &RuleSet) -> RuleSet {
+        let mut out: RuleSet = config
+            .iter()
+            .filter(|(p, _)| !self.deleted.contains(*p))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        for r in &self.rule {
+            out.insert(
+                r.prefix.clone(),
+                RuleEntry {
+                    action: r.action,
+                    comment: r.comment.clone(),
+                    country: r.country.clone(),
+                    source: Source::Runtime,
+                },
+            );
+        }
+        out
+    }
+}
+
+/// One attached interface, as the daemon recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfaceInfo {
+    pub name: String,
+    /// `native` or `generic`.
+    pub xdp_mode: String,
+}
+
+/// The running daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub config: Option<PathBuf>,
+    pub ifaces: Vec<IfaceInfo>,
+    pub started_unix: u64,
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    pub dir: PathBuf,
+}
+
+/// An exclusive flock on the state directory; released on drop.
+pub struct Lock {
+    _file: fs::File,
+}
+
+impl StateDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Creates the directory (0700) if needed.
+    pub fn create(&self) -> Result<(), StateError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir, "create directory"))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&self.dir, "chmod 0700"))
+    }
+
+    /// Takes the lock that serialises map changes (blocking).
+    pub fn lock(&self) -> Result<Lock, StateError> {
+        self.create()?;
+        let path = self.path("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open lock"))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&path, "flock")(io::Error::last_os_error()));
+        }
+        Ok(Lock { _file: file })
+    }
+
+    fn read_opt(&self, name: &str) -> Result<Option<(PathBuf, String)>, StateError> {
+        let path = self.path(name);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(Some((path, s))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, "read")(e)),
+        }
+    }
+
+    /// Writes `name` atomically (temp file + rename), 0600.
+    fn write(&self, name: &str, text: &str) -> Result<(), StateError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        self.create()?;
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        fs::write(&tmp, text).map_err(io_err(&tmp, "write"))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
+            .map_err(io_err(&tmp, "chmod 0600"))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path, "replace"))
+    }
+
+    pub fn overlay(&self) -> Result<Overlay, StateError> {
+        match self.read_opt("runtime.toml")? {
+            None => Ok(Overlay::default()),
+            Some((path, text)) => toml::from_str(&text).map_err(|e| StateError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn save_overlay(&self, o: &Overlay) -> Result<(), StateError> {
+        let text = toml::to_string(o).map_err(|e| StateError::Corrupt {
+            path: self.path("runtime.toml").display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write(
+            "runtime.toml",
+            &format!("# Runtime rule edits (sipguard rules add/del/import). Merged over the config file.\n{text}"),
+        )
+    }
+
+    /// The last committed rule set (comments, countries); empty when none was recorded.
+    pub fn committed(&self) -> Result<RuleSet, StateError> {
+        match self.read_opt("rules.json")? {
+            None => Ok(RuleSet::new()),
+            Some((path, text)) => {
+                let v: BTreeMap<Prefix, RuleEntry> =
+                    serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(v)
+            }
+        }
+    }
+
+    pub fn save_committed(&self, rules: &RuleSet) -> Result<(), StateError> {
+        let text = serde_json::to_string_pretty(rules).map_err(|e| StateError::Corrupt {
+            path: self.path("rules.json").display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write("rules.json", &text)
+    }
+
+    pub fn save_daemon(&self, d: &DaemonInfo) -> Result<(), StateError> {
+        let text = serde_json::to_string_pretty(d).map_err(|e| StateError::Corrupt {
+            path: self.path("daemon.json").display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write("daemon.json", &text)
+    }
+
+    /// The recorded daemon, whether or not it still runs.
+    pub fn daemon_record(&self) -> Result<Option<DaemonInfo>, StateError> {
+        match self.read_opt("daemon.json")? {
+            None => Ok(None),
+            Some((path, text)) => {
+                serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// XDP modes of the attached interfaces (kept while the filter stays attached, also after
+    /// the daemon stops).
+    pub fn iface_modes(&self) -> BTreeMap<String, String> {
+        self.read_opt("ifaces.json")
+            .ok()
+            .flatten()
+            .and_then(|(_, t)| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records (`Some`) or forgets (`None`) the XDP mode of `iface`.
+    pub fn set_iface_mode(&self, iface: &str, mode: Option<&str>) -> Result<(), StateError> {
+        let mut all = self.iface_modes();
+        match mode {
+            Some(m) => all.insert(iface.to_string(), m.to_string()),
+            None => all.remove(iface),
+        };
+        let text = serde_json::to_string_pretty(&all).map_err(|e| StateError::Corrupt {
+            path: self.path("ifaces.json").display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write("ifaces.json", &text)
+    }
+
+    /// The daemon, if its recorded pid is alive and is a sipguard process.
+    pub fn running_daemon(&self) -> Result<Option<DaemonInfo>, StateError> {
+        Ok(self.daemon_record()?.filter(|d| pid_is_sipguard(d.pid)))
+    }
+
+    /// Forgets the daemon record if it is ours.
+    pub fn clear_daemon(&self, pid: u32) {
+        if let Ok(Some(d)) = self.daemon_record()
+            && d.pid == pid
+        {
+            let _ = fs::remove_file(self.path("daemon.json"));
+        }
+    }
+}
+
+/// Whether `pid` is a live process whose executable is named sipguard.
+pub fn pid_is_sipguard(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|c| {
+            let argv0 = c.split(|&b| b == 0).next()?.to_vec();
+            let name = String::from_utf8_lossy(&argv0).into_owned();
+            Some(Path::new(&name).file_name()?.to_string_lossy() == "sipguard")
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guard_common::Action;
+
+    fn entry(action: Action, source: Source) -> RuleEntry {
+        RuleEntry {
+            action,
+            comment: None,
+            country: None,
+            source,
+        }
+    }
+
+    #[test]
+    fn overlay_adds_replaces_and_deletes_over_config() {
+        let p = |s: &str| s.parse::<Prefix>().unwrap();
+        let config: RuleSet = [
+            (p("+232"), entry(Action::Block, Source::Config)),
+            (p("+44"), entry(Action::Monitor, Source::Config)),
+            (p("+881"), entry(Action::Block, Source::Config)),
+        ]
+        .into_iter()
+        .collect();
+        let mut o = Overlay::default();
+        o.add(p("+44"), &entry(Action::Block, Source::Runtime));
+        o.add(p("+99"), &entry(Action::Block, Source::Runtime));
+        o.delete(p("+881"));
+        o.delete(p("+99"));
+        o.add(p("+99"), &entry(Action::Allow, Source::Runtime));
+        let out = o.apply(&config);
+        assert_eq!(out[&p("+232")].source, Source::Config);
+        assert_eq!(out[&p("+44")].action, Action::Block);
+        assert_eq!(out[&p("+44")].source, Source::Runtime);
+        assert!(!out.contains_key(&p("+881")));
+        assert_eq!(out[&p("+99")].action, Action::Allow);
+        // Round trip through the file format.
+        let dir = std::env::temp_dir().join(format!("sg-state-{}", std::process::id()));
+        let st = StateDir::new(&dir);
+        st.save_overlay(&o).unwrap();
+        assert_eq!(st.overlay().unwrap(), o);
+        fs::write(dir.join("runtime.toml"), "bogus = 1").unwrap();
+        let e = st.overlay().unwrap_err().to_string();
+        assert!(e.contains("runtime.toml: corrupt state file"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
