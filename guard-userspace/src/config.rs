@@ -126,9 +126,10 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
 /// Validates config text; `path` is only used in messages and kept in the result.
 pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     let shown = path.display().to_string();
+    let lines = LineIndex::new(text);
     let at = |span: Range<usize>, message: String| ConfigError::At {
         path: shown.clone(),
-        line: line_of(text, span.start),
+        line: lines.line_of(span.start),
         message,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| match e.span() {
@@ -228,7 +229,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     let mut defined_at: BTreeMap<Prefix, usize> = BTreeMap::new();
     for r in raw.rule {
         let span = r.span();
-        let line = line_of(text, span.start);
+        let line = lines.line_of(span.start);
         let RawRule {
             prefix,
             country,
@@ -320,13 +321,22 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     })
 }
 
-/// 1-based line of byte offset `pos`.
-fn line_of(text: &str, pos: usize) -> usize {
-    text.as_bytes()[..pos.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+/// Byte offsets where lines start, for turning spans into line numbers in O(log n).
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        Self(
+            std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+        )
+    }
+
+    /// 1-based line of byte offset `pos`.
+    fn line_of(&self, pos: usize) -> usize {
+        self.0.partition_point(|&start| start <= pos).max(1)
+    }
 }
 
 /// Shorthand used by callers that print the action of a rule.

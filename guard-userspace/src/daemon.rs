@@ -88,7 +88,11 @@ pub fn preflight(ifaces: &[String]) -> Result<()> {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    preflight(&opts.ifaces)?;
+    if !crate::is_root() {
+        bail!(
+            "sipguard run must run as root (it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load, attach and pin the XDP program)"
+        );
+    }
     let config_path = opts
         .config
         .clone()
@@ -103,17 +107,44 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             "the config file is invalid; nothing was loaded".into()
         }
     })?;
+    preflight(&opts.ifaces)?;
     info!(config = %config_path.display(), rules = cfg.rules.len(), "config loaded");
     opts.state.create()?;
     let mut guarded = Vec::new();
     let mut infos = Vec::new();
+    // Interfaces this start attached from nothing: undone if a later one fails.
+    let mut fresh: Vec<String> = Vec::new();
     {
         let _lock = opts.state.lock()?;
         let overlay = opts.state.overlay()?;
         let rules = overlay.apply(&cfg.rules);
         for iface in &opts.ifaces {
-            let (g, mode) = attach_iface(&opts, iface, &cfg, &rules)
-                .with_context(|| format!("interface {iface}"))?;
+            let had_state = opts
+                .pins
+                .iface_dir(iface)
+                .join(crate::maps::PINNED_MAPS[0])
+                .exists();
+            let attached = attach_iface(&opts, iface, &cfg, &rules);
+            let (g, mode) = match attached {
+                Ok(x) => x,
+                Err(e) => {
+                    // Leave nothing behind that this failed start created.
+                    if !had_state {
+                        let _ = opts.pins.remove(iface, false);
+                    }
+                    for done in &fresh {
+                        let dir = opts.pins.iface_dir(done);
+                        let _ = pins::detach_link(&dir.join(LINK_PIN));
+                        let _ = opts.pins.remove(done, false);
+                        let _ = opts.state.set_iface_mode(done, None);
+                        warn!(iface = %done, "detached again: the start failed on {iface}");
+                    }
+                    return Err(e.context(format!("interface {iface}")));
+                }
+            };
+            if !had_state {
+                fresh.push(iface.clone());
+            }
             infos.push(IfaceInfo {
                 name: iface.clone(),
                 xdp_mode: mode.into(),
