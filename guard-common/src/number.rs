@@ -271,8 +271,8 @@ mod tests {
 
     fn digits(n: &Number) -> [u8; 32] {
         let mut out = [b' '; 32];
-        for i in 0..n.len as usize {
-            out[i] = b'0' + n.digit(i).unwrap();
+        for (i, o) in out.iter_mut().enumerate().take(n.len as usize) {
+            *o = b'0' + n.digit(i).unwrap();
         }
         out
     }

@@ -44,7 +44,7 @@ fn country_rules() -> Vec<Rule> {
     let mut code = 200u32;
     while rules.len() < 250 {
         if code != 232 && !(330..340).contains(&code) {
-            let action = if code % 3 == 0 {
+            let action = if code.is_multiple_of(3) {
                 Action::Monitor
             } else {
                 Action::Block
