@@ -248,7 +248,7 @@ fn attach_iface(
     let dir = opts.pins.prepare(iface)?;
     let mut filter = Filter::load_pinned(&dir)?;
     if cfg.settings.kernel_debug_log {
-        match aya_log::EbpfLogger::init(filter.ebpf_mut()) {
+        match aya_log::EbpfLogger::init_with_logger(filter.ebpf_mut(), KernelLog) {
             Ok(logger) => {
                 // Lines are forwarded to `tracing` (through the log bridge) by a reader task.
                 tokio::spawn(forward_kernel_logs(logger));
@@ -410,7 +410,23 @@ fn explain_attach(iface: &str, mode: XdpMode, e: ProgramError) -> anyhow::Error 
     })
 }
 
-async fn forward_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+/// Forwards the program's aya-log records to `tracing`, at info level: they are only produced
+/// when the operator turned `kernel_debug_log` on, so they should show at the default level.
+struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        info!(target: "sipguard::kernel", "{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+async fn forward_kernel_logs(logger: aya_log::EbpfLogger<KernelLog>) {
     // SAFETY: the logger owns its ring-buffer fd and is moved into the AsyncFd, so the fd stays
     // open and is not used elsewhere while it is registered.
     let registered = unsafe {

@@ -400,3 +400,33 @@ fn daemon_kill_and_restart_keep_enforcing_and_counting() {
         "{log}"
     );
 }
+
+#[test]
+fn fail_mode_detach_and_the_kernel_debug_log() {
+    let pair = VethPair::new("fd");
+    let mut sg = Instance::new("detachmode");
+    let cfg = sg.write(
+        "sipguard.toml",
+        &BASE_CONFIG.replace(
+            "sip_ports = [5060]",
+            "sip_ports = [5060]\nfail_mode = \"detach\"\nkernel_debug_log = true",
+        ),
+    );
+    sg.start(&pair.rx, &[&pair.rx_if], &cfg, &[]);
+    let rx = receiver_socket(&pair.tx, &pair.rx);
+    assert!(burst(&pair.tx, &rx, "sl", SL, 3).is_empty());
+    // aya-log: the program's debug line for the match reaches the daemon's log.
+    sg.wait_log("matched, action 1", 1);
+
+    sg.stop(libc::SIGTERM);
+    assert!(
+        sg.log_text()
+            .contains("stopped and detached (fail_mode = detach)")
+    );
+    assert!(!sg.pin_root.join(&pair.rx_if).exists(), "pins removed");
+    assert_eq!(
+        burst(&pair.tx, &rx, "sl2", SL, 3).len(),
+        3,
+        "the filter is gone"
+    );
+}
