@@ -106,6 +106,21 @@ impl Instance {
             .into()
     }
 
+    /// Runs `sipguard ARGS` inside `ns` (network namespace only).
+    pub fn cli_in(&self, ns: &Netns, args: &[&str]) -> Run {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg("--")
+            .arg(sipguard_bin())
+            .env("SIPGUARD_PIN_ROOT", &self.pin_root)
+            .env("SIPGUARD_STATE_DIR", &self.state_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sipguard in a namespace")
+            .into()
+    }
+
     /// Runs `sipguard ARGS` and fails the test unless it succeeds.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.cli(args);

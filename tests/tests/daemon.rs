@@ -36,6 +36,22 @@ const SL: &str = "sip:+23276123456@carrier.example.net";
 const FR: &str = "sip:+33142685300@carrier.example.net";
 const SL_PARTNER: &str = "sip:+23222123456@carrier.example.net";
 
+/// Continuous traffic to one blocked (Sierra Leone) and one allowed (France) destination.
+fn blocked_and_allowed() -> Vec<Dest> {
+    vec![
+        Dest {
+            tag: "blocked",
+            uri: SL,
+            arrives: false,
+        },
+        Dest {
+            tag: "allowed",
+            uri: FR,
+            arrives: true,
+        },
+    ]
+}
+
 #[test]
 fn every_verb_against_a_daemon_on_a_veth() {
     let pair = VethPair::new("vb");
@@ -280,18 +296,7 @@ fn reload_under_traffic_never_leaks_or_loses() {
     let traffic = Traffic::start(
         &pair.tx,
         &pair.rx,
-        vec![
-            Dest {
-                tag: "blocked",
-                uri: SL,
-                arrives: false,
-            },
-            Dest {
-                tag: "allowed",
-                uri: "sip:+33142685300@carrier.example.net",
-                arrives: true,
-            },
-        ],
+        blocked_and_allowed(),
         Duration::from_micros(500),
     );
     let reloads = 12;
@@ -352,18 +357,7 @@ fn daemon_kill_and_restart_keep_enforcing_and_counting() {
     let traffic = Traffic::start(
         &pair.tx,
         &pair.rx,
-        vec![
-            Dest {
-                tag: "blocked",
-                uri: SL,
-                arrives: false,
-            },
-            Dest {
-                tag: "allowed",
-                uri: FR,
-                arrives: true,
-            },
-        ],
+        blocked_and_allowed(),
         Duration::from_millis(1),
     );
     thread::sleep(Duration::from_millis(300));

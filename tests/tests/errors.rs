@@ -301,26 +301,22 @@ fn foreign_program_and_unsupported_native_mode() {
         .expect("attach the foreign program");
     let mut sg = Instance::new("foreign");
     let cfg = sg.write("sipguard.toml", GOOD);
-    let r = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", pair.rx.name))
-        .arg("--")
-        .arg(sipguard_bin())
-        .env("SIPGUARD_PIN_ROOT", &sg.pin_root)
-        .env("SIPGUARD_STATE_DIR", &sg.state_dir)
-        .args([
+    let r = sg.cli_in(
+        &pair.rx,
+        &[
             "run",
             "--iface",
             &pair.rx_if,
             "--config",
             cfg.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success(), "run attached over a foreign program");
+        ],
+    );
+    assert!(!r.ok, "run attached over a foreign program");
     assert!(
-        stderr.contains("already has a foreign XDP program attached"),
-        "{stderr}"
+        r.stderr
+            .contains("already has a foreign XDP program attached"),
+        "{}",
+        r.stderr
     );
     assert!(
         !sg.pin_root.join(&pair.rx_if).exists(),
@@ -330,33 +326,29 @@ fn foreign_program_and_unsupported_native_mode() {
 
     // A bridge has no native XDP: `native` fails clearly, `auto` falls back to generic.
     let ns = Netns::new("dm");
-    ns.ip(&["link", "add", "sgdummy0", "type", "bridge"])
+    ns.ip(&["link", "add", "sgbridge0", "type", "bridge"])
         .expect("bridge");
-    ns.ip(&["link", "set", "sgdummy0", "up"]).expect("up");
-    let r = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name))
-        .arg("--")
-        .arg(sipguard_bin())
-        .env("SIPGUARD_PIN_ROOT", &sg.pin_root)
-        .env("SIPGUARD_STATE_DIR", &sg.state_dir)
-        .args([
+    ns.ip(&["link", "set", "sgbridge0", "up"]).expect("up");
+    let r = sg.cli_in(
+        &ns,
+        &[
             "run",
             "--iface",
-            "sgdummy0",
+            "sgbridge0",
             "--xdp-mode",
             "native",
             "--config",
             cfg.to_str().unwrap(),
-        ])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success());
-    assert!(
-        stderr.contains("native XDP mode is not supported on sgdummy0"),
-        "{stderr}"
+        ],
     );
-    sg.start(&ns, &["sgdummy0"], &cfg, &["--xdp-mode", "auto"]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr
+            .contains("native XDP mode is not supported on sgbridge0"),
+        "{}",
+        r.stderr
+    );
+    sg.start(&ns, &["sgbridge0"], &cfg, &["--xdp-mode", "auto"]);
     assert!(
         sg.log_text().contains("falling back to generic"),
         "{}",
