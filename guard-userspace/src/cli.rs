@@ -458,10 +458,16 @@ pub fn status(ctx: &Ctx, json_out: bool) -> Result<()> {
     }
     println!(
         "config: {}",
-        daemon
-            .as_ref()
-            .and_then(|d| d.config.as_ref())
-            .map_or("- (no daemon)".into(), |p| p.display().to_string())
+        daemon.as_ref().and_then(|d| d.config.as_ref()).map_or_else(
+            || {
+                if daemon.is_some() {
+                    "the built-in default rules".into()
+                } else {
+                    "- (no daemon)".into()
+                }
+            },
+            |p| p.display().to_string(),
+        )
     );
     for r in rows {
         println!(

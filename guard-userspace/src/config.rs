@@ -41,6 +41,53 @@ use crate::{
 /// Where `sipguard run` looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/sipguard/sipguard.toml";
 
+/// The shipped default config (blocks +232, +870, +881, +882, +883, +979; monitors the rest of
+/// international traffic). `sipguard run` uses it when no --config is given and
+/// [`DEFAULT_PATH`] does not exist.
+pub const EMBEDDED: &str = include_str!("../defaults/sipguard.toml");
+
+/// What `sipguard run` reads: a file, or the embedded default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Embedded,
+}
+
+impl ConfigSource {
+    /// `--config FILE` if given, else [`DEFAULT_PATH`] if it exists, else the embedded default.
+    pub fn resolve(explicit: Option<&Path>) -> Self {
+        match explicit {
+            Some(p) => Self::File(p.to_path_buf()),
+            None if Path::new(DEFAULT_PATH).exists() => Self::File(DEFAULT_PATH.into()),
+            None => Self::Embedded,
+        }
+    }
+
+    pub fn load(&self) -> Result<ConfigFile, ConfigError> {
+        match self {
+            Self::File(p) => load(p),
+            Self::Embedded => parse(Path::new("<built-in default config>"), EMBEDDED),
+        }
+    }
+
+    /// The file to watch for changes.
+    pub fn watched(&self) -> &Path {
+        match self {
+            Self::File(p) => p,
+            Self::Embedded => Path::new(DEFAULT_PATH),
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Embedded => f.write_str("the built-in default rules"),
+        }
+    }
+}
+
 /// A config problem, located.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -388,6 +435,24 @@ action = "block"
         let jm: Prefix = "+1876".parse().unwrap();
         assert_eq!(c.rules[&jm].country.as_deref(), Some("JM"));
         assert!(!c.rules.contains_key(&"+1".parse::<Prefix>().unwrap()));
+    }
+
+    #[test]
+    fn the_shipped_default_blocks_the_fraud_destinations_and_monitors_the_rest() {
+        let c = ConfigSource::Embedded.load().unwrap();
+        for p in ["+232", "+870", "+881", "+882", "+883", "+979"] {
+            let e = &c.rules[&p.parse::<Prefix>().unwrap()];
+            assert_eq!(e.action, Action::Block, "{p}");
+            assert!(
+                e.comment.as_deref().is_some_and(|c| c.len() > 20),
+                "{p} says why"
+            );
+        }
+        let all = &c.rules[&"+".parse::<Prefix>().unwrap()];
+        assert_eq!(all.action, Action::Monitor);
+        assert_eq!(c.rules.len(), 7);
+        assert_eq!(c.settings, Settings::default());
+        assert_eq!(c.fail_mode, FailMode::Keep);
     }
 
     #[test]

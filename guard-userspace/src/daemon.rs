@@ -93,22 +93,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             "sipguard run must run as root (it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load, attach and pin the XDP program)"
         );
     }
-    let config_path = opts
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let cfg = config::load(&config_path).with_context(|| {
-        if opts.config.is_none() {
-            format!(
-                "no usable config at the default path {}; pass --config FILE",
-                config::DEFAULT_PATH
-            )
-        } else {
-            "the config file is invalid; nothing was loaded".into()
-        }
-    })?;
+    let source = config::ConfigSource::resolve(opts.config.as_deref());
+    let cfg = source
+        .load()
+        .context("the config is invalid; nothing was loaded")?;
+    if source == config::ConfigSource::Embedded {
+        info!(
+            "no --config and no {}: using the built-in default rules (sipguard default-config prints them)",
+            config::DEFAULT_PATH
+        );
+    }
     preflight(&opts.ifaces)?;
-    info!(config = %config_path.display(), rules = cfg.rules.len(), "config loaded");
+    info!(config = %source, rules = cfg.rules.len(), "config loaded");
     opts.state.create()?;
     let mut guarded = Vec::new();
     let mut infos = Vec::new();
@@ -156,7 +152,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let me = std::process::id();
     opts.state.save_daemon(&DaemonInfo {
         pid: me,
-        config: Some(config_path.clone()),
+        config: match &source {
+            config::ConfigSource::File(p) => Some(p.clone()),
+            config::ConfigSource::Embedded => None,
+        },
         ifaces: infos,
         started_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -172,7 +171,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut seen = stamp(&config_path);
+    let mut seen = stamp(source.watched());
     let mut fail_mode = cfg.fail_mode;
     loop {
         let why = tokio::select! {
@@ -180,13 +179,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
-                let now = stamp(&config_path);
+                let now = stamp(source.watched());
                 if now == seen { continue; }
                 seen = now;
                 "config file changed"
             }
         };
-        match reload(&opts, &config_path, &mut guarded) {
+        match reload(&opts, &mut guarded) {
             Ok((n, fm)) => {
                 fail_mode = fm;
                 info!(reason = why, rules = n, "reloaded");
@@ -223,8 +222,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
 /// Re-reads the config and commits config ⊕ runtime edits to every interface. Nothing changes
 /// when the file is invalid.
-fn reload(opts: &RunOptions, path: &Path, guarded: &mut [Guarded]) -> Result<(usize, FailMode)> {
-    let cfg = config::load(path)?;
+fn reload(opts: &RunOptions, guarded: &mut [Guarded]) -> Result<(usize, FailMode)> {
+    // Resolved again: an /etc file that appeared (or went) since the start is picked up.
+    let source = config::ConfigSource::resolve(opts.config.as_deref());
+    let cfg = source.load()?;
     let _lock = opts.state.lock()?;
     let rules = opts.state.overlay()?.apply(&cfg.rules);
     for g in guarded.iter_mut() {
@@ -236,6 +237,7 @@ fn reload(opts: &RunOptions, path: &Path, guarded: &mut [Guarded]) -> Result<(us
         info!(iface = %g.iface, added = r.added, changed = r.changed, removed = r.removed, total = r.total, "rules committed");
     }
     opts.state.save_committed(&rules)?;
+    info!(config = %source, "config applied");
     Ok((rules.len(), cfg.fail_mode))
 }
 

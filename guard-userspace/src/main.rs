@@ -40,7 +40,7 @@ enum Verb {
         ifaces: Vec<String>,
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: ModeChoice,
-        /// Config file (default /etc/sipguard/sipguard.toml).
+        /// Config file (default /etc/sipguard/sipguard.toml, else the built-in default rules).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -84,6 +84,8 @@ enum Verb {
         json: bool,
         capture: PathBuf,
     },
+    /// Print the built-in default config (a starting point for /etc/sipguard/sipguard.toml).
+    DefaultConfig,
     /// Show how a SIP request line is parsed and normalised (no kernel needed).
     Classify {
         /// The request line, e.g. "INVITE sip:0023276123456@pbx SIP/2.0".
@@ -148,7 +150,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         pins: PinRoot::new(cli.pin_root),
         state: StateDir::new(cli.state_dir),
     };
-    let needs_root = !matches!(cli.verb, Verb::Classify { .. });
+    let needs_root = !matches!(cli.verb, Verb::Classify { .. } | Verb::DefaultConfig);
     if needs_root && !sipguard::is_root() {
         anyhow::bail!(
             "this verb needs root (CAP_BPF and CAP_NET_ADMIN to open the pinned maps or load the program)"
@@ -235,6 +237,10 @@ fn dispatch(cli: Cli) -> Result<()> {
             line,
             intl_prefixes,
         } => classify(&line, intl_prefixes),
+        Verb::DefaultConfig => {
+            print!("{}", sipguard::config::EMBEDDED);
+            Ok(())
+        }
     }
 }
 

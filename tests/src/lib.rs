@@ -6,6 +6,8 @@ pub mod harness;
 pub mod netns;
 pub mod packet;
 pub mod pcap;
+pub mod sipp;
+pub mod topology;
 
 use guard_common::{Action, Counter, Mode, Parsed, parse_payload};
 use sipguard::{Filter, Rule, Settings, Verdict};
