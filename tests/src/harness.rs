@@ -27,18 +27,17 @@ use crate::{
 /// The `sipguard` binary of this build (`cargo xtask test` builds it first).
 pub fn sipguard_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/release/deps/<test> -> target/release/sipguard
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target directory");
-    let bin = dir.join("sipguard");
-    assert!(
-        bin.exists(),
-        "{} is missing: build guard-userspace first (cargo xtask test does)",
-        bin.display()
-    );
-    bin
+    // target/release/deps/<test> (tests) or target/release/<bin> (the demo) -> target/release
+    let dir = exe.parent().expect("executable directory");
+    let bin = [dir.join("sipguard"), dir.join("../sipguard")]
+        .into_iter()
+        .find(|b| b.exists());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "no sipguard binary next to {}: build guard-userspace first (cargo xtask test does)",
+            exe.display()
+        )
+    })
 }
 
 /// The result of one CLI call.
@@ -140,6 +139,18 @@ impl Instance {
     /// Starts `sipguard run` inside `ns` (network namespace only, via nsenter, so bpffs and
     /// the pins stay shared) and waits until every interface is attached.
     pub fn start(&mut self, ns: &Netns, ifaces: &[&str], config: &Path, extra: &[&str]) {
+        self.start_with(ns, ifaces, Some(config), extra)
+    }
+
+    /// Like [`Instance::start`]; without a config, sipguard uses /etc/sipguard/sipguard.toml or
+    /// its built-in defaults.
+    pub fn start_with(
+        &mut self,
+        ns: &Netns,
+        ifaces: &[&str],
+        config: Option<&Path>,
+        extra: &[&str],
+    ) {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -154,9 +165,10 @@ impl Instance {
             .env("SIPGUARD_STATE_DIR", &self.state_dir)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .arg("run")
-            .arg("--config")
-            .arg(config);
+            .arg("run");
+        if let Some(config) = config {
+            c.arg("--config").arg(config);
+        }
         for i in ifaces {
             c.args(["--iface", i]);
         }

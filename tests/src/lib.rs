@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod harness;
+pub mod mix;
 pub mod netns;
 pub mod packet;
 pub mod pcap;

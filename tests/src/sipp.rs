@@ -15,6 +15,9 @@ use std::{
 
 use crate::netns::Netns;
 
+/// Set (by the demo's Ctrl-C handler) to make a running UAC stop at once.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The UAC scenario shipped in the repository.
 pub fn uac_scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp/uac.xml")
@@ -231,6 +234,11 @@ pub fn run_uac(spec: &UacSpec<'_>) -> UacRun {
     let deadline = Instant::now() + Duration::from_secs(320);
     loop {
         if child.try_wait().expect("wait for sipp").is_some() {
+            break;
+        }
+        if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = child.kill();
+            let _ = child.wait();
             break;
         }
         if Instant::now() > deadline {

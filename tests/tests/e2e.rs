@@ -7,49 +7,10 @@ use std::{collections::BTreeMap, thread, time::Duration};
 
 use sipguard_tests::{
     harness::Instance,
+    mix::{dest_of, uris},
     sipp::{self, UacRun, UacSpec, Uas, run_uac, uas_calls},
     topology::{CARRIER4, CARRIER6, PBX4, PBX6, Topology},
 };
-
-/// A destination of the call mix: Request-URI user part (or tel: URI), the rule that decides
-/// it, and whether the call must be blocked.
-struct Dest {
-    uri: &'static str,
-    rule: Option<&'static str>,
-    blocked: bool,
-}
-
-const fn d(uri: &'static str, rule: Option<&'static str>, blocked: bool) -> Dest {
-    Dest { uri, rule, blocked }
-}
-
-/// The mix: domestic numbers, allowed international numbers, blocked numbers in every dial
-/// form the filter supports, and an allow exception inside a blocked country. `@HOST` is
-/// replaced by the carrier's address.
-const MIX: &[Dest] = &[
-    d("sip:0312345678@HOST", None, false),
-    d("sip:+33142685300@HOST", Some("+"), false),
-    d("sip:+23276123456@HOST", Some("+232"), true),
-    d("sip:0120444444@HOST", None, false),
-    d("sip:0023276123456@HOST", Some("+232"), true),
-    d("sip:01149301234567@HOST", Some("+"), false),
-    d("sip:01123276123456@HOST", Some("+232"), true),
-    d("tel:+232-76-123-456", Some("+232"), true),
-    d("sip:+23222123456@HOST", Some("+23222"), false),
-    d("sip:+881631234567@HOST", Some("+881"), true),
-    d("sip:00870773123456@HOST", Some("+870"), true),
-    d("tel:+979-1-2345-6789", Some("+979"), true),
-];
-
-fn uris(host: &str) -> Vec<String> {
-    MIX.iter().map(|m| m.uri.replace("HOST", host)).collect()
-}
-
-fn dest_of<'a>(uri: &str, host: &str) -> &'a Dest {
-    MIX.iter()
-        .find(|m| m.uri.replace("HOST", host) == uri)
-        .unwrap_or_else(|| panic!("unknown URI in trace: {uri}"))
-}
 
 /// Per-rule (matched, dropped, would_drop).
 fn rule_counters(sg: &Instance) -> BTreeMap<String, (u64, u64, u64)> {

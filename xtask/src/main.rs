@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod clippy;
+mod demo;
 mod setup;
 mod test;
 mod util;
@@ -43,6 +44,8 @@ enum Verb {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
+    /// Setup, build, then real SIP calls through sipguard in namespaces, with a report.
+    Demo,
     /// Clippy (warnings are errors) on the host crates, then a rustfmt check.
     Clippy,
 }
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Verb::Build => build::run().map(|()| ExitCode::SUCCESS),
         Verb::Test { args } => test::run(&args),
         Verb::Bench { args } => bench::run(&args),
+        Verb::Demo => demo::run(),
         Verb::Clippy => clippy::run(),
     };
     result.unwrap_or_else(|e| {

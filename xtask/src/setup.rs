@@ -10,8 +10,9 @@ use anyhow::{Context as _, bail};
 
 use crate::util;
 
-/// Debian packages the tests use: `ip` (iproute2), `sipp` (sip-tester) and `tshark`.
-const PACKAGES: [&str; 3] = ["iproute2", "sip-tester", "tshark"];
+/// Debian packages the tests use: `ip` (iproute2), `sipp` (sip-tester), `tshark`, and
+/// `nsenter`/`setpriv` (util-linux, essential on Debian, listed so a slim image gets it).
+const PACKAGES: [&str; 4] = ["iproute2", "sip-tester", "tshark", "util-linux"];
 const BPFFS: &str = "/sys/fs/bpf";
 /// bpf-linker versions below this are replaced.
 const MIN_BPF_LINKER: (u64, u64) = (0, 13);
