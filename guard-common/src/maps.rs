@@ -18,7 +18,22 @@ pub mod names {
     pub const CONFIG: &str = "SG_CONFIG";
     pub const SIP_PORTS: &str = "SG_SIP_PORTS";
     pub const SCRATCH: &str = "SG_SCRATCH";
+    /// Call-ID hashes seen recently (LRU): tells new calls from retransmissions.
+    pub const CALLS: &str = "SG_CALLS";
+    /// Sources that hit each rule (LRU).
+    pub const SOURCES: &str = "SG_SOURCES";
+    /// Drop / would-drop events for new calls (ring buffer).
+    pub const EVENTS: &str = "SG_EVENTS";
+    /// Per-CPU token bucket that bounds the event rate.
+    pub const EVENT_BUCKET: &str = "SG_EVBUCKET";
 }
+
+/// Entries of [`names::CALLS`].
+pub const MAX_CALLS: u32 = 65_536;
+/// Entries of [`names::SOURCES`].
+pub const MAX_SOURCES: u32 = 16_384;
+/// Bytes of the event ring buffer.
+pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 
 /// Program names in the object.
 pub mod programs {
@@ -80,6 +95,11 @@ pub struct RuleCounters {
     pub dropped: u64,
     /// Of those, passed but counted as would-drop (`monitor` action, or `monitor` mode).
     pub would_drop: u64,
+    /// New calls among them: initial INVITEs whose Call-ID was not seen recently (a
+    /// retransmission counts as a packet, not as a call).
+    pub calls: u64,
+    /// In-dialog re-INVITEs (a To tag), counted apart from calls.
+    pub reinvites: u64,
 }
 
 /// Global mode.
@@ -105,9 +125,13 @@ pub struct Config {
     pub intl_prefixes: IntlPrefixes,
     /// [`CONFIG_FLAG_DEBUG_LOG`] and later per-config switches.
     pub flags: u32,
+    /// Drop events per second and CPU (0: no events).
+    pub event_rate: u32,
+    /// Events a CPU may send in a burst above the rate.
+    pub event_burst: u32,
     pub _pad: u32,
     /// Reserved for later global settings; zero today.
-    pub _reserved: [u64; 3],
+    pub _reserved: [u64; 2],
 }
 
 /// Config flag: the program writes an aya-log debug line for every rule match. Off by default:
@@ -126,8 +150,10 @@ impl Config {
             active: 0,
             intl_prefixes,
             flags: 0,
+            event_rate: 0,
+            event_burst: 0,
             _pad: 0,
-            _reserved: [0; 3],
+            _reserved: [0; 2],
         }
     }
 }
@@ -165,13 +191,25 @@ pub enum Counter {
     NotUdp = 12,
     /// IPv6 packets with more extension headers than the program walks (passed).
     Ipv6ExtLimit = 13,
+    /// New calls (initial INVITEs) that matched a rule.
+    Calls = 14,
+    /// Matched INVITEs whose Call-ID was seen recently: retransmissions.
+    Retransmissions = 15,
+    /// Matched in-dialog re-INVITEs (To tag).
+    Reinvites = 16,
+    /// Matched INVITEs without a Call-ID in the inspected headers (each counted as a call).
+    NoCallId = 17,
+    /// Drop / would-drop events sent to userspace.
+    EventsSent = 18,
+    /// Events not sent: over the rate budget or the ring buffer was full.
+    EventsSuppressed = 19,
 }
 
 /// Size of the global counter array (room for later counters).
 pub const COUNTER_SLOTS: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Frames,
         Counter::SipCandidates,
         Counter::Invites,
@@ -186,6 +224,12 @@ impl Counter {
         Counter::NumberIncomplete,
         Counter::NotUdp,
         Counter::Ipv6ExtLimit,
+        Counter::Calls,
+        Counter::Retransmissions,
+        Counter::Reinvites,
+        Counter::NoCallId,
+        Counter::EventsSent,
+        Counter::EventsSuppressed,
     ];
 
     /// Stable snake_case name, used in CLI output and metrics.
@@ -205,6 +249,12 @@ impl Counter {
             Counter::NumberIncomplete => "number_incomplete",
             Counter::NotUdp => "not_udp",
             Counter::Ipv6ExtLimit => "ipv6_ext_limit",
+            Counter::Calls => "calls",
+            Counter::Retransmissions => "retransmissions",
+            Counter::Reinvites => "reinvites",
+            Counter::NoCallId => "no_call_id",
+            Counter::EventsSent => "events_sent",
+            Counter::EventsSuppressed => "events_suppressed",
         }
     }
 }
@@ -224,16 +274,107 @@ impl Default for GlobalCounters {
     }
 }
 
+/// Where a packet came from and went to, for source tracking and events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Key of [`names::SOURCES`]: a source address per rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    pub rule_id: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+/// Value of [`names::SOURCES`]. Times are `CLOCK_BOOTTIME` ns (`bpf_ktime_get_boot_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    pub packets: u64,
+    pub calls: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Value of [`names::CALLS`] (keyed by the Call-ID hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallSeen {
+    pub rule_id: u32,
+    pub _pad: u32,
+    pub first_seen_ns: u64,
+}
+
+/// Event verdicts.
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_WOULD_DROP: u8 = 2;
+
+/// One drop / would-drop event for a new call, sent through [`names::EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `CLOCK_BOOTTIME` ns.
+    pub time_ns: u64,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    /// The normalised number (digits packed as in [`crate::Number`]).
+    pub number_hi: u64,
+    pub number_lo: u64,
+    pub rule_id: u32,
+    /// Outer VLAN id (0: untagged).
+    pub vlan: u16,
+    pub number_len: u8,
+    /// A [`crate::Domain`] as `u8`.
+    pub domain: u8,
+    /// An [`Action`] as `u8`.
+    pub action: u8,
+    /// [`EVENT_DROP`] or [`EVENT_WOULD_DROP`].
+    pub verdict: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Per-CPU token bucket for events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Thousandths of an event.
+    pub tokens_milli: u64,
+    pub last_ns: u64,
+}
+
 /// Per-CPU scratch space of the XDP program: the copied payload window and the scanner state.
 /// Keeping the scanner in a map value (not on the stack) means the verifier treats its fields as
 /// unknown scalars, so the `bpf_loop` callback is verified once, not once per byte.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Scratch {
+    /// The parsed frame, handed from the header layers to the SIP stage through this map value
+    /// so that every path through l2/l3/l4 reaches the SIP stage in the same verifier state
+    /// (it is verified once, not once per header layout).
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub payload_off: u32,
+    pub payload_len: u32,
+    pub vlan: u16,
+    pub _pad2: [u8; 6],
     pub buf: [u8; WINDOW],
     pub len: u32,
-    pub _pad: u32,
+    /// Bytes in `hdr`.
+    pub hdr_len: u32,
     pub scanner: Scanner,
+    /// The header window (copied only for INVITEs that matched a rule).
+    pub hdr: [u8; crate::headers::HDR_WINDOW],
+    pub headers: crate::headers::HeaderScanner,
 }
 
 /// Builds the rule-trie key for a rule prefix, in the layout `LookupKey` uses.
@@ -260,4 +401,9 @@ mod pod {
     unsafe impl aya::Pod for RuleCounters {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for GlobalCounters {}
+    unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for CallSeen {}
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for TokenBucket {}
 }

@@ -376,11 +376,15 @@ impl Maps {
                 matched,
                 dropped,
                 would_drop,
+                calls,
+                reinvites,
             } = *c;
             RuleCounters {
                 matched: a.matched + matched,
                 dropped: a.dropped + dropped,
                 would_drop: a.would_drop + would_drop,
+                calls: a.calls + calls,
+                reinvites: a.reinvites + reinvites,
             }
         }))
     }

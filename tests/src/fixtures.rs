@@ -17,6 +17,17 @@ pub const RULES: &[(&str, Action, u32)] = &[
     ("+1876", Action::Block, 5),  // Jamaica (NANP: area-code granularity)
 ];
 
+/// Counters that depend on earlier frames (the Call-ID cache, the event budget); the fixture
+/// table does not assert them.
+pub const CALL_COUNTERS: [Counter; 6] = [
+    Counter::Calls,
+    Counter::Retransmissions,
+    Counter::Reinvites,
+    Counter::NoCallId,
+    Counter::EventsSent,
+    Counter::EventsSuppressed,
+];
+
 /// Rule ids in `RULES`, for counter checks.
 pub const SL: u32 = 0;
 pub const SL_EXCEPTION: u32 = 1;
