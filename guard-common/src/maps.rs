@@ -137,6 +137,9 @@ pub struct Config {
 /// Config flag: the program writes an aya-log debug line for every rule match. Off by default:
 /// it costs a ring-buffer write per matched INVITE, which a flood would turn into load.
 pub const CONFIG_FLAG_DEBUG_LOG: u32 = 1;
+/// Config flag: no call accounting (Call-ID scan, call LRU, sources, events). For benchmarks
+/// and as an emergency switch; the packet counters and verdicts are the same either way.
+pub const CONFIG_FLAG_NO_CALLS: u32 = 2;
 
 /// Config array slot that holds the `active` selector.
 pub const CONFIG_SELECTOR: u32 = 2;

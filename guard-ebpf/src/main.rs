@@ -23,11 +23,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use guard_common::{
-    Action, CONFIG_FLAG_DEBUG_LOG, CONFIG_SELECTOR, CONFIG_SLOTS, COUNTER_SLOTS, CallSeen, Config,
-    Counter, EVENT_DROP, EVENT_RING_BYTES, EVENT_WOULD_DROP, Endpoint, Event, GlobalCounters,
-    HDR_MAX_STEPS, HDR_WINDOW, HeaderScanner, Headers, MAX_CALLS, MAX_RULES, MAX_SOURCES,
-    MAX_STEPS, Mode, Parsed, RuleCounters, RuleKeyData, RuleValue, Scanner, Scratch, SourceKey,
-    SourceStats, TokenBucket, WINDOW, sip::ByteSource,
+    Action, CONFIG_FLAG_DEBUG_LOG, CONFIG_FLAG_NO_CALLS, CONFIG_SELECTOR, CONFIG_SLOTS,
+    COUNTER_SLOTS, CallSeen, Config, Counter, EVENT_DROP, EVENT_RING_BYTES, EVENT_WOULD_DROP,
+    Endpoint, Event, GlobalCounters, HDR_MAX_STEPS, HDR_WINDOW, HeaderScanner, Headers, MAX_CALLS,
+    MAX_RULES, MAX_SOURCES, MAX_STEPS, Mode, Parsed, RuleCounters, RuleKeyData, RuleValue, Scanner,
+    Scratch, SourceKey, SourceStats, TokenBucket, WINDOW, sip::ByteSource,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr, vlan::VlanHdr};
 
@@ -660,6 +660,9 @@ fn verdict(
         return decide(c, cfg, action, &mut RuleCounters::default());
     };
     stats.matched += 1;
+    if cfg.flags & CONFIG_FLAG_NO_CALLS != 0 {
+        return decide(c, cfg, action, stats);
+    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let new_call = count_call(ctx, c, stats, id, payload, now);

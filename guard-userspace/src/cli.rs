@@ -46,6 +46,9 @@ pub fn live_settings(config: &Config, ports: Vec<u16>) -> Settings {
             guard_common::Mode::Enforce
         },
         kernel_debug_log: config.flags & guard_common::CONFIG_FLAG_DEBUG_LOG != 0,
+        track_calls: config.flags & guard_common::CONFIG_FLAG_NO_CALLS == 0,
+        event_rate: config.event_rate,
+        event_burst: config.event_burst,
     }
 }
 
@@ -288,9 +291,34 @@ pub struct StatRow {
     pub country: String,
     pub action: &'static str,
     pub comment: String,
+    /// Packets (INVITEs, retransmissions included).
     pub matched: u64,
     pub dropped: u64,
     pub would_drop: u64,
+    /// New calls (retransmissions counted once).
+    pub calls: u64,
+    /// In-dialog re-INVITEs.
+    pub reinvites: u64,
+}
+
+/// `CLOCK_BOOTTIME` ns (the kernel's timestamps) to wall-clock time.
+pub fn boot_ns_to_system(ns: u64) -> std::time::SystemTime {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let boot_now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    let ago = Duration::from_nanos(boot_now.saturating_sub(ns));
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
+/// RFC 3339 UTC, milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Per-rule and global counters summed over every interface.
@@ -314,6 +342,8 @@ pub fn collect_stats(ctx: &Ctx) -> Result<(Vec<StatRow>, BTreeMap<&'static str, 
             e.1.matched += c.matched;
             e.1.dropped += c.dropped;
             e.1.would_drop += c.would_drop;
+            e.1.calls += c.calls;
+            e.1.reinvites += c.reinvites;
         }
         let g = maps.global_counters()?;
         for c in Counter::ALL {
@@ -332,6 +362,8 @@ pub fn collect_stats(ctx: &Ctx) -> Result<(Vec<StatRow>, BTreeMap<&'static str, 
                 matched: c.matched,
                 dropped: c.dropped,
                 would_drop: c.would_drop,
+                calls: c.calls,
+                reinvites: c.reinvites,
             }
         })
         .collect();
@@ -365,16 +397,17 @@ pub fn stats(
             }
             writeln!(
                 out,
-                "{:<18} {:<26} {:<8} {:>12} {:>12} {:>12}",
-                "PREFIX", "COUNTRY", "ACTION", "MATCHED", "DROPPED", "WOULD_DROP"
+                "{:<18} {:<26} {:<8} {:>10} {:>12} {:>12} {:>12}",
+                "PREFIX", "COUNTRY", "ACTION", "CALLS", "MATCHED", "DROPPED", "WOULD_DROP"
             )?;
             for r in &rows {
                 writeln!(
                     out,
-                    "{:<18} {:<26} {:<8} {:>12} {:>12} {:>12}",
+                    "{:<18} {:<26} {:<8} {:>10} {:>12} {:>12} {:>12}",
                     r.prefix,
                     truncate(&r.country, 26),
                     r.action,
+                    r.calls,
                     r.matched,
                     r.dropped,
                     r.would_drop
@@ -409,6 +442,86 @@ fn humantime_now() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     format!("unix time {secs}")
+}
+
+#[derive(Serialize)]
+pub struct SourceRow {
+    pub iface: String,
+    pub rule: String,
+    pub action: &'static str,
+    pub source: String,
+    pub packets: u64,
+    pub calls: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// Sources that hit rules, most packets first, optionally for one rule.
+pub fn collect_sources(ctx: &Ctx, rule: Option<&Prefix>) -> Result<Vec<SourceRow>> {
+    let mut rows = Vec::new();
+    for iface in ctx.pins.require_ifaces()? {
+        let maps = Maps::from_pins(&ctx.pins.iface_dir(&iface))?;
+        let by_id: BTreeMap<u32, (Prefix, u8)> = maps
+            .rules()?
+            .into_iter()
+            .map(|r| (r.value.id, (r.prefix, r.value.action)))
+            .collect();
+        for (k, v) in maps.sources()? {
+            let Some((prefix, action)) = by_id.get(&k.rule_id) else {
+                continue; // the rule is gone
+            };
+            if rule.is_some_and(|r| r != prefix) {
+                continue;
+            }
+            let addr = match k.family {
+                4 => std::net::IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]]),
+                _ => std::net::IpAddr::from(k.addr),
+            };
+            rows.push(SourceRow {
+                iface: iface.clone(),
+                rule: prefix.to_string(),
+                action: Action::from_u8(*action).map_or("?", action_name),
+                source: addr.to_string(),
+                packets: v.packets,
+                calls: v.calls,
+                first_seen: rfc3339(boot_ns_to_system(v.first_seen_ns)),
+                last_seen: rfc3339(boot_ns_to_system(v.last_seen_ns)),
+            });
+        }
+    }
+    rows.sort_by(|a, b| {
+        (b.packets, b.calls)
+            .cmp(&(a.packets, a.calls))
+            .then(a.source.cmp(&b.source))
+    });
+    Ok(rows)
+}
+
+/// `sipguard stats --sources`: which PBX or customer dials the blocked destinations.
+pub fn sources(ctx: &Ctx, rule: Option<&Prefix>, top: Option<usize>, json_out: bool) -> Result<()> {
+    let mut rows = collect_sources(ctx, rule)?;
+    if let Some(n) = top {
+        rows.truncate(n);
+    }
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        writeln!(out, "{}", json!({ "sources": rows }))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<40} {:<12} {:<8} {:>8} {:>10}  {:<24} {:<24}",
+        "SOURCE", "RULE", "ACTION", "CALLS", "PACKETS", "FIRST SEEN", "LAST SEEN"
+    )?;
+    for r in &rows {
+        writeln!(
+            out,
+            "{:<40} {:<12} {:<8} {:>8} {:>10}  {:<24} {:<24}",
+            r.source, r.rule, r.action, r.calls, r.packets, r.first_seen, r.last_seen
+        )?;
+    }
+    writeln!(out, "{} source(s)", rows.len())?;
+    Ok(())
 }
 
 /// `sipguard status`.

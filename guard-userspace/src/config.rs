@@ -132,12 +132,31 @@ pub struct ConfigFile {
     pub rules: RuleSet,
     /// Whether the file had a `[settings]` table (import files must not).
     pub has_settings: bool,
+    /// `[events]`: where drop events go (besides `sipguard events`).
+    pub events: crate::events::Outputs,
+    /// `[metrics] listen`: the Prometheus endpoint, `None` when "off".
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    file: Option<String>,
+    stdout: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     settings: Option<Spanned<RawSettings>>,
+    events: Option<RawEvents>,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
 }
@@ -150,6 +169,9 @@ struct RawSettings {
     mode: Option<Spanned<String>>,
     fail_mode: Option<Spanned<String>>,
     kernel_debug_log: Option<bool>,
+    track_calls: Option<bool>,
+    event_rate: Option<Spanned<i64>>,
+    event_burst: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -197,7 +219,26 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             mode,
             fail_mode: fm,
             kernel_debug_log,
+            track_calls,
+            event_rate,
+            event_burst,
         } = s.into_inner();
+        for (name, v, slot) in [
+            ("event_rate", event_rate, &mut settings.event_rate),
+            ("event_burst", event_burst, &mut settings.event_burst),
+        ] {
+            if let Some(v) = v {
+                let n = *v.get_ref();
+                if !(0..=1_000_000).contains(&n) {
+                    return Err(at(
+                        v.span(),
+                        format!("{name}: {n} is out of range (0 to 1000000)"),
+                    ));
+                }
+                *slot = n as u32;
+            }
+        }
+        settings.track_calls = track_calls.unwrap_or(true);
         if let Some(ports) = sip_ports {
             let span = ports.span();
             let ports = ports.into_inner();
@@ -270,6 +311,31 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         path: shown.clone(),
         message: e.to_string(),
     })?;
+
+    let events = raw
+        .events
+        .map(|e| crate::events::Outputs {
+            file: e.file.map(PathBuf::from),
+            stdout: e.stdout.unwrap_or(false),
+        })
+        .unwrap_or_default();
+    let metrics = match raw.metrics.and_then(|m| m.listen) {
+        None => Some(
+            crate::metrics::DEFAULT_LISTEN
+                .parse()
+                .expect("the default listen address parses"),
+        ),
+        Some(l) if l.get_ref() == "off" => None,
+        Some(l) => Some(l.get_ref().parse().map_err(|_| {
+            at(
+                l.span(),
+                format!(
+                    "metrics listen address `{}` is not IP:PORT (e.g. 127.0.0.1:9960) or \"off\"",
+                    l.get_ref()
+                ),
+            )
+        })?),
+    };
 
     let mut rules = RuleSet::new();
     // Where each prefix was defined, for conflict messages.
@@ -365,6 +431,8 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         fail_mode,
         rules,
         has_settings,
+        events,
+        metrics,
     })
 }
 

@@ -7,7 +7,9 @@
 //! `bpf_link_update`, which replaces the program atomically (kernel 5.9+ XDP links).
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -49,6 +51,14 @@ pub struct RunOptions {
 struct Guarded {
     iface: String,
     filter: Filter,
+    /// Rule id -> prefix, for decoding events; refreshed after every commit.
+    rule_ids: Arc<Mutex<BTreeMap<u32, crate::rules::Prefix>>>,
+}
+
+fn id_map(maps: &crate::maps::Maps) -> BTreeMap<u32, crate::rules::Prefix> {
+    maps.rules()
+        .map(|rs| rs.into_iter().map(|r| (r.value.id, r.prefix)).collect())
+        .unwrap_or_default()
 }
 
 /// The config path in use and how to recognise a change of the file.
@@ -162,6 +172,41 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     })?;
+    // Events: one ring-buffer reader per interface, fanned out to the outputs and the socket.
+    let hub = crate::events::Hub::new(cfg.events.clone());
+    for g in guarded.iter_mut() {
+        if let Some(ring) = g.filter.take_events() {
+            tokio::spawn(crate::events::read_ring(
+                ring,
+                g.iface.clone(),
+                opts.pins.iface_dir(&g.iface),
+                g.rule_ids.clone(),
+                hub.clone(),
+            ));
+        }
+    }
+    let socket = crate::events::socket_path(&opts.state.dir);
+    {
+        let (socket, hub) = (socket.clone(), hub.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::events::serve(socket, hub).await {
+                error!("events socket: {e:#}");
+            }
+        });
+    }
+    let status = Arc::new(Mutex::new(crate::metrics::DaemonStatus {
+        last_reload: None,
+        last_reload_ok: true,
+    }));
+    if let Some(addr) = cfg.metrics {
+        let listener = crate::metrics::bind(addr).await?;
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            opts.pins.clone(),
+            opts.state.clone(),
+            status.clone(),
+        ));
+    }
     info!(
         pid = me,
         "sipguard running; SIGHUP or a change of the config file reloads it"
@@ -185,7 +230,12 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 "config file changed"
             }
         };
-        match reload(&opts, &mut guarded) {
+        let result = reload(&opts, &mut guarded);
+        if let Ok(mut st) = status.lock() {
+            st.last_reload = Some(SystemTime::now());
+            st.last_reload_ok = result.is_ok();
+        }
+        match result {
             Ok((n, fm)) => {
                 fail_mode = fm;
                 info!(reason = why, rules = n, "reloaded");
@@ -216,6 +266,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     opts.state.clear_daemon(me);
+    let _ = std::fs::remove_file(&socket);
     drop(guarded);
     Ok(())
 }
@@ -235,6 +286,9 @@ fn reload(opts: &RunOptions, guarded: &mut [Guarded]) -> Result<(usize, FailMode
             .commit(&cfg.settings, &rules)
             .with_context(|| format!("interface {}", g.iface))?;
         info!(iface = %g.iface, added = r.added, changed = r.changed, removed = r.removed, total = r.total, "rules committed");
+        if let Ok(mut ids) = g.rule_ids.lock() {
+            *ids = id_map(&g.filter.maps);
+        }
     }
     opts.state.save_committed(&rules)?;
     info!(config = %source, "config applied");
@@ -311,14 +365,19 @@ fn attach_iface(
         .pin(&prog_path)
         .with_context(|| format!("pinning the program at {}", prog_path.display()))?;
     pins::secure(&prog_path)?;
-    for name in crate::maps::PINNED_MAPS {
+    for name in crate::maps::PINNED_MAPS
+        .iter()
+        .chain(&crate::maps::AUX_PINNED)
+    {
         pins::secure(&dir.join(name))?;
     }
     opts.state.set_iface_mode(iface, Some(mode))?;
+    let rule_ids = Arc::new(Mutex::new(id_map(&filter.maps)));
     Ok((
         Guarded {
             iface: iface.to_string(),
             filter,
+            rule_ids,
         },
         mode,
     ))

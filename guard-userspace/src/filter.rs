@@ -84,8 +84,11 @@ impl Filter {
     /// reused with their rules and counters (a restart or an upgrade), missing ones are created
     /// and pinned. Settings and rules are left as they are; commit them next.
     pub fn load_pinned(dir: &Path) -> Result<Self, FilterError> {
-        let paths: Vec<(&'static str, std::path::PathBuf)> =
-            PINNED_MAPS.iter().map(|&n| (n, dir.join(n))).collect();
+        let paths: Vec<(&'static str, std::path::PathBuf)> = PINNED_MAPS
+            .iter()
+            .chain(crate::maps::AUX_PINNED.iter())
+            .map(|&n| (n, dir.join(n)))
+            .collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -127,6 +130,12 @@ impl Filter {
     /// The filter program, to attach or pin.
     pub fn program_mut(&mut self) -> Result<&mut Xdp, FilterError> {
         xdp_mut(&mut self.ebpf, programs::FILTER)
+    }
+
+    /// The drop-event ring buffer (taken once, by the daemon's reader).
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        let m = self.ebpf.take_map(guard_common::maps::names::EVENTS)?;
+        aya::maps::RingBuf::try_from(m).ok()
     }
 
     /// The loaded object, for aya-log.

@@ -62,6 +62,19 @@ enum Verb {
         /// Zero the counters after printing them.
         #[arg(long)]
         reset: bool,
+        /// Show the sources (PBXs, customers) that hit the rules instead.
+        #[arg(long)]
+        sources: bool,
+        /// With --sources: only this rule's sources.
+        #[arg(long, value_name = "PREFIX", requires = "sources")]
+        rule: Option<String>,
+    },
+    /// Drop events of the running daemon (the recent ones; --follow keeps streaming).
+    Events {
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Interfaces, XDP mode, program id, rule count, mode, config, daemon.
     Status {
@@ -225,8 +238,18 @@ fn dispatch(cli: Cli) -> Result<()> {
             watch,
             top,
             reset,
-        } => cli::stats(&ctx, json, top, watch, reset),
+            sources,
+            rule,
+        } => {
+            if sources {
+                let rule = rule.map(|r| r.parse::<Prefix>()).transpose()?;
+                cli::sources(&ctx, rule.as_ref(), top, json)
+            } else {
+                cli::stats(&ctx, json, top, watch, reset)
+            }
+        }
         Verb::Status { json } => cli::status(&ctx, json),
+        Verb::Events { follow, json } => sipguard::events::follow(&ctx.state.dir, follow, json),
         Verb::Detach { iface, keep_maps } => cli::detach(&ctx, &iface, keep_maps),
         Verb::Replay {
             config,

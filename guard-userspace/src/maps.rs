@@ -18,7 +18,7 @@ use aya::{
 };
 use guard_common::{
     CONFIG_SELECTOR, Config, GlobalCounters, MAX_RULES, RuleCounters, RuleKeyData, RuleValue,
-    maps::names,
+    SourceKey, SourceStats, maps::names,
 };
 use thiserror::Error;
 
@@ -26,6 +26,9 @@ use crate::{
     rules::{Prefix, RuleSet},
     settings::{Settings, SettingsError},
 };
+
+/// Maps pinned next to [`PINNED_MAPS`] so calls, sources and queued events survive a restart.
+pub const AUX_PINNED: [&str; 3] = [names::CALLS, names::SOURCES, names::EVENTS];
 
 /// Every map userspace works with, by pin name.
 pub const PINNED_MAPS: [&str; 6] = [
@@ -98,6 +101,8 @@ pub struct Maps {
     counters: PerCpuArray<MapData, GlobalCounters>,
     config: Array<MapData, Config>,
     ports: Array<MapData, u8>,
+    /// Sources per rule (absent in pins made before it existed).
+    sources: Option<aya::maps::HashMap<MapData, SourceKey, SourceStats>>,
 }
 
 impl Maps {
@@ -107,7 +112,8 @@ impl Maps {
         let (a, b) = (take(names::RULES[0])?, take(names::RULES[1])?);
         let (stats, counters) = (take(names::RULE_STATS)?, take(names::COUNTERS)?);
         let (config, ports) = (take(names::CONFIG)?, take(names::SIP_PORTS)?);
-        Self::from_maps([a, b], stats, counters, config, ports)
+        let sources = ebpf.take_map(names::SOURCES);
+        Self::from_maps([a, b], stats, counters, config, ports, sources)
     }
 
     /// Opens the maps pinned in `dir` (as [`Maps::pin`] left them).
@@ -124,7 +130,12 @@ impl Maps {
         let (a, b) = (open(names::RULES[0])?, open(names::RULES[1])?);
         let (stats, counters) = (open(names::RULE_STATS)?, open(names::COUNTERS)?);
         let (config, ports) = (open(names::CONFIG)?, open(names::SIP_PORTS)?);
-        Self::from_maps([a, b], stats, counters, config, ports)
+        let sources = dir
+            .join(names::SOURCES)
+            .exists()
+            .then(|| open(names::SOURCES))
+            .transpose()?;
+        Self::from_maps([a, b], stats, counters, config, ports, sources)
     }
 
     fn from_maps(
@@ -133,6 +144,7 @@ impl Maps {
         counters: Map,
         config: Map,
         ports: Map,
+        sources: Option<Map>,
     ) -> Result<Self, MapsError> {
         Ok(Self {
             rules: [
@@ -143,6 +155,9 @@ impl Maps {
             counters: PerCpuArray::try_from(counters).map_err(map_err(names::COUNTERS, "open"))?,
             config: Array::try_from(config).map_err(map_err(names::CONFIG, "open"))?,
             ports: Array::try_from(ports).map_err(map_err(names::SIP_PORTS, "open"))?,
+            sources: sources
+                .map(|m| aya::maps::HashMap::try_from(m).map_err(map_err(names::SOURCES, "open")))
+                .transpose()?,
         })
     }
 
@@ -402,6 +417,23 @@ impl Maps {
             }
         }
         Ok(sum)
+    }
+
+    /// Every (rule, source) entry of the sources map.
+    pub fn sources(&self) -> Result<Vec<(SourceKey, SourceStats)>, MapsError> {
+        let Some(m) = &self.sources else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for kv in m.iter() {
+            match kv {
+                Ok(kv) => out.push(kv),
+                // An LRU entry evicted while we iterate: skip it.
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(names::SOURCES, "iterate")(e)),
+            }
+        }
+        Ok(out)
     }
 
     /// Zeroes the global counters and the counters of the live rules.

@@ -153,6 +153,7 @@ impl PinRoot {
         let mut names = vec![PROG_PIN, LINK_PIN];
         if !keep_maps {
             names.extend(PINNED_MAPS);
+            names.extend(crate::maps::AUX_PINNED);
         }
         for name in names {
             let p = dir.join(name);

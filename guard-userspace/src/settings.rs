@@ -27,6 +27,12 @@ pub struct Settings {
     pub mode: Mode,
     /// Kernel-side aya-log debug lines for every rule match (off: it costs per matched INVITE).
     pub kernel_debug_log: bool,
+    /// Call accounting: calls vs retransmissions, sources per rule, drop events.
+    pub track_calls: bool,
+    /// Drop events per second and CPU; 0 turns events off.
+    pub event_rate: u32,
+    /// Events a CPU may send at once above the rate.
+    pub event_burst: u32,
 }
 
 impl Default for Settings {
@@ -36,6 +42,9 @@ impl Default for Settings {
             intl_prefixes: vec!["00".into(), "011".into()],
             mode: Mode::Enforce,
             kernel_debug_log: false,
+            track_calls: true,
+            event_rate: 50,
+            event_burst: 100,
         }
     }
 }
@@ -76,6 +85,11 @@ impl Settings {
         if self.kernel_debug_log {
             config.flags |= guard_common::CONFIG_FLAG_DEBUG_LOG;
         }
+        if !self.track_calls {
+            config.flags |= guard_common::CONFIG_FLAG_NO_CALLS;
+        }
+        config.event_rate = self.event_rate;
+        config.event_burst = self.event_burst;
         Ok(config)
     }
 }
