@@ -79,6 +79,8 @@ pub struct HeaderScanner {
     pub to_tag: bool,
     /// The headers ended (blank line) inside the window.
     pub complete: bool,
+    /// The To header was read (with the Call-ID, all there is to find: the scan stops).
+    to_seen: bool,
 }
 
 impl Default for HeaderScanner {
@@ -115,7 +117,27 @@ impl HeaderScanner {
             has_call_id: false,
             to_tag: false,
             complete: false,
+            to_seen: false,
         }
+    }
+
+    /// Resets in place (see `Scanner::reset`).
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.hash = FNV_OFFSET;
+        self.pos = 0;
+        self.cid_len = 0;
+        self.hash_trimmed = FNV_OFFSET;
+        self.state = st::SKIP;
+        self.cand = name::NONE;
+        self.name_len = 0;
+        self.name_done = 0;
+        self.in_angle = 0;
+        self.tag_match = 0;
+        self.has_call_id = false;
+        self.to_tag = false;
+        self.complete = false;
+        self.to_seen = false;
     }
 
     #[inline(always)]
@@ -218,11 +240,23 @@ impl HeaderScanner {
                     self.hash = self.hash_trimmed;
                     self.state = st::SKIP;
                     self.end_line(c);
+                    if self.to_seen {
+                        // Both found: the rest of the headers cannot change the answer.
+                        self.state = st::DONE;
+                        return false;
+                    }
                 }
                 _ => self.hash_byte(c),
             },
             st::TO => match c {
-                b'\r' | b'\n' => self.end_line(c),
+                b'\r' | b'\n' => {
+                    self.end_line(c);
+                    self.to_seen = true;
+                    if self.has_call_id {
+                        self.state = st::DONE;
+                        return false;
+                    }
+                }
                 b'<' => {
                     self.in_angle = 1;
                     self.tag_match = 0;

@@ -281,8 +281,9 @@ impl Default for GlobalCounters {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    /// IPv4 in the first 4 bytes, or IPv6.
-    pub addr: [u8; 16],
+    /// IPv4 in the first word, or IPv6: the address bytes in network order, stored as native
+    /// words (word-sized copies; byte arrays would make LLVM call a byte-loop memcpy in BPF).
+    pub addr: [u32; 4],
     pub port: u16,
     /// 4 or 6.
     pub family: u8,
@@ -296,7 +297,17 @@ pub struct SourceKey {
     pub rule_id: u32,
     /// 4 or 6.
     pub family: u32,
-    pub addr: [u8; 16],
+    /// As in [`Endpoint::addr`].
+    pub addr: [u32; 4],
+}
+
+/// The address bytes of an [`Endpoint::addr`]-style word array.
+pub fn addr_bytes(addr: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, w) in addr.iter().enumerate() {
+        out[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    out
 }
 
 /// Value of [`names::SOURCES`]. Times are `CLOCK_BOOTTIME` ns (`bpf_ktime_get_boot_ns`).

@@ -181,6 +181,19 @@ impl Scanner {
         }
     }
 
+    /// Resets in place (the kernel keeps the scanner in a map value; building a new one would
+    /// need a temporary on the 512-byte BPF stack).
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.number = Number::default();
+        self.context = Number::default();
+        self.pos = 0;
+        self.start = 0;
+        self.state = state::START;
+        self.outcome = outcome::NOT_INVITE;
+        self.needs_at = false;
+    }
+
     fn done(&mut self, outcome: u8) -> bool {
         self.outcome = outcome;
         self.state = state::DONE;

@@ -25,9 +25,9 @@ use aya_log_ebpf::debug;
 use guard_common::{
     Action, CONFIG_FLAG_DEBUG_LOG, CONFIG_FLAG_NO_CALLS, CONFIG_SELECTOR, CONFIG_SLOTS,
     COUNTER_SLOTS, CallSeen, Config, Counter, EVENT_DROP, EVENT_RING_BYTES, EVENT_WOULD_DROP,
-    Endpoint, Event, GlobalCounters, HDR_MAX_STEPS, HDR_WINDOW, HeaderScanner, Headers, MAX_CALLS,
-    MAX_RULES, MAX_SOURCES, MAX_STEPS, Mode, Parsed, RuleCounters, RuleKeyData, RuleValue, Scanner,
-    Scratch, SourceKey, SourceStats, TokenBucket, WINDOW, sip::ByteSource,
+    Event, GlobalCounters, HDR_MAX_STEPS, HDR_WINDOW, Headers, MAX_CALLS, MAX_RULES, MAX_SOURCES,
+    MAX_STEPS, Mode, Parsed, RuleCounters, RuleKeyData, RuleValue, Scratch, SourceKey, SourceStats,
+    TokenBucket, WINDOW, sip::ByteSource,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr, vlan::VlanHdr};
 
@@ -86,12 +86,28 @@ const MAX_IPV6_EXT: usize = 6;
 
 /// Why a frame is passed without a verdict; each maps to a global counter.
 #[derive(Clone, Copy)]
+#[repr(u32)]
 enum Skip {
-    Truncated,
-    NotUdp,
-    NonFirstFragment,
-    Ipv6ExtLimit,
-    NotSipPort,
+    Truncated = 0,
+    NotUdp = 1,
+    NonFirstFragment = 2,
+    Ipv6ExtLimit = 3,
+    NotSipPort = 4,
+}
+
+impl Skip {
+    /// The inverse of `skip as u32 + 1`; 0 means "not skipped".
+    #[inline(always)]
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Self::Truncated),
+            2 => Some(Self::NotUdp),
+            3 => Some(Self::NonFirstFragment),
+            4 => Some(Self::Ipv6ExtLimit),
+            5 => Some(Self::NotSipPort),
+            _ => None,
+        }
+    }
 }
 
 type Counters = GlobalCounters;
@@ -130,27 +146,19 @@ fn try_sipguard(ctx: &XdpContext, c: &mut Counters) -> u32 {
         return XDP_PASS;
     };
     // SAFETY: per-CPU map value, exclusively ours during this program run. The layers write
-    // the addresses, ports and VLAN straight into it (the BPF stack has no room to spare).
-    let meta = unsafe { &mut *s };
-    // Nothing of the previous frame may leak into this one (IPv4 fills 4 of 16 address bytes).
-    meta.src = Endpoint::default();
-    meta.dst = Endpoint::default();
-    meta.vlan = 0;
-    let l4 = match l2(ctx, meta).and_then(|(proto, off)| l3(ctx, proto, off, meta)) {
-        Ok(l4) => l4,
-        Err(skip) => return skipped(c, skip),
-    };
-    let payload = match l4_udp(ctx, l4, meta) {
-        Ok(p) => p,
-        Err(skip) => return skipped(c, skip),
-    };
+    // addresses, ports and VLAN straight into it: a struct on the stack would cost a
+    // byte-loop memset per frame, and the BPF stack (512 bytes for the whole call chain) has
+    // no room for it next to the SIP stage anyway. Every field the SIP stage reads is
+    // overwritten by the layer that owns it, so nothing of an earlier frame leaks in.
+    let rc = headers_l2_l4(ctx, unsafe { &mut *s });
+    if let Some(skip) = Skip::from_code(rc & 0xff) {
+        return skipped(c, skip);
+    }
     bump(c, Counter::SipCandidates);
-    if payload.lying_len {
+    if rc & LYING_LEN != 0 {
         // A length field claims more than the frame holds: inspect only what is there.
         bump(c, Counter::Truncated);
     }
-    meta.payload_off = payload.off as u32;
-    meta.payload_len = payload.len as u32;
     sip_stage(ctx, c)
 }
 
@@ -178,7 +186,31 @@ fn sip_stage(ctx: &XdpContext, c: &mut Counters) -> u32 {
     sip(ctx, c, &payload)
 }
 
-/// Who talks to whom (addresses, ports, VLAN): the layers fill it in, in the scratch map.
+/// Layers 2 to 4, in their own BPF function: its stack frame and the SIP stage's are never
+/// live at the same time (the verifier limits the whole call chain to 512 bytes).
+///
+/// Returns the payload in `meta` and 0 (or [`LYING_LEN`]), or a `Skip` code: BPF functions
+/// return one register.
+#[inline(never)]
+fn headers_l2_l4(ctx: &XdpContext, meta: &mut Meta) -> u32 {
+    let parsed = l2(ctx, meta)
+        .and_then(|(proto, off)| l3(ctx, proto, off, meta))
+        .and_then(|l4| l4_udp(ctx, l4, meta));
+    match parsed {
+        Ok(p) => {
+            meta.payload_off = p.off as u32;
+            meta.payload_len = p.len as u32;
+            if p.lying_len { LYING_LEN } else { 0 }
+        }
+        Err(skip) => skip as u32 + 1,
+    }
+}
+
+/// Flag in `headers_l2_l4`'s result: an IP or UDP length claimed more than the frame holds.
+const LYING_LEN: u32 = 0x100;
+
+/// Who talks to whom (addresses, ports, VLAN) and where the payload is: the layers fill it in,
+/// in the scratch map.
 type Meta = Scratch;
 
 #[inline(always)]
@@ -214,6 +246,7 @@ fn l2(ctx: &XdpContext, meta: &mut Meta) -> Result<(u16, usize), Skip> {
     let mut proto = u16::from_be(unsafe { ptr::read_unaligned(ptr::addr_of!((*eth).ether_type)) });
     let mut off = EthHdr::LEN;
     let mut tags = 0;
+    meta.vlan = 0;
     while tags < 2 && (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
         let vlan: *const VlanHdr = ptr_at(ctx, off).ok_or(Skip::Truncated)?;
         // SAFETY: bounds-checked by ptr_at.
@@ -278,8 +311,8 @@ fn ipv4(ctx: &XdpContext, off: usize, meta: &mut Meta) -> Result<L4, Skip> {
     };
     meta.src.family = 4;
     meta.dst.family = 4;
-    meta.src.addr[..4].copy_from_slice(&src);
-    meta.dst.addr[..4].copy_from_slice(&dst);
+    meta.src.addr = [u32::from_ne_bytes(src), 0, 0, 0];
+    meta.dst.addr = [u32::from_ne_bytes(dst), 0, 0, 0];
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Err(Skip::Truncated);
@@ -308,6 +341,17 @@ fn ipv4(ctx: &XdpContext, off: usize, meta: &mut Meta) -> Result<L4, Skip> {
     })
 }
 
+/// An IPv6 address as four native words (see `Endpoint::addr`).
+#[inline(always)]
+fn words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, off: usize, meta: &mut Meta) -> Result<L4, Skip> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Skip::Truncated)?;
@@ -318,8 +362,8 @@ fn ipv6(ctx: &XdpContext, off: usize, meta: &mut Meta) -> Result<L4, Skip> {
     meta.dst.family = 6;
     // SAFETY: bounds-checked by ptr_at (the whole fixed header).
     unsafe {
-        meta.src.addr = (*ip).src_addr;
-        meta.dst.addr = (*ip).dst_addr;
+        meta.src.addr = words((*ip).src_addr);
+        meta.dst.addr = words((*ip).dst_addr);
     }
     if vcf0 >> 4 != 6 {
         return Err(Skip::Truncated);
@@ -378,7 +422,7 @@ fn ipv6(ctx: &XdpContext, off: usize, meta: &mut Meta) -> Result<L4, Skip> {
 // Layer 4: UDP to a configured SIP port. The UDP length is never trusted beyond the frame.
 
 /// The UDP payload to inspect.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Payload {
     off: usize,
     /// Bytes present, never more than the frame (or the IP packet) holds.
@@ -484,7 +528,7 @@ impl ByteSource for HdrWindow<'_> {
 
 /// Header scanner steps per `bpf_loop` callback. Each unrolled step is verified on its own, so
 /// this trades verifier instructions for calls: see the verifier figure in the tests.
-const HDR_STEPS_PER_CALL: u32 = 4;
+const HDR_STEPS_PER_CALL: u32 = 8;
 
 /// `bpf_loop` callback: header scanner steps. Returns 1 to stop the loop.
 extern "C" fn hdr_step(_index: u32, _ctx: *mut c_void) -> i64 {
@@ -537,7 +581,7 @@ fn headers(ctx: &XdpContext, payload: &Payload) -> Option<Headers> {
         return None;
     }
     s.hdr_len = n as u32;
-    s.headers = HeaderScanner::new();
+    s.headers.reset();
     // SAFETY: constant iteration budget and a callback with the helper's signature.
     unsafe {
         bpf_loop(
@@ -588,7 +632,7 @@ fn sip(ctx: &XdpContext, c: &mut Counters, payload: &Payload) -> u32 {
         return XDP_PASS;
     }
     s.len = n as u32;
-    s.scanner = Scanner::new();
+    s.scanner.reset();
     // SAFETY: constant iteration budget and a callback with the helper's signature.
     unsafe {
         bpf_loop(

@@ -473,9 +473,10 @@ pub fn collect_sources(ctx: &Ctx, rule: Option<&Prefix>) -> Result<Vec<SourceRow
             if rule.is_some_and(|r| r != prefix) {
                 continue;
             }
+            let b = guard_common::addr_bytes(&k.addr);
             let addr = match k.family {
-                4 => std::net::IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]]),
-                _ => std::net::IpAddr::from(k.addr),
+                4 => std::net::IpAddr::from([b[0], b[1], b[2], b[3]]),
+                _ => std::net::IpAddr::from(b),
             };
             rows.push(SourceRow {
                 iface: iface.clone(),

@@ -48,10 +48,11 @@ pub struct EventRecord {
 }
 
 fn endpoint(e: &Endpoint) -> String {
+    let b = guard_common::addr_bytes(&e.addr);
     let ip: IpAddr = if e.family == 4 {
-        IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])
+        IpAddr::from([b[0], b[1], b[2], b[3]])
     } else {
-        IpAddr::from(e.addr)
+        IpAddr::from(b)
     };
     std::net::SocketAddr::new(ip, e.port).to_string()
 }

@@ -49,6 +49,17 @@ struct RuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+    rule: String,
+    action: String,
+    iface: String,
+}
+
+/// Sources exported per interface (the busiest by calls): bounded label cardinality.
+pub const TOP_SOURCES: usize = 20;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IfaceLabels {
     iface: String,
 }
@@ -119,6 +130,18 @@ pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result
         "Matched INVITEs that were retransmissions of a known call",
         &mut reg,
     );
+    let src_calls = Family::<SourceLabels, Counter>::default();
+    reg.register(
+        "source_calls",
+        "New calls per source address and rule (the busiest sources only, see TOP_SOURCES)",
+        src_calls.clone(),
+    );
+    let src_packets = Family::<SourceLabels, Counter>::default();
+    reg.register(
+        "source_packets",
+        "INVITE packets per source address and rule (the busiest sources only)",
+        src_packets.clone(),
+    );
     let rules_loaded = Family::<IfaceLabels, Gauge>::default();
     reg.register(
         "rules_loaded",
@@ -145,6 +168,30 @@ pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result
     );
 
     let meta = state.committed().unwrap_or_default();
+    let mut by_iface: std::collections::BTreeMap<String, Vec<crate::cli::SourceRow>> =
+        std::collections::BTreeMap::new();
+    let ctx = crate::cli::Ctx {
+        pins: pins.clone(),
+        state: state.clone(),
+    };
+    if !pins.ifaces().is_empty() {
+        for row in crate::cli::collect_sources(&ctx, None)? {
+            by_iface.entry(row.iface.clone()).or_default().push(row);
+        }
+    }
+    for rows in by_iface.values_mut() {
+        rows.sort_by(|a, b| (b.calls, b.packets).cmp(&(a.calls, a.packets)));
+        for r in rows.iter().take(TOP_SOURCES) {
+            let l = SourceLabels {
+                source: r.source.clone(),
+                rule: r.rule.clone(),
+                action: r.action.to_string(),
+                iface: r.iface.clone(),
+            };
+            src_calls.get_or_create(&l).inc_by(r.calls);
+            src_packets.get_or_create(&l).inc_by(r.packets);
+        }
+    }
     for iface in pins.ifaces() {
         let dir = pins.iface_dir(&iface);
         let maps = Maps::from_pins(&dir).with_context(|| format!("interface {iface}"))?;

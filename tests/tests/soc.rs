@@ -420,6 +420,41 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
         }
         _ => panic!("frames is not a counter"),
     }
+    // The busiest sources are exported too (bounded), for the "which PBX" panel.
+    let src = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "sipguard_source_calls_total" && s.labels.get("rule") == Some("+232"))
+        .unwrap_or_else(|| panic!("no source series:\n{body}"));
+    assert_eq!(src.labels.get("source"), Some(PBX4));
+    // Every metric the shipped Grafana dashboard queries is one the daemon exports.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../contrib/grafana/sipguard.json"
+        ))
+        .unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 8);
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("sipguard_") && !w.ends_with('_'))
+        {
+            assert!(
+                scrape.samples.iter().any(|s| s.metric == name),
+                "the dashboard queries {name}, which /metrics does not export"
+            );
+        }
+    }
     // Loopback only by default: nothing listens on the router's other addresses.
     let outside = topo
         .router
