@@ -180,7 +180,7 @@ pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result
         }
     }
     for rows in by_iface.values_mut() {
-        rows.sort_by(|a, b| (b.calls, b.packets).cmp(&(a.calls, a.packets)));
+        rows.sort_by_key(|r| std::cmp::Reverse((r.calls, r.packets)));
         for r in rows.iter().take(TOP_SOURCES) {
             let l = SourceLabels {
                 source: r.source.clone(),
