@@ -465,16 +465,26 @@ fn l4_udp(ctx: &XdpContext, l4: L4, meta: &mut Meta) -> Result<Payload, Skip> {
 // SIP: copy up to WINDOW payload bytes, run the shared scanner under bpf_loop, decide.
 
 /// The copied payload window as the scanner's byte source.
-struct Window<'a> {
-    buf: &'a [u8; WINDOW],
+/// (`N` is a power of two: the index mask keeps every access provably in bounds.)
+struct Window<'a, const N: usize> {
+    buf: &'a [u8; N],
     len: u32,
 }
 
-impl ByteSource for Window<'_> {
+impl<const N: usize> Window<'_, N> {
+    /// `len` is clamped to the buffer.
+    #[inline(always)]
+    fn new(buf: &[u8; N], len: u32) -> Window<'_, N> {
+        let len = if (len as usize) < N { len } else { N as u32 };
+        Window { buf, len }
+    }
+}
+
+impl<const N: usize> ByteSource for Window<'_, N> {
     #[inline(always)]
     fn at(&self, i: u32) -> Option<u8> {
         if i < self.len {
-            Some(self.buf[(i as usize) & (WINDOW - 1)])
+            Some(self.buf[(i as usize) & (N - 1)])
         } else {
             None
         }
@@ -491,12 +501,7 @@ extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: per-CPU map value, exclusively ours during this program run.
     let s = unsafe { &mut *s };
-    let len = if (s.len as usize) < WINDOW {
-        s.len
-    } else {
-        WINDOW as u32
-    };
-    let src = Window { buf: &s.buf, len };
+    let src = Window::new(&s.buf, s.len);
     // STEPS_PER_CALL steps per callback amortise the call; the verifier walks this short
     // constant loop once per callback verification.
     let mut i = 0;
@@ -507,23 +512,6 @@ extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
         i += 1;
     }
     0
-}
-
-/// The copied header window as the header scanner's byte source.
-struct HdrWindow<'a> {
-    buf: &'a [u8; HDR_WINDOW],
-    len: u32,
-}
-
-impl ByteSource for HdrWindow<'_> {
-    #[inline(always)]
-    fn at(&self, i: u32) -> Option<u8> {
-        if i < self.len {
-            Some(self.buf[(i as usize) & (HDR_WINDOW - 1)])
-        } else {
-            None
-        }
-    }
 }
 
 /// Header scanner steps per `bpf_loop` callback. Each unrolled step is verified on its own, so
@@ -537,12 +525,7 @@ extern "C" fn hdr_step(_index: u32, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: per-CPU map value, exclusively ours during this program run.
     let s = unsafe { &mut *s };
-    let len = if (s.hdr_len as usize) < HDR_WINDOW {
-        s.hdr_len
-    } else {
-        HDR_WINDOW as u32
-    };
-    let src = HdrWindow { buf: &s.hdr, len };
+    let src = Window::new(&s.hdr, s.hdr_len);
     let mut i = 0;
     while i < HDR_STEPS_PER_CALL {
         if !s.headers.step(&src) {

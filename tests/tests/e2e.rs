@@ -131,19 +131,23 @@ fn sipp_calls_through_an_xdp_guarded_router() {
     let host6 = format!("[{CARRIER6}]");
     let mix4 = uris(CARRIER4);
     let mix6 = uris(&host6);
+    // The hacked PBX places `calls` calls to `uris` at `rate` calls/s over IPv4.
+    let pbx4 = |uris: &[String], calls: u32, rate: u32, tag: &str| {
+        run_uac(&UacSpec {
+            ns: &topo.pbx,
+            local_ip: PBX4,
+            remote: format!("{CARRIER4}:5060"),
+            uris,
+            calls,
+            rate,
+            dir: &dir,
+            tag,
+        })
+    };
 
     // 1. 50 calls/s for 20 s over IPv4, with retransmissions for the blocked calls.
     let before = rule_counters(&sg);
-    let run = run_uac(&UacSpec {
-        ns: &topo.pbx,
-        local_ip: PBX4,
-        remote: format!("{CARRIER4}:5060"),
-        uris: &mix4,
-        calls: 1000,
-        rate: 50,
-        dir: &dir,
-        tag: "steady",
-    });
+    let run = pbx4(&mix4, 1000, 50, "steady");
     assert_eq!(
         run.calls.len(),
         1000,
@@ -180,18 +184,7 @@ fn sipp_calls_through_an_xdp_guarded_router() {
 
     // 2. A runtime block takes effect for the next call, and deleting it lifts it.
     let swiss = vec![format!("sip:+41446681800@{CARRIER4}")];
-    let one = |tag: &str| {
-        run_uac(&UacSpec {
-            ns: &topo.pbx,
-            local_ip: PBX4,
-            remote: format!("{CARRIER4}:5060"),
-            uris: &swiss,
-            calls: 1,
-            rate: 10,
-            dir: &dir,
-            tag,
-        })
-    };
+    let one = |tag: &str| pbx4(&swiss, 1, 10, tag);
     assert!(one("ch1").calls[0].completed, "+41 allowed before the edit");
     sg.ok(&[
         "rules",
@@ -217,18 +210,7 @@ fn sipp_calls_through_an_xdp_guarded_router() {
 
     // 3. A burst as fast as sipp goes, with a sipguard restart in the middle of it.
     let burst = thread::scope(|s| {
-        let h = s.spawn(|| {
-            run_uac(&UacSpec {
-                ns: &topo.pbx,
-                local_ip: PBX4,
-                remote: format!("{CARRIER4}:5060"),
-                uris: &mix4,
-                calls: 3000,
-                rate: 1000,
-                dir: &dir,
-                tag: "burst",
-            })
-        });
+        let h = s.spawn(|| pbx4(&mix4, 3000, 1000, "burst"));
         thread::sleep(Duration::from_millis(1500));
         sg.stop(libc::SIGTERM);
         sg.start(&topo.router, &[&topo.guarded_if], &cfg, &[]);
@@ -260,16 +242,7 @@ fn sipp_calls_through_an_xdp_guarded_router() {
     sg.signal(libc::SIGHUP);
     sg.wait_log("config applied", 1);
     let before = rule_counters(&sg);
-    let mon = run_uac(&UacSpec {
-        ns: &topo.pbx,
-        local_ip: PBX4,
-        remote: format!("{CARRIER4}:5060"),
-        uris: &mix4,
-        calls: 1000,
-        rate: 50,
-        dir: &dir,
-        tag: "monitor",
-    });
+    let mon = pbx4(&mix4, 1000, 50, "monitor");
     let after = rule_counters(&sg);
     let not_completed = mon.calls.iter().filter(|c| !c.completed).count();
     assert_eq!(not_completed, 0, "monitor mode let every call through");
