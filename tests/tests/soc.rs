@@ -461,3 +461,40 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
         .run(|| TcpStream::connect("192.0.2.1:9960").is_err());
     assert!(outside, "metrics must listen on loopback only by default");
 }
+
+#[test]
+fn events_carry_vlan_addresses_and_the_normalised_number() {
+    use sipguard_tests::{fixtures, load, packet::Pkt};
+    // A private instance: the frame goes through BPF_PROG_TEST_RUN and its event is read back
+    // from the ring buffer, decoded as the daemon decodes it.
+    let mut f = load(&fixtures::Setup::Default.settings(), &fixtures::rules());
+    let mut ring = f.take_events().expect("event ring buffer");
+    let by_id = f
+        .maps
+        .rules()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.value.id, r.prefix))
+        .collect();
+    let frame = Pkt::v6(&request_with_call_id(
+        "INVITE",
+        "sip:0023276123456@gw.example.net",
+        "vlan-event@2001:db8::1",
+    ))
+    .vlan(0x8100)
+    .build();
+    assert_eq!(f.test_run(&frame).unwrap(), sipguard::Verdict::Drop);
+    let item = ring.next().expect("one event for the new call");
+    let e = sipguard::events::decode(&item, "test", &by_id).expect("decodes");
+    drop(item);
+    assert_eq!(e.verdict, "drop");
+    assert_eq!(e.number, "+23276123456", "normalised: 00 stripped");
+    assert_eq!(e.rule, "+232");
+    assert_eq!(e.action, "block");
+    assert_eq!(e.vlan, 100, "the fixture's VLAN id");
+    assert!(e.src.starts_with("[2001:db8::"), "{e:?}");
+    assert!(e.dst.ends_with("]:5060"), "{e:?}");
+    // The retransmission makes no event.
+    assert_eq!(f.test_run(&frame).unwrap(), sipguard::Verdict::Drop);
+    assert!(ring.next().is_none(), "no event for a retransmission");
+}
