@@ -6,8 +6,9 @@
 //! of it identifies the call: the kernel keeps the hashes it has seen in an LRU map and counts a
 //! call once, and every packet as a packet.
 //!
-//! Like the request-line scanner, this is a step machine: one byte per [`HeaderScanner::step`],
-//! at most [`HDR_MAX_STEPS`] steps, no step loops. The host drives it with a plain loop
+//! Like the request-line scanner, this is a step machine: at least one byte per
+//! [`HeaderScanner::step`] (up to 8 when skipping a header that does not matter), at most
+//! [`HDR_MAX_STEPS`] steps, and no step loops more than a constant number of times. The host drives it with a plain loop
 //! ([`scan_headers`]); the XDP program drives the same function through `bpf_loop`.
 //!
 //! Recognised (case-insensitive, optional whitespace before the colon, compact forms):
@@ -19,7 +20,7 @@ use crate::sip::ByteSource;
 
 /// Bytes of the SIP payload the header scanner looks at (headers beyond are not seen).
 pub const HDR_WINDOW: usize = 1024;
-/// Upper bound on [`HeaderScanner::step`] calls: one byte each.
+/// Upper bound on [`HeaderScanner::step`] calls: each consumes at least one byte.
 pub const HDR_MAX_STEPS: u32 = HDR_WINDOW as u32 + 2;
 /// Call-ID bytes that go into the hash.
 pub const CALL_ID_MAX: u32 = 128;
@@ -99,6 +100,8 @@ pub struct Headers {
 }
 
 const CALL_ID: &[u8] = b"call-id";
+/// Extra bytes one SKIP step may consume.
+const SKIP_AHEAD: u32 = 7;
 const TO_TAG: &[u8] = b";tag=";
 
 impl HeaderScanner {
@@ -223,7 +226,27 @@ impl HeaderScanner {
                     }
                 }
             }
-            st::SKIP => self.end_line(c),
+            st::SKIP => {
+                if c == b'\n' {
+                    self.state = st::LINE_START;
+                } else {
+                    // Most header bytes are skipped: take up to SKIP_AHEAD more of this line in
+                    // the same step (a constant bound), which cuts the steps per packet.
+                    let mut j = 0;
+                    while j < SKIP_AHEAD {
+                        match src.at(self.pos) {
+                            Some(b'\n') => {
+                                self.pos += 1;
+                                self.state = st::LINE_START;
+                                break;
+                            }
+                            Some(_) => self.pos += 1,
+                            None => break,
+                        }
+                        j += 1;
+                    }
+                }
+            }
             st::CALLID_LWS => match c {
                 b' ' | b'\t' => {}
                 b'\r' | b'\n' => self.end_line(c),

@@ -516,7 +516,7 @@ extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
 
 /// Header scanner steps per `bpf_loop` callback. Each unrolled step is verified on its own, so
 /// this trades verifier instructions for calls: see the verifier figure in the tests.
-const HDR_STEPS_PER_CALL: u32 = 8;
+const HDR_STEPS_PER_CALL: u32 = 4;
 
 /// `bpf_loop` callback: header scanner steps. Returns 1 to stop the loop.
 extern "C" fn hdr_step(_index: u32, _ctx: *mut c_void) -> i64 {
