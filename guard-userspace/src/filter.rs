@@ -113,18 +113,7 @@ impl Filter {
     }
 
     fn xdp(&self, name: &'static str) -> Result<&Xdp, FilterError> {
-        self.ebpf
-            .program(name)
-            .ok_or(FilterError::Missing {
-                kind: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| FilterError::Program {
-                name,
-                action: "type check",
-                source,
-            })
+        typed(self.ebpf.program(name), name)
     }
 
     /// The filter program, to attach or pin.
@@ -262,7 +251,15 @@ impl Filter {
 }
 
 fn xdp_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, FilterError> {
-    ebpf.program_mut(name)
+    typed(ebpf.program_mut(name), name)
+}
+
+/// A program of the object as its concrete type (`&Xdp` or `&mut Xdp`), or the error naming it.
+fn typed<P, X>(program: Option<P>, name: &'static str) -> Result<X, FilterError>
+where
+    X: TryFrom<P, Error = ProgramError>,
+{
+    program
         .ok_or(FilterError::Missing {
             kind: "program",
             name,

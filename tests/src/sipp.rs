@@ -23,11 +23,25 @@ pub fn uac_scenario() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp/uac.xml")
 }
 
-fn sipp_in(ns: &Netns) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{}", ns.name))
-        .args(["--", "sipp"]);
-    c
+/// Starts sipp in `ns` with `args`, tracing every message to `trace`, its screen to `screen`.
+fn spawn_sipp<A: AsRef<std::ffi::OsStr>>(
+    ns: &Netns,
+    args: impl IntoIterator<Item = A>,
+    trace: &Path,
+    screen: &Path,
+) -> Child {
+    let screen = fs::File::create(screen).expect("screen file");
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .args(["--", "sipp"])
+        .args(args)
+        .args(["-nostdin", "-trace_msg", "-message_file"])
+        .arg(trace)
+        .stdin(Stdio::null())
+        .stdout(screen.try_clone().expect("fd"))
+        .stderr(screen)
+        .spawn()
+        .expect("start sipp")
 }
 
 /// One SIP message from a trace.
@@ -107,16 +121,8 @@ pub struct Uas {
 impl Uas {
     pub fn start(ns: &Netns, local_ip: &str, dir: &Path, tag: &str) -> Self {
         let trace = dir.join(format!("uas-{tag}.log"));
-        let screen = fs::File::create(dir.join(format!("uas-{tag}.screen"))).expect("screen file");
-        let child = sipp_in(ns)
-            .args(["-sn", "uas", "-i", local_ip, "-p", "5060", "-nostdin"])
-            .args(["-trace_msg", "-message_file"])
-            .arg(&trace)
-            .stdin(Stdio::null())
-            .stdout(screen.try_clone().expect("fd"))
-            .stderr(screen)
-            .spawn()
-            .expect("start sipp UAS");
+        let args = ["-sn", "uas", "-i", local_ip, "-p", "5060"];
+        let child = spawn_sipp(ns, args, &trace, &dir.join(format!("uas-{tag}.screen")));
         thread::sleep(Duration::from_millis(300));
         Self {
             child: Some(child),
@@ -213,24 +219,27 @@ pub fn run_uac(spec: &UacSpec<'_>) -> UacRun {
     fs::write(&csv, text).expect("write injection file");
     let trace = spec.dir.join(format!("uac-{}.log", spec.tag));
     let screen_path = spec.dir.join(format!("uac-{}.screen", spec.tag));
-    let screen = fs::File::create(&screen_path).expect("screen file");
-    let mut child = sipp_in(spec.ns)
-        .arg(&spec.remote)
-        .arg("-sf")
-        .arg(uac_scenario())
-        .arg("-inf")
-        .arg(&csv)
-        .args(["-i", spec.local_ip, "-p", "5070", "-nostdin"])
-        .args(["-m", &spec.calls.to_string(), "-r", &spec.rate.to_string()])
+    let args: Vec<std::ffi::OsString> = vec![
+        spec.remote.clone().into(),
+        "-sf".into(),
+        uac_scenario().into(),
+        "-inf".into(),
+        csv.clone().into(),
+        "-i".into(),
+        spec.local_ip.into(),
+        "-p".into(),
+        "5070".into(),
+        "-m".into(),
+        spec.calls.to_string().into(),
+        "-r".into(),
+        spec.rate.to_string().into(),
         // A blocked call gives up after 2.5 s (INVITE sent at 0, 0.5 and 1.5 s).
-        .args(["-recv_timeout", "2500", "-timeout", "300s"])
-        .args(["-trace_msg", "-message_file"])
-        .arg(&trace)
-        .stdin(Stdio::null())
-        .stdout(screen.try_clone().expect("fd"))
-        .stderr(screen)
-        .spawn()
-        .expect("start sipp UAC");
+        "-recv_timeout".into(),
+        "2500".into(),
+        "-timeout".into(),
+        "300s".into(),
+    ];
+    let mut child = spawn_sipp(spec.ns, args, &trace, &screen_path);
     let deadline = Instant::now() + Duration::from_secs(320);
     loop {
         if child.try_wait().expect("wait for sipp").is_some() {
