@@ -437,11 +437,7 @@ pub fn stats(
 }
 
 fn humantime_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("unix time {secs}")
+    rfc3339(std::time::SystemTime::now())
 }
 
 #[derive(Serialize)]
