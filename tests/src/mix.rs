@@ -41,3 +41,15 @@ pub fn dest_of<'a>(uri: &str, host: &str) -> &'a Dest {
         .find(|m| m.uri.replace("HOST", host) == uri)
         .unwrap_or_else(|| panic!("unknown URI in trace: {uri}"))
 }
+
+/// `sipguard ARGS` that add the mix's allow exception inside Sierra Leone (+23222), which the
+/// shipped defaults do not have.
+pub const ADD_EXCEPTION: [&str; 7] = [
+    "rules",
+    "add",
+    "+23222",
+    "--action",
+    "allow",
+    "--comment",
+    "partner network inside Sierra Leone",
+];

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, thread, time::Duration};
 
 use sipguard_tests::{
     harness::Instance,
-    mix::{dest_of, uris},
+    mix::{ADD_EXCEPTION, dest_of, uris},
     sipp::{self, UacRun, UacSpec, Uas, run_uac, uas_calls},
     topology::{CARRIER4, CARRIER6, PBX4, PBX6, Topology},
 };
@@ -114,15 +114,7 @@ fn sipp_calls_through_an_xdp_guarded_router() {
         &cfg,
         &["--xdp-mode", "native"],
     );
-    sg.ok(&[
-        "rules",
-        "add",
-        "+23222",
-        "--action",
-        "allow",
-        "--comment",
-        "partner network",
-    ]);
+    sg.ok(&ADD_EXCEPTION);
     let st: serde_json::Value = serde_json::from_str(&sg.ok(&["status", "--json"])).unwrap();
     assert_eq!(st["interfaces"][0]["xdp_mode"], "native");
 

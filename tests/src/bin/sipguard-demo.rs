@@ -19,7 +19,7 @@ use std::{
 
 use sipguard_tests::{
     harness::Instance,
-    mix::{MIX, uris},
+    mix::{ADD_EXCEPTION, MIX, uris},
     sipp::{UacSpec, Uas, run_uac, uas_calls},
     topology::{CARRIER4, PBX4, Topology},
 };
@@ -97,15 +97,7 @@ fn demo(interrupted: &AtomicBool) -> Outcome {
     } else {
         sg.start_with(&topo.router, &[&topo.guarded_if], None, &[]);
     }
-    sg.ok(&[
-        "rules",
-        "add",
-        "+23222",
-        "--action",
-        "allow",
-        "--comment",
-        "partner network inside Sierra Leone",
-    ]);
+    sg.ok(&ADD_EXCEPTION);
     println!("    blocks +232 +870 +881 +882 +883 +979, monitors every other international call;");
     println!("    runtime exception added: `sipguard rules add +23222 --action allow`");
     if interrupted.load(Ordering::SeqCst) {
