@@ -7,8 +7,10 @@
 //! call once, and every packet as a packet.
 //!
 //! Like the request-line scanner, this is a step machine: at least one byte per
-//! [`HeaderScanner::step`] (up to 8 when skipping a header that does not matter), at most
-//! [`HDR_MAX_STEPS`] steps, and no step loops more than a constant number of times. The host drives it with a plain loop
+//! [`HeaderScanner::step`], at most [`HDR_MAX_STEPS`] steps, and no step loops more than a
+//! constant number of times. Steps work on eight-byte words ([`crate::swar`]): a line that does
+//! not matter is skipped eight bytes a step (a search for its line feed), a header name is
+//! recognised in one compare, and the Call-ID is hashed eight bytes a step. The host drives it with a plain loop
 //! ([`scan_headers`]); the XDP program drives the same function through `bpf_loop`.
 //!
 //! Recognised (case-insensitive, optional whitespace before the colon, compact forms):
@@ -16,7 +18,7 @@
 //! to the end of the line (at most [`CALL_ID_MAX`] bytes, trailing blanks excluded). In `To`, a
 //! `;tag=` outside `<...>` is a tag. Scanning stops at the blank line that ends the headers.
 
-use crate::sip::ByteSource;
+use crate::{sip::ByteSource, swar};
 
 /// Bytes of the SIP payload the header scanner looks at (headers beyond are not seen).
 pub const HDR_WINDOW: usize = 1024;
@@ -100,9 +102,11 @@ pub struct Headers {
 }
 
 const CALL_ID: &[u8] = b"call-id";
-/// Extra bytes one SKIP step may consume.
-const SKIP_AHEAD: u32 = 7;
 const TO_TAG: &[u8] = b";tag=";
+const CALL_ID_COLON: (u64, u64) = swar::literal(b"call-id:");
+const I_COLON: (u64, u64) = swar::literal(b"i:");
+const TO_COLON: (u64, u64) = swar::literal(b"to:");
+const T_COLON: (u64, u64) = swar::literal(b"t:");
 
 impl HeaderScanner {
     pub const fn new() -> Self {
@@ -127,20 +131,10 @@ impl HeaderScanner {
     /// Resets in place (see `Scanner::reset`).
     #[inline(always)]
     pub fn reset(&mut self) {
+        crate::plain::zero(self);
         self.hash = FNV_OFFSET;
-        self.pos = 0;
-        self.cid_len = 0;
         self.hash_trimmed = FNV_OFFSET;
-        self.state = st::SKIP;
-        self.cand = name::NONE;
-        self.name_len = 0;
-        self.name_done = 0;
-        self.in_angle = 0;
-        self.tag_match = 0;
-        self.has_call_id = false;
-        self.to_tag = false;
-        self.complete = false;
-        self.to_seen = false;
+        self.state = st::SKIP; // The request line is not a header.
     }
 
     #[inline(always)]
@@ -151,162 +145,265 @@ impl HeaderScanner {
         }
     }
 
-    /// Does one step (one byte). Returns `true` while there is more to do.
+    /// Does one step: a header name, up to eight bytes of a line that does not matter, of the
+    /// Call-ID value or of the To value, or one byte where a byte decides. Every step consumes
+    /// at least one byte. Returns `true` while there is more to do.
     #[inline(always)]
     pub fn step<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
         if self.state == st::DONE {
             return false;
         }
-        let Some(c) = src.at(self.pos) else {
+        let (w, n) = src.word(self.pos);
+        if n == 0 {
+            if self.state == st::CALLID {
+                // The window ended inside the Call-ID: what was seen identifies it.
+                self.hash = self.hash_trimmed;
+            }
             self.state = st::DONE;
             return false;
-        };
-        self.pos += 1;
-        let lower = c.to_ascii_lowercase();
+        }
         match self.state {
-            st::LINE_START => match c {
-                b'\r' => {}
-                b'\n' => {
-                    // A blank line: the headers are over.
-                    self.complete = true;
-                    self.state = st::DONE;
-                    return false;
-                }
-                _ => {
-                    // A continuation line (folded header) or another header: skip it.
-                    self.state = st::SKIP;
-                    self.cand = match lower {
-                        b'c' => name::CALL_ID,
-                        b'i' => name::CALL_ID_COMPACT,
-                        b't' => name::TO,
-                        _ => name::NONE,
-                    };
-                    if self.cand != name::NONE {
-                        self.state = st::NAME;
-                        self.name_len = 1;
-                        self.name_done = 0;
-                    }
-                }
-            },
-            st::NAME => {
-                let n = self.name_len as usize;
-                match lower {
-                    b':' => {
-                        let whole = match self.cand {
-                            name::CALL_ID => n == CALL_ID.len(),
-                            name::CALL_ID_COMPACT => n == 1,
-                            name::TO => n == 1 || n == 2,
-                            _ => false,
-                        };
-                        self.state = match (whole, self.cand) {
-                            (true, name::TO) => {
-                                self.in_angle = 0;
-                                self.tag_match = 0;
-                                st::TO
-                            }
-                            (true, _) => st::CALLID_LWS,
-                            (false, _) => st::SKIP,
-                        };
-                    }
-                    // Whitespace between the name and the colon.
-                    b' ' | b'\t' => self.name_done = 1,
-                    _ if self.name_done == 0
-                        && self.cand == name::CALL_ID
-                        && n < CALL_ID.len()
-                        && lower == CALL_ID[n] =>
-                    {
-                        self.name_len += 1;
-                    }
-                    b'o' if self.name_done == 0 && self.cand == name::TO && n == 1 => {
-                        self.name_len = 2;
-                    }
-                    _ => {
-                        self.state = st::SKIP;
-                        self.end_line(c);
-                    }
-                }
-            }
+            st::LINE_START => self.line_start(w, n),
+            st::NAME => self.name(w as u8),
             st::SKIP => {
-                if c == b'\n' {
-                    self.state = st::LINE_START;
-                } else {
-                    // Most header bytes are skipped: take up to SKIP_AHEAD more of this line in
-                    // the same step (a constant bound), which cuts the steps per packet.
-                    let mut j = 0;
-                    while j < SKIP_AHEAD {
-                        match src.at(self.pos) {
-                            Some(b'\n') => {
-                                self.pos += 1;
-                                self.state = st::LINE_START;
-                                break;
-                            }
-                            Some(_) => self.pos += 1,
-                            None => break,
-                        }
-                        j += 1;
-                    }
-                }
+                self.skip(w, n);
+                true
             }
-            st::CALLID_LWS => match c {
-                b' ' | b'\t' => {}
-                b'\r' | b'\n' => self.end_line(c),
-                _ => {
-                    self.state = st::CALLID;
-                    self.has_call_id = true;
-                    self.hash = FNV_OFFSET;
-                    self.cid_len = 0;
-                    self.hash_byte(c);
-                }
-            },
-            st::CALLID => match c {
-                b'\r' | b'\n' => {
-                    self.hash = self.hash_trimmed;
-                    self.state = st::SKIP;
-                    self.end_line(c);
-                    if self.to_seen {
-                        // Both found: the rest of the headers cannot change the answer.
-                        self.state = st::DONE;
-                        return false;
-                    }
-                }
-                _ => self.hash_byte(c),
-            },
-            st::TO => match c {
-                b'\r' | b'\n' => {
-                    self.end_line(c);
-                    self.to_seen = true;
-                    if self.has_call_id {
-                        self.state = st::DONE;
-                        return false;
-                    }
-                }
-                b'<' => {
-                    self.in_angle = 1;
-                    self.tag_match = 0;
-                }
-                b'>' => {
-                    self.in_angle = 0;
-                    self.tag_match = 0;
-                }
-                _ if self.in_angle == 0 => {
-                    let m = self.tag_match as usize;
-                    if m < TO_TAG.len() && lower == TO_TAG[m] {
-                        self.tag_match += 1;
-                        if self.tag_match as usize == TO_TAG.len() {
-                            self.to_tag = true;
-                        }
-                    } else if lower == b';' {
-                        self.tag_match = 1;
-                    } else if !(m == 1 && (c == b' ' || c == b'\t')) {
-                        self.tag_match = 0;
-                    }
-                }
-                _ => {}
-            },
+            st::CALLID_LWS => self.call_id_lws(w as u8),
+            st::CALLID => self.call_id(w, n),
+            st::TO => self.to(w, n),
             _ => {
+                self.state = st::DONE;
+                false
+            }
+        }
+    }
+
+    /// At the start of a line: the end of the headers, a header we want, or a line to skip.
+    #[inline(always)]
+    fn line_start(&mut self, w: u64, n: u32) -> bool {
+        let c = w as u8;
+        match c {
+            b'\r' => {
+                self.pos += 1;
+                return true;
+            }
+            b'\n' => {
+                // A blank line: the headers are over.
+                self.complete = true;
                 self.state = st::DONE;
                 return false;
             }
+            _ => {}
+        }
+        // The usual spellings in one compare each; anything else (`Call-ID :`, a header that
+        // only starts like one) goes byte by byte through NAME.
+        if swar::starts_with_ci(w, CALL_ID_COLON, 8) {
+            self.pos += 8;
+            self.state = st::CALLID_LWS;
+            return true;
+        }
+        if swar::starts_with_ci(w, I_COLON, 2) {
+            self.pos += 2;
+            self.state = st::CALLID_LWS;
+            return true;
+        }
+        if swar::starts_with_ci(w, TO_COLON, 3) {
+            self.pos += 3;
+            self.enter_to();
+            return true;
+        }
+        if swar::starts_with_ci(w, T_COLON, 2) {
+            self.pos += 2;
+            self.enter_to();
+            return true;
+        }
+        self.pos += 1;
+        self.cand = match c.to_ascii_lowercase() {
+            b'c' => name::CALL_ID,
+            b'i' => name::CALL_ID_COMPACT,
+            b't' => name::TO,
+            _ => name::NONE,
+        };
+        if self.cand == name::NONE {
+            // A continuation line (folded header) or another header: skip the rest of the word.
+            self.state = st::SKIP;
+            self.skip(w >> 8, n - 1);
+        } else {
+            self.state = st::NAME;
+            self.name_len = 1;
+            self.name_done = 0;
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn enter_to(&mut self) {
+        self.in_angle = 0;
+        self.tag_match = 0;
+        self.state = st::TO;
+    }
+
+    /// Skips the `n` bytes of `w` up to and including a line feed.
+    #[inline(always)]
+    fn skip(&mut self, w: u64, n: u32) {
+        let k = swar::first(swar::eq(w, b'\n'));
+        if k < n {
+            self.pos += k + 1;
+            self.state = st::LINE_START;
+        } else {
+            self.pos += n;
+        }
+    }
+
+    /// One byte of a header name that may become `Call-ID`, `i` or `To`.
+    #[inline(always)]
+    fn name(&mut self, c: u8) -> bool {
+        self.pos += 1;
+        let lower = c.to_ascii_lowercase();
+        let n = self.name_len as usize;
+        match lower {
+            b':' => {
+                let whole = match self.cand {
+                    name::CALL_ID => n == CALL_ID.len(),
+                    name::CALL_ID_COMPACT => n == 1,
+                    name::TO => n == 1 || n == 2,
+                    _ => false,
+                };
+                match (whole, self.cand) {
+                    (true, name::TO) => self.enter_to(),
+                    (true, _) => self.state = st::CALLID_LWS,
+                    (false, _) => self.state = st::SKIP,
+                }
+            }
+            // Whitespace between the name and the colon.
+            b' ' | b'\t' => self.name_done = 1,
+            _ if self.name_done == 0
+                && self.cand == name::CALL_ID
+                && n < CALL_ID.len()
+                && lower == CALL_ID[n] =>
+            {
+                self.name_len += 1;
+            }
+            b'o' if self.name_done == 0 && self.cand == name::TO && n == 1 => {
+                self.name_len = 2;
+            }
+            _ => {
+                self.state = st::SKIP;
+                self.end_line(c);
+            }
+        }
+        true
+    }
+
+    /// Blanks after `Call-ID:`, then the first byte of the value.
+    #[inline(always)]
+    fn call_id_lws(&mut self, c: u8) -> bool {
+        self.pos += 1;
+        match c {
+            b' ' | b'\t' => {}
+            b'\r' | b'\n' => {
+                self.state = st::SKIP;
+                self.end_line(c);
+            }
+            _ => {
+                self.state = st::CALLID;
+                self.has_call_id = true;
+                self.hash = FNV_OFFSET;
+                self.hash_trimmed = FNV_OFFSET;
+                self.cid_len = 0;
+                self.hash_byte(c);
+            }
+        }
+        true
+    }
+
+    /// Up to eight bytes of the Call-ID value, to the end of its line.
+    #[inline(always)]
+    fn call_id(&mut self, w: u64, n: u32) -> bool {
+        let k = swar::first(swar::eq(w, b'\r') | swar::eq(w, b'\n'));
+        let value = if k < n { k } else { n };
+        let mut j = 0;
+        while j < 8 {
+            if j >= value {
+                break;
+            }
+            self.hash_byte((w >> (8 * j)) as u8);
+            j += 1;
+        }
+        self.pos += value;
+        if k >= n {
+            return true;
+        }
+        // The line ends here.
+        let c = (w >> (8 * (k & 7))) as u8;
+        self.pos += 1;
+        self.hash = self.hash_trimmed;
+        self.state = st::SKIP;
+        self.end_line(c);
+        if self.to_seen {
+            // Both found: the rest of the headers cannot change the answer.
+            self.state = st::DONE;
+            return false;
+        }
+        true
+    }
+
+    /// The To value: skips to the next byte that matters (`<`, `>`, `;`, CR, LF), unless a
+    /// `;tag=` is being matched, then handles that byte.
+    #[inline(always)]
+    fn to(&mut self, w: u64, n: u32) -> bool {
+        let c = if self.tag_match == 0 {
+            let m = swar::eq(w, b'<')
+                | swar::eq(w, b'>')
+                | swar::eq(w, b';')
+                | swar::eq(w, b'\r')
+                | swar::eq(w, b'\n');
+            let k = swar::first(m);
+            if k >= n {
+                self.pos += n;
+                return true;
+            }
+            self.pos += k;
+            (w >> (8 * (k & 7))) as u8
+        } else {
+            w as u8
+        };
+        self.pos += 1;
+        let lower = c.to_ascii_lowercase();
+        match c {
+            b'\r' | b'\n' => {
+                self.state = st::SKIP;
+                self.end_line(c);
+                self.to_seen = true;
+                if self.has_call_id {
+                    self.state = st::DONE;
+                    return false;
+                }
+            }
+            b'<' => {
+                self.in_angle = 1;
+                self.tag_match = 0;
+            }
+            b'>' => {
+                self.in_angle = 0;
+                self.tag_match = 0;
+            }
+            _ if self.in_angle == 0 => {
+                let m = self.tag_match as usize;
+                if m < TO_TAG.len() && lower == TO_TAG[m] {
+                    self.tag_match += 1;
+                    if self.tag_match as usize == TO_TAG.len() {
+                        self.to_tag = true;
+                        self.tag_match = 0;
+                    }
+                } else if lower == b';' {
+                    self.tag_match = 1;
+                } else if !(m == 1 && (c == b' ' || c == b'\t')) {
+                    self.tag_match = 0;
+                }
+            }
+            _ => {}
         }
         true
     }
@@ -327,7 +424,7 @@ impl HeaderScanner {
     #[inline(always)]
     pub fn finish(&self) -> Headers {
         let hash = if self.state == st::CALLID {
-            // The window ended inside the Call-ID: what was seen identifies it.
+            // The step budget ended inside the Call-ID: what was seen identifies it.
             self.hash_trimmed
         } else {
             self.hash

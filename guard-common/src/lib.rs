@@ -8,7 +8,9 @@
 pub mod headers;
 pub mod maps;
 pub mod number;
+pub mod plain;
 pub mod sip;
+pub mod swar;
 
 pub use headers::{HDR_MAX_STEPS, HDR_WINDOW, HeaderScanner, Headers, scan_headers};
 pub use maps::*;

@@ -6,7 +6,6 @@
 //! changing the meaning of what is already there.
 
 use crate::number::{IntlPrefixes, KEY_DATA_LEN, LookupKey};
-use crate::sip::{Scanner, WINDOW};
 
 /// Map names (BPF object names are at most 15 bytes). The pinned maps keep these names.
 pub mod names {
@@ -269,6 +268,17 @@ pub struct GlobalCounters {
     pub counters: [u64; COUNTER_SLOTS as usize],
 }
 
+impl GlobalCounters {
+    /// Adds one to `which`.
+    #[inline(always)]
+    pub fn bump(&mut self, which: Counter) {
+        let i = which as usize;
+        if i < COUNTER_SLOTS as usize {
+            self.counters[i] += 1;
+        }
+    }
+}
+
 impl Default for GlobalCounters {
     fn default() -> Self {
         Self {
@@ -364,31 +374,6 @@ pub struct TokenBucket {
     /// Thousandths of an event.
     pub tokens_milli: u64,
     pub last_ns: u64,
-}
-
-/// Per-CPU scratch space of the XDP program: the copied payload window and the scanner state.
-/// Keeping the scanner in a map value (not on the stack) means the verifier treats its fields as
-/// unknown scalars, so the `bpf_loop` callback is verified once, not once per byte.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Scratch {
-    /// The parsed frame, handed from the header layers to the SIP stage through this map value
-    /// so that every path through l2/l3/l4 reaches the SIP stage in the same verifier state
-    /// (it is verified once, not once per header layout).
-    pub src: Endpoint,
-    pub dst: Endpoint,
-    pub payload_off: u32,
-    pub payload_len: u32,
-    pub vlan: u16,
-    pub _pad2: [u8; 6],
-    pub buf: [u8; WINDOW],
-    pub len: u32,
-    /// Bytes in `hdr`.
-    pub hdr_len: u32,
-    pub scanner: Scanner,
-    /// The header window (copied only for INVITEs that matched a rule).
-    pub hdr: [u8; crate::headers::HDR_WINDOW],
-    pub headers: crate::headers::HeaderScanner,
 }
 
 /// Builds the rule-trie key for a rule prefix, in the layout `LookupKey` uses.

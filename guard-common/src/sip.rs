@@ -16,7 +16,7 @@
 //!   (otherwise the digits came from a host such as `sip:192.0.2.1`);
 //! - in `tel:` URIs, a local number with `;phone-context=+CC...` is read as `+CC` + number.
 
-use crate::number::Number;
+use crate::{number::Number, swar};
 
 /// Bytes of SIP payload (from the first byte after the UDP header) that are inspected.
 pub const WINDOW: usize = 256;
@@ -29,12 +29,25 @@ pub const MAX_STEPS: u32 = WINDOW as u32 + 8;
 pub trait ByteSource {
     /// The byte at `i`, or `None` past the end.
     fn at(&self, i: u32) -> Option<u8>;
+
+    /// The eight bytes from `i` as a little-endian word, bytes past the end as zero, and how many
+    /// of them are present (0..=8). See [`crate::swar`].
+    fn word(&self, i: u32) -> (u64, u32);
 }
 
 impl ByteSource for [u8] {
     #[inline(always)]
     fn at(&self, i: u32) -> Option<u8> {
         self.get(i as usize).copied()
+    }
+
+    #[inline(always)]
+    fn word(&self, i: u32) -> (u64, u32) {
+        let rest = self.get(i as usize..).unwrap_or_default();
+        let n = rest.len().min(8);
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(&rest[..n]);
+        (u64::from_le_bytes(b), n as u32)
     }
 }
 
@@ -54,8 +67,6 @@ pub enum Parsed {
 
 mod state {
     pub const START: u8 = 0;
-    pub const METHOD: u8 = 1;
-    pub const SCHEME: u8 = 2;
     pub const NUMBER: u8 = 3;
     pub const FIND_AT: u8 = 4;
     pub const TEL_PARAMS: u8 = 5;
@@ -155,6 +166,10 @@ fn literal_ci<S: ByteSource + ?Sized>(src: &S, pos: u32, lit: &[u8]) -> bool {
 }
 
 const PHONE_CONTEXT: &[u8] = b"phone-context=";
+const INVITE_SP: (u64, u64) = swar::literal(b"INVITE ");
+const SIP: (u64, u64) = swar::literal(b"sip:");
+const SIPS: (u64, u64) = swar::literal(b"sips:");
+const TEL: (u64, u64) = swar::literal(b"tel:");
 
 impl Scanner {
     pub const fn new() -> Self {
@@ -185,13 +200,9 @@ impl Scanner {
     /// need a temporary on the 512-byte BPF stack).
     #[inline(always)]
     pub fn reset(&mut self) {
-        self.number = Number::default();
-        self.context = Number::default();
-        self.pos = 0;
-        self.start = 0;
+        crate::plain::zero(self);
         self.state = state::START;
         self.outcome = outcome::NOT_INVITE;
-        self.needs_at = false;
     }
 
     fn done(&mut self, outcome: u8) -> bool {
@@ -209,82 +220,114 @@ impl Scanner {
                     self.pos += 1;
                     true
                 }
-                Some(_) => {
-                    self.state = state::METHOD;
-                    true
-                }
+                Some(_) => self.method_and_scheme(src),
                 None => self.done(outcome::NOT_INVITE),
             },
-            state::METHOD => {
-                let p = self.pos;
-                // Case-sensitive: RFC 3261 §7.1, method names are case-sensitive.
-                let is_invite = src.at(p) == Some(b'I')
-                    && src.at(p + 1) == Some(b'N')
-                    && src.at(p + 2) == Some(b'V')
-                    && src.at(p + 3) == Some(b'I')
-                    && src.at(p + 4) == Some(b'T')
-                    && src.at(p + 5) == Some(b'E')
-                    && src.at(p + 6) == Some(b' ');
-                if !is_invite {
-                    return self.done(outcome::NOT_INVITE);
-                }
-                self.pos = p + 7;
-                self.state = state::SCHEME;
-                true
-            }
-            state::SCHEME => {
-                let p = self.pos;
-                let (len, needs_at) = if literal_ci(src, p, b"sip:") {
-                    (4, true)
-                } else if literal_ci(src, p, b"sips:") {
-                    (5, true)
-                } else if literal_ci(src, p, b"tel:") {
-                    (4, false)
-                } else {
-                    return self.done(outcome::UNPARSABLE);
-                };
-                self.pos = p + len;
-                self.start = self.pos;
-                self.needs_at = needs_at;
-                self.state = state::NUMBER;
-                true
-            }
             state::NUMBER => self.step_number(src),
-            state::FIND_AT => match src.at(self.pos) {
-                // The digits were in the user part after all.
-                Some(b'@') => self.done(outcome::NUMBER),
-                // No user part: the digits came from the host (`sip:192.0.2.1`).
-                Some(b' ' | b'>' | b'\r' | b'\n') => self.done(outcome::NO_NUMBER),
-                Some(_) => {
-                    self.pos += 1;
-                    true
-                }
-                None => self.done(outcome::NUMBER_INCOMPLETE),
-            },
-            state::TEL_PARAMS => match src.at(self.pos) {
-                Some(b';') => {
-                    if literal_ci(src, self.pos + 1, PHONE_CONTEXT) {
-                        self.pos += 1 + PHONE_CONTEXT.len() as u32;
-                        self.start = self.pos;
-                        self.state = state::CONTEXT;
-                    } else {
-                        self.pos += 1;
+            state::FIND_AT => {
+                // Up to the first byte that decides, eight bytes a step.
+                let (w, n) = src.word(self.pos);
+                let k = swar::first(
+                    swar::eq(w, b'@')
+                        | swar::eq(w, b' ')
+                        | swar::eq(w, b'>')
+                        | swar::eq(w, b'\r')
+                        | swar::eq(w, b'\n'),
+                );
+                if k >= n {
+                    if n == 0 {
+                        return self.done(outcome::NUMBER_INCOMPLETE);
                     }
-                    true
+                    self.pos += n;
+                    return true;
                 }
-                Some(b' ' | b'>' | b'\r' | b'\n' | b'?') | None => self.done(outcome::NUMBER),
-                Some(_) => {
+                match (w >> (8 * (k & 7))) as u8 {
+                    // The digits were in the user part after all.
+                    b'@' => self.done(outcome::NUMBER),
+                    // No user part: the digits came from the host (`sip:192.0.2.1`).
+                    _ => self.done(outcome::NO_NUMBER),
+                }
+            }
+            state::TEL_PARAMS => {
+                let (w, n) = src.word(self.pos);
+                let k = swar::first(
+                    swar::eq(w, b';')
+                        | swar::eq(w, b' ')
+                        | swar::eq(w, b'>')
+                        | swar::eq(w, b'\r')
+                        | swar::eq(w, b'\n')
+                        | swar::eq(w, b'?'),
+                );
+                if k >= n {
+                    if n == 0 {
+                        return self.done(outcome::NUMBER);
+                    }
+                    self.pos += n;
+                    return true;
+                }
+                self.pos += k;
+                if (w >> (8 * (k & 7))) as u8 != b';' {
+                    return self.done(outcome::NUMBER);
+                }
+                if literal_ci(src, self.pos + 1, PHONE_CONTEXT) {
+                    self.pos += 1 + PHONE_CONTEXT.len() as u32;
+                    self.start = self.pos;
+                    self.state = state::CONTEXT;
+                } else {
                     self.pos += 1;
-                    true
                 }
-            },
+                true
+            }
             state::CONTEXT => self.step_context(src),
             _ => false,
         }
     }
 
+    /// The request line's start: `INVITE ` (case-sensitive, RFC 3261 §7.1), then the scheme,
+    /// one word compare each.
+    #[inline(always)]
+    fn method_and_scheme<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        let (w, _) = src.word(self.pos);
+        if swar::low_bytes(w, 7) != INVITE_SP.0 {
+            return self.done(outcome::NOT_INVITE);
+        }
+        let p = self.pos + 7;
+        let (w, _) = src.word(p);
+        let (len, needs_at) = if swar::starts_with_ci(w, SIP, 4) {
+            (4, true)
+        } else if swar::starts_with_ci(w, SIPS, 5) {
+            (5, true)
+        } else if swar::starts_with_ci(w, TEL, 4) {
+            (4, false)
+        } else {
+            self.pos = p;
+            return self.done(outcome::UNPARSABLE);
+        };
+        self.pos = p + len;
+        self.start = self.pos;
+        self.needs_at = needs_at;
+        self.state = state::NUMBER;
+        true
+    }
+
     #[inline(always)]
     fn step_number<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        // A run of plain digits, up to eight a step.
+        let (w, _) = src.word(self.pos);
+        let k = swar::first(swar::non_digits(w));
+        if k > 0 {
+            let packed = (swar::pack_digits(w) as u64) << 32;
+            let digits = Number {
+                hi: packed & !(u64::MAX >> (4 * k)),
+                lo: 0,
+                len: k as u8,
+                plus: false,
+                overflow: false,
+            };
+            self.number.append(&digits);
+            self.pos += k;
+            return true;
+        }
         let Some((ch, used)) = number_char(src, self.pos) else {
             // The window ended inside the user part.
             return if self.number.len == 0 {
@@ -369,7 +412,7 @@ impl Scanner {
                     number: self.with_context(),
                     complete: true,
                 },
-                state::START | state::METHOD => Parsed::NotInvite,
+                state::START => Parsed::NotInvite,
                 _ => Parsed::UnparsableUri,
             };
         }

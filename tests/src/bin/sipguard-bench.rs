@@ -99,7 +99,28 @@ fn best_ns(
     (rc, best)
 }
 
+/// `--profile FIXTURE`: runs one fixture frame through the filter (250 rules) for ten seconds,
+/// for `perf record` to sample the program's functions.
+fn profile(fixture: &str) -> ExitCode {
+    let f = load(&Setup::Default.settings(), &country_rules());
+    let frame = case_named(fixture).frame;
+    let t = std::time::Instant::now();
+    let mut runs = 0u64;
+    let mut ns = 0.0;
+    while t.elapsed() < std::time::Duration::from_secs(10) {
+        ns += best_ns(&f, programs::FILTER, &frame, 100_000, 1).1;
+        runs += 1;
+    }
+    println!("{fixture}: {:.1} ns per run", ns / runs as f64);
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
+    if let [_, flag, fixture] = std::env::args().collect::<Vec<_>>().as_slice()
+        && flag == "--profile"
+    {
+        return profile(fixture);
+    }
     let mut repeat = 1_000_000u32;
     let mut rounds = 3u32;
     let mut args = std::env::args().skip(1);

@@ -1,0 +1,229 @@
+//! The SIP stage: is this an INVITE, and what number does its Request-URI dial? Also the header
+//! scan that tells calls from retransmissions. Both run the scanners from guard-common (the same
+//! code the host runs) over a copy of the payload, under `bpf_loop`.
+
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS, helpers::generated::bpf_loop, programs::XdpContext,
+};
+use guard_common::{
+    ByteSource, Counter, GlobalCounters, HDR_MAX_STEPS, HDR_WINDOW, Headers, MAX_STEPS, Parsed,
+    WINDOW,
+};
+
+use crate::{
+    layers::{self, Frame, ptr_at},
+    maps::{self, HDR_WORDS, URI_WORDS},
+    verdict,
+};
+
+/// A UDP datagram to a SIP port: counts it, and goes on to the SIP stage only when its first
+/// byte can start an INVITE. Everything else (responses, other methods, RTP on a SIP port) leaves
+/// here, having cost two reads of the packet.
+#[inline(always)]
+pub fn inspect(ctx: &XdpContext, c: &mut GlobalCounters, frame: Frame) -> u32 {
+    c.bump(Counter::SipCandidates);
+    if frame.lying_len {
+        // A length field claims more than the frame holds: inspect only what is there.
+        c.bump(Counter::Truncated);
+    }
+    if !may_be_invite(ctx, &frame) {
+        return XDP_PASS;
+    }
+    let Some(s) = maps::scratch() else {
+        return XDP_PASS;
+    };
+    s.frame = frame;
+    stage(ctx, c)
+}
+
+/// Only a payload starting with `I` (INVITE) or CR/LF (keep-alives before a request) can be an
+/// INVITE; responses start with `S`, other methods with other letters.
+#[inline(always)]
+fn may_be_invite(ctx: &XdpContext, frame: &Frame) -> bool {
+    // Two bytes are read because LLVM turns a one-byte bounds check into `ptr >= end`, from
+    // which the verifier learns no range; a payload under two bytes is no INVITE anyway.
+    match ptr_at::<[u8; 2]>(ctx, frame.payload_off as usize) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(p) => matches!(unsafe { (*p)[0] }, b'I' | b'\r' | b'\n'),
+        None => false,
+    }
+}
+
+/// The SIP stage, in its own BPF function: entered with the frame in the scratch map, so that
+/// every header layout reaches it in the same verifier state (it is verified once), and its stack
+/// frame is never live together with the layers' (the call chain has 512 bytes of stack).
+#[inline(never)]
+fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
+    let Some(s) = maps::scratch() else {
+        return XDP_PASS;
+    };
+    let frame = s.frame;
+    let n = if (frame.payload_len as usize) < WINDOW {
+        frame.payload_len as u32
+    } else {
+        WINDOW as u32
+    };
+    if n == 0 {
+        return XDP_PASS;
+    }
+    // SAFETY: copies n (1..=WINDOW) bytes into a buffer of WINDOW + 8 bytes.
+    if !unsafe { layers::load(ctx, frame.payload_off as u32, s.uri.as_mut_ptr().cast(), n) } {
+        c.bump(Counter::Truncated);
+        return XDP_PASS;
+    }
+    s.uri_len = n;
+    s.scanner.reset();
+    // SAFETY: constant iteration budget and a callback with the helper's signature.
+    unsafe {
+        bpf_loop(
+            MAX_STEPS.div_ceil(URI_STEPS_PER_CALL),
+            uri_step as *mut c_void,
+            ptr::null_mut(),
+            0,
+        );
+    }
+    match s.scanner.finish() {
+        Parsed::NotInvite => XDP_PASS,
+        Parsed::UnparsableUri => {
+            c.bump(Counter::Invites);
+            c.bump(Counter::UnparsableUri);
+            XDP_PASS
+        }
+        Parsed::NoNumber => {
+            c.bump(Counter::Invites);
+            c.bump(Counter::NoNumber);
+            XDP_PASS
+        }
+        Parsed::Number { number, complete } => {
+            c.bump(Counter::Invites);
+            c.bump(Counter::NumbersParsed);
+            if !complete {
+                c.bump(Counter::NumberIncomplete);
+            }
+            verdict::decide(ctx, c, &number)
+        }
+    }
+}
+
+/// A copied payload window (`WORDS - 1` words of bytes and a spare word) as the scanners' byte
+/// source. `WORDS - 2` is a mask: every index is provably inside the buffer.
+struct Window<'a, const WORDS: usize> {
+    words: &'a [u64; WORDS],
+    len: u32,
+}
+
+impl<'a, const WORDS: usize> Window<'a, WORDS> {
+    /// `len` is clamped to the buffer.
+    #[inline(always)]
+    fn new(words: &'a [u64; WORDS], len: u32) -> Self {
+        let cap = ((WORDS - 1) * 8) as u32;
+        Window {
+            words,
+            len: if len < cap { len } else { cap },
+        }
+    }
+}
+
+impl<const WORDS: usize> ByteSource for Window<'_, WORDS> {
+    #[inline(always)]
+    fn at(&self, i: u32) -> Option<u8> {
+        if i >= self.len {
+            return None;
+        }
+        let w = self.words[(i as usize >> 3) & (WORDS - 2)];
+        Some((w >> ((i & 7) * 8)) as u8)
+    }
+
+    #[inline(always)]
+    fn word(&self, i: u32) -> (u64, u32) {
+        if i >= self.len {
+            return (0, 0);
+        }
+        let left = self.len - i;
+        let n = if left < 8 { left } else { 8 };
+        // Two aligned loads make the unaligned word.
+        let a = (i as usize >> 3) & (WORDS - 2);
+        let shift = (i & 7) * 8;
+        let lo = self.words[a];
+        let w = if shift == 0 {
+            lo
+        } else {
+            (lo >> shift) | (self.words[a + 1] << (64 - shift))
+        };
+        (guard_common::swar::low_bytes(w, n), n)
+    }
+}
+
+/// Request-line scanner steps per `bpf_loop` callback.
+const URI_STEPS_PER_CALL: u32 = 2;
+
+/// `bpf_loop` callback: request-line scanner steps. Returns 1 to stop the loop.
+extern "C" fn uri_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else {
+        return 1;
+    };
+    let src = Window::<URI_WORDS>::new(&s.uri, s.uri_len);
+    let mut i = 0;
+    while i < URI_STEPS_PER_CALL {
+        if !s.scanner.step(&src) {
+            return 1;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Header scanner steps per `bpf_loop` callback. Each unrolled step is verified on its own, so
+/// this trades verifier instructions for calls: see the verifier figure in the tests.
+const HDR_STEPS_PER_CALL: u32 = 4;
+
+/// `bpf_loop` callback: header scanner steps. Returns 1 to stop the loop.
+extern "C" fn hdr_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else {
+        return 1;
+    };
+    let src = Window::<HDR_WORDS>::new(&s.hdr, s.hdr_len);
+    let mut i = 0;
+    while i < HDR_STEPS_PER_CALL {
+        if !s.headers.step(&src) {
+            return 1;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// The Call-ID hash and the To tag of the INVITE in the scratch map's frame: copies up to
+/// HDR_WINDOW payload bytes and runs the header scanner. Only INVITEs that matched a rule get
+/// here, so the cost is bounded to them.
+#[inline(always)]
+pub fn headers(ctx: &XdpContext) -> Option<Headers> {
+    let s = maps::scratch()?;
+    let frame = s.frame;
+    let n = if (frame.payload_len as usize) < HDR_WINDOW {
+        frame.payload_len as u32
+    } else {
+        HDR_WINDOW as u32
+    };
+    if n == 0 {
+        return None;
+    }
+    // SAFETY: copies n (1..=HDR_WINDOW) bytes into a buffer of HDR_WINDOW + 8 bytes.
+    if !unsafe { layers::load(ctx, frame.payload_off as u32, s.hdr.as_mut_ptr().cast(), n) } {
+        return None;
+    }
+    s.hdr_len = n;
+    s.headers.reset();
+    // SAFETY: constant iteration budget and a callback with the helper's signature.
+    unsafe {
+        bpf_loop(
+            HDR_MAX_STEPS.div_ceil(HDR_STEPS_PER_CALL),
+            hdr_step as *mut c_void,
+            ptr::null_mut(),
+            0,
+        );
+    }
+    Some(s.headers.finish())
+}

@@ -1,0 +1,175 @@
+//! The verdict: normalise the number, find the longest matching rule, count, and decide. For a
+//! matched INVITE it also does the call accounting: calls vs retransmissions and re-INVITEs,
+//! the sources per rule, and the drop events.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::generated::bpf_ktime_get_boot_ns,
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use guard_common::{
+    Action, CONFIG_FLAG_DEBUG_LOG, CONFIG_FLAG_NO_CALLS, CallSeen, Config, Counter, EVENT_DROP,
+    EVENT_WOULD_DROP, GlobalCounters, Headers, Mode, Number, RuleCounters, SourceKey, SourceStats,
+};
+
+use crate::{
+    events::{self, Decision},
+    layers,
+    maps::{self, SG_CALLS, SG_SOURCES},
+    sip,
+};
+
+/// Decides an INVITE that dials `number`.
+#[inline(always)]
+pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 {
+    let Some((cfg, rules)) = maps::config() else {
+        return XDP_PASS;
+    };
+    let (domain, normalized) = cfg.intl_prefixes.normalize(number);
+    let lk = normalized.key(domain);
+    let Some(rule) = rules.get(&Key::new(lk.prefix_len, lk.data)) else {
+        return XDP_PASS;
+    };
+    let (id, action) = (rule.id, rule.action);
+    if cfg.flags & CONFIG_FLAG_DEBUG_LOG != 0 {
+        // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
+        debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
+    }
+    let Some(stats) = maps::rule_counters(id) else {
+        // Only possible if userspace wrote an id past the counters; the verdict still stands.
+        return enforce(c, cfg, action, &mut RuleCounters::default());
+    };
+    stats.matched += 1;
+    if cfg.flags & CONFIG_FLAG_NO_CALLS != 0 {
+        return enforce(c, cfg, action, stats);
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let new_call = count_call(ctx, c, stats, id, now);
+    if let Some(s) = maps::scratch() {
+        let frame = s.frame;
+        layers::endpoints(ctx, &frame, &mut s.src, &mut s.dst);
+    }
+    track_source(id, new_call, now);
+    let rc = enforce(c, cfg, action, stats);
+    if new_call {
+        let verdict = if rc == XDP_DROP {
+            EVENT_DROP
+        } else if matches!(
+            Action::from_u8(action),
+            Some(Action::Block | Action::Monitor)
+        ) {
+            EVENT_WOULD_DROP
+        } else {
+            0
+        };
+        if verdict != 0 {
+            let d = Decision {
+                id,
+                action,
+                domain: domain as u8,
+                verdict,
+            };
+            events::emit(c, cfg, &normalized, &d, now);
+        }
+    }
+    rc
+}
+
+/// Applies `action` under the live mode and counts it.
+#[inline(always)]
+fn enforce(c: &mut GlobalCounters, cfg: &Config, action: u8, stats: &mut RuleCounters) -> u32 {
+    match Action::from_u8(action) {
+        Some(Action::Block) if cfg.mode == Mode::Enforce as u32 => {
+            c.bump(Counter::Dropped);
+            stats.dropped += 1;
+            XDP_DROP
+        }
+        Some(Action::Block) | Some(Action::Monitor) => {
+            c.bump(Counter::WouldDrop);
+            stats.would_drop += 1;
+            XDP_PASS
+        }
+        Some(Action::Allow) => {
+            c.bump(Counter::AllowedByException);
+            XDP_PASS
+        }
+        None => XDP_PASS,
+    }
+}
+
+/// Calls, not packets: a new initial INVITE counts as a call; one whose Call-ID was seen is a
+/// retransmission; one with a To tag is a re-INVITE. Returns whether this is a new call.
+#[inline(always)]
+fn count_call(
+    ctx: &XdpContext,
+    c: &mut GlobalCounters,
+    stats: &mut RuleCounters,
+    id: u32,
+    now: u64,
+) -> bool {
+    let h = sip::headers(ctx).unwrap_or(Headers {
+        call_hash: None,
+        to_tag: false,
+    });
+    if h.to_tag {
+        stats.reinvites += 1;
+        c.bump(Counter::Reinvites);
+        return false;
+    }
+    let Some(hash) = h.call_hash else {
+        // Nothing to tell retransmissions apart: every packet is a call (an upper bound).
+        c.bump(Counter::NoCallId);
+        stats.calls += 1;
+        c.bump(Counter::Calls);
+        return true;
+    };
+    if SG_CALLS.get_ptr(&hash).is_some() {
+        c.bump(Counter::Retransmissions);
+        return false;
+    }
+    let seen = CallSeen {
+        rule_id: id,
+        _pad: 0,
+        first_seen_ns: now,
+    };
+    // BPF_NOEXIST: another CPU that raced us with the same call wins, and we count nothing.
+    if SG_CALLS.insert(&hash, &seen, 1).is_err() {
+        c.bump(Counter::Retransmissions);
+        return false;
+    }
+    stats.calls += 1;
+    c.bump(Counter::Calls);
+    true
+}
+
+/// Per rule and source address: packets, calls, first and last seen.
+#[inline(always)]
+fn track_source(id: u32, new_call: bool, now: u64) {
+    let Some(s) = maps::scratch() else {
+        return;
+    };
+    let key = SourceKey {
+        rule_id: id,
+        family: s.src.family as u32,
+        addr: s.src.addr,
+    };
+    if let Some(v) = SG_SOURCES.get_ptr_mut(&key) {
+        // SAFETY: a map value; concurrent updates from other CPUs may lose an increment, which
+        // is acceptable for these statistics (the per-rule counters are exact).
+        let v = unsafe { &mut *v };
+        v.packets += 1;
+        v.calls += new_call as u64;
+        v.last_seen_ns = now;
+        return;
+    }
+    let v = SourceStats {
+        packets: 1,
+        calls: new_call as u64,
+        first_seen_ns: now,
+        last_seen_ns: now,
+    };
+    let _ = SG_SOURCES.insert(&key, &v, 1);
+}
