@@ -9,14 +9,16 @@
 //! Like the request-line scanner, this is a step machine: at least one byte per
 //! [`HeaderScanner::step`], at most [`HDR_MAX_STEPS`] steps, and no step loops more than a
 //! constant number of times. Steps work on eight-byte words ([`crate::swar`]): a line that does
-//! not matter is skipped eight bytes a step (a search for its line feed), a header name is
-//! recognised in one compare, and the Call-ID is hashed eight bytes a step. The host drives it with a plain loop
-//! ([`scan_headers`]); the XDP program drives the same function through `bpf_loop`.
+//! not matter is skipped up to [`WORDS_PER_STEP`] words a step (a search for its line feed), a
+//! header name is recognised in one compare, and the Call-ID and To values are searched for the
+//! bytes that matter the same way. The Call-ID is hashed once, at the end ([`HeaderScanner::
+//! finish`]), a word at a time. The host drives it with a plain loop ([`scan_headers`]); the XDP
+//! program drives the same function through `bpf_loop`.
 //!
 //! Recognised (case-insensitive, optional whitespace before the colon, compact forms):
-//! `Call-ID:` / `i:` and `To:` / `t:`. The Call-ID value is hashed from its first non-blank byte
-//! to the end of the line (at most [`CALL_ID_MAX`] bytes, trailing blanks excluded). In `To`, a
-//! `;tag=` outside `<...>` is a tag. Scanning stops at the blank line that ends the headers.
+//! `Call-ID:` / `i:` and `To:` / `t:`. The first Call-ID counts. Its value is hashed from its first
+//! non-blank byte, at most [`CALL_ID_MAX`] bytes, trailing blanks excluded. In `To`, a `;tag=`
+//! outside `<...>` is a tag. Scanning stops at the blank line that ends the headers.
 
 use crate::{sip::ByteSource, swar};
 
@@ -26,9 +28,8 @@ pub const HDR_WINDOW: usize = 1024;
 pub const HDR_MAX_STEPS: u32 = HDR_WINDOW as u32 + 2;
 /// Call-ID bytes that go into the hash.
 pub const CALL_ID_MAX: u32 = 128;
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Words one step searches when it looks for the end of a line or the next byte that matters.
+pub const WORDS_PER_STEP: u32 = 2;
 
 mod st {
     /// At the start of a header line.
@@ -59,13 +60,11 @@ mod name {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderScanner {
-    /// FNV-1a over the Call-ID value so far.
-    pub hash: u64,
     pos: u32,
-    /// Call-ID bytes hashed.
-    cid_len: u32,
-    /// Hash at the last non-blank Call-ID byte (trailing blanks are not part of the value).
-    hash_trimmed: u64,
+    /// Where the Call-ID value starts, and where it ends without trailing blanks (within
+    /// [`CALL_ID_MAX`] bytes of the start).
+    cid_start: u32,
+    cid_end: u32,
     state: u8,
     /// Candidate header (a `name::*`) and bytes of its name matched.
     cand: u8,
@@ -84,6 +83,7 @@ pub struct HeaderScanner {
     pub complete: bool,
     /// The To header was read (with the Call-ID, all there is to find: the scan stops).
     to_seen: bool,
+    _pad: [u8; 2],
 }
 
 impl Default for HeaderScanner {
@@ -95,7 +95,7 @@ impl Default for HeaderScanner {
 /// What the header scanner found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Headers {
-    /// FNV-1a 64 of the Call-ID value; `None` when there was none in the window.
+    /// [`call_id_hash`] of the Call-ID value; `None` when there was none in the window.
     pub call_hash: Option<u64>,
     /// The To header carries a tag (a re-INVITE inside a dialog).
     pub to_tag: bool,
@@ -107,14 +107,16 @@ const CALL_ID_COLON: (u64, u64) = swar::literal(b"call-id:");
 const I_COLON: (u64, u64) = swar::literal(b"i:");
 const TO_COLON: (u64, u64) = swar::literal(b"to:");
 const T_COLON: (u64, u64) = swar::literal(b"t:");
+const TAG_EQ: (u64, u64) = swar::literal(b"tag=");
+/// Moves one To step makes (see `HeaderScanner::to`).
+const TO_MOVES: u32 = 2;
 
 impl HeaderScanner {
     pub const fn new() -> Self {
         Self {
-            hash: FNV_OFFSET,
             pos: 0,
-            cid_len: 0,
-            hash_trimmed: FNV_OFFSET,
+            cid_start: 0,
+            cid_end: 0,
             state: st::SKIP, // The request line is not a header.
             cand: name::NONE,
             name_len: 0,
@@ -125,6 +127,7 @@ impl HeaderScanner {
             to_tag: false,
             complete: false,
             to_seen: false,
+            _pad: [0; 2],
         }
     }
 
@@ -132,8 +135,6 @@ impl HeaderScanner {
     #[inline(always)]
     pub fn reset(&mut self) {
         crate::plain::zero(self);
-        self.hash = FNV_OFFSET;
-        self.hash_trimmed = FNV_OFFSET;
         self.state = st::SKIP; // The request line is not a header.
     }
 
@@ -145,8 +146,8 @@ impl HeaderScanner {
         }
     }
 
-    /// Does one step: a header name, up to eight bytes of a line that does not matter, of the
-    /// Call-ID value or of the To value, or one byte where a byte decides. Every step consumes
+    /// Does one step: a header name, up to [`WORDS_PER_STEP`] words of a line that does not
+    /// matter or of a Call-ID or To value, or one byte where a byte decides. Every step consumes
     /// at least one byte. Returns `true` while there is more to do.
     #[inline(always)]
     pub fn step<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
@@ -155,23 +156,19 @@ impl HeaderScanner {
         }
         let (w, n) = src.word(self.pos);
         if n == 0 {
-            if self.state == st::CALLID {
-                // The window ended inside the Call-ID: what was seen identifies it.
-                self.hash = self.hash_trimmed;
-            }
             self.state = st::DONE;
             return false;
         }
         match self.state {
-            st::LINE_START => self.line_start(w, n),
+            st::LINE_START => self.line_start(src, w),
             st::NAME => self.name(w as u8),
             st::SKIP => {
-                self.skip(w, n);
+                self.skip(src);
                 true
             }
-            st::CALLID_LWS => self.call_id_lws(w as u8),
-            st::CALLID => self.call_id(w, n),
-            st::TO => self.to(w, n),
+            st::CALLID_LWS => self.call_id_lws(src),
+            st::CALLID => self.call_id(src),
+            st::TO => self.to(src),
             _ => {
                 self.state = st::DONE;
                 false
@@ -181,7 +178,7 @@ impl HeaderScanner {
 
     /// At the start of a line: the end of the headers, a header we want, or a line to skip.
     #[inline(always)]
-    fn line_start(&mut self, w: u64, n: u32) -> bool {
+    fn line_start<S: ByteSource + ?Sized>(&mut self, src: &S, w: u64) -> bool {
         let c = w as u8;
         match c {
             b'\r' => {
@@ -196,39 +193,32 @@ impl HeaderScanner {
             }
             _ => {}
         }
-        // The usual spellings in one compare each; anything else (`Call-ID :`, a header that
-        // only starts like one) goes byte by byte through NAME.
-        if swar::starts_with_ci(w, CALL_ID_COLON, 8) {
-            self.pos += 8;
+        // The usual spellings in one compare each; anything else that may still become one of
+        // them (`Call-ID :`, `t :`) goes byte by byte through NAME.
+        // The value is read in the same step.
+        if swar::starts_with_ci(w, CALL_ID_COLON, 8) || swar::starts_with_ci(w, I_COLON, 2) {
+            self.pos += if c | 0x20 == b'i' { 2 } else { 8 };
             self.state = st::CALLID_LWS;
-            return true;
+            return self.call_id_lws(src);
         }
-        if swar::starts_with_ci(w, I_COLON, 2) {
-            self.pos += 2;
-            self.state = st::CALLID_LWS;
-            return true;
-        }
-        if swar::starts_with_ci(w, TO_COLON, 3) {
-            self.pos += 3;
+        if swar::starts_with_ci(w, TO_COLON, 3) || swar::starts_with_ci(w, T_COLON, 2) {
+            self.pos += if (w >> 8) as u8 == b':' { 2 } else { 3 };
             self.enter_to();
-            return true;
+            return self.to(src);
         }
-        if swar::starts_with_ci(w, T_COLON, 2) {
-            self.pos += 2;
-            self.enter_to();
-            return true;
-        }
-        self.pos += 1;
+        let next = ((w >> 8) as u8).to_ascii_lowercase();
+        let blank_or_colon = matches!(next, b' ' | b'\t' | b':');
         self.cand = match c.to_ascii_lowercase() {
-            b'c' => name::CALL_ID,
-            b'i' => name::CALL_ID_COMPACT,
-            b't' => name::TO,
+            b'c' if next == b'a' => name::CALL_ID,
+            b'i' if blank_or_colon => name::CALL_ID_COMPACT,
+            b't' if next == b'o' || blank_or_colon => name::TO,
             _ => name::NONE,
         };
+        self.pos += 1;
         if self.cand == name::NONE {
-            // A continuation line (folded header) or another header: skip the rest of the word.
+            // A continuation line (folded header) or another header.
             self.state = st::SKIP;
-            self.skip(w >> 8, n - 1);
+            self.skip(src);
         } else {
             self.state = st::NAME;
             self.name_len = 1;
@@ -244,15 +234,23 @@ impl HeaderScanner {
         self.state = st::TO;
     }
 
-    /// Skips the `n` bytes of `w` up to and including a line feed.
+    /// Skips up to and including the line feed, at most [`WORDS_PER_STEP`] words.
     #[inline(always)]
-    fn skip(&mut self, w: u64, n: u32) {
-        let k = swar::first(swar::eq(w, b'\n'));
-        if k < n {
-            self.pos += k + 1;
-            self.state = st::LINE_START;
-        } else {
+    fn skip<S: ByteSource + ?Sized>(&mut self, src: &S) {
+        let mut i = 0;
+        while i < WORDS_PER_STEP {
+            let (w, n) = src.word(self.pos);
+            let k = swar::first(swar::eq(w, b'\n'));
+            if k < n {
+                self.pos += k + 1;
+                self.state = st::LINE_START;
+                return;
+            }
             self.pos += n;
+            if n < 8 {
+                return;
+            }
+            i += 1;
         }
     }
 
@@ -296,144 +294,190 @@ impl HeaderScanner {
         true
     }
 
-    /// Blanks after `Call-ID:`, then the first byte of the value.
+    /// Blanks after `Call-ID:` (a word a step), then the value, in the same step (only the first
+    /// Call-ID counts).
     #[inline(always)]
-    fn call_id_lws(&mut self, c: u8) -> bool {
-        self.pos += 1;
-        match c {
-            b' ' | b'\t' => {}
-            b'\r' | b'\n' => {
-                self.state = st::SKIP;
-                self.end_line(c);
-            }
-            _ => {
-                self.state = st::CALLID;
-                self.has_call_id = true;
-                self.hash = FNV_OFFSET;
-                self.hash_trimmed = FNV_OFFSET;
-                self.cid_len = 0;
-                self.hash_byte(c);
-            }
-        }
-        true
-    }
-
-    /// Up to eight bytes of the Call-ID value, to the end of its line.
-    #[inline(always)]
-    fn call_id(&mut self, w: u64, n: u32) -> bool {
-        let k = swar::first(swar::eq(w, b'\r') | swar::eq(w, b'\n'));
-        let value = if k < n { k } else { n };
-        let mut j = 0;
-        while j < 8 {
-            if j >= value {
-                break;
-            }
-            self.hash_byte((w >> (8 * j)) as u8);
-            j += 1;
-        }
-        self.pos += value;
+    fn call_id_lws<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        let (w, n) = src.word(self.pos);
+        let k = swar::first(swar::non_blanks(w) & swar::low_bytes(swar::HIGHS, n));
         if k >= n {
+            self.pos += n;
             return true;
         }
-        // The line ends here.
+        self.pos += k;
         let c = (w >> (8 * (k & 7))) as u8;
-        self.pos += 1;
-        self.hash = self.hash_trimmed;
-        self.state = st::SKIP;
-        self.end_line(c);
-        if self.to_seen {
-            // Both found: the rest of the headers cannot change the answer.
-            self.state = st::DONE;
-            return false;
+        if c == b'\r' || c == b'\n' {
+            self.pos += 1;
+            self.state = st::SKIP;
+            self.end_line(c);
+            return true;
         }
-        true
+        if self.has_call_id {
+            self.state = st::SKIP;
+            return true;
+        }
+        self.state = st::CALLID;
+        self.has_call_id = true;
+        self.cid_start = self.pos;
+        self.cid_end = self.pos;
+        self.call_id(src)
     }
 
-    /// The To value: skips to the next byte that matters (`<`, `>`, `;`, CR, LF), unless a
-    /// `;tag=` is being matched, then handles that byte.
+    /// Up to [`WORDS_PER_STEP`] words of the Call-ID value: finds the end of its line and
+    /// remembers where its last non-blank byte is.
     #[inline(always)]
-    fn to(&mut self, w: u64, n: u32) -> bool {
-        let c = if self.tag_match == 0 {
-            let m = swar::eq(w, b'<')
-                | swar::eq(w, b'>')
-                | swar::eq(w, b';')
-                | swar::eq(w, b'\r')
-                | swar::eq(w, b'\n');
-            let k = swar::first(m);
-            if k >= n {
-                self.pos += n;
-                return true;
+    fn call_id<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        let mut i = 0;
+        while i < WORDS_PER_STEP {
+            let (w, n) = src.word(self.pos);
+            let k = swar::first(swar::eq(w, b'\r') | swar::eq(w, b'\n'));
+            let value = if k < n { k } else { n };
+            let room = (self.cid_start + CALL_ID_MAX).saturating_sub(self.pos);
+            let counted = if value < room { value } else { room };
+            let non_blank = swar::non_blanks(w) & swar::low_bytes(swar::HIGHS, counted);
+            if non_blank != 0 {
+                self.cid_end = self.pos + swar::last(non_blank) + 1;
             }
-            self.pos += k;
-            (w >> (8 * (k & 7))) as u8
-        } else {
-            w as u8
-        };
-        self.pos += 1;
-        let lower = c.to_ascii_lowercase();
-        match c {
-            b'\r' | b'\n' => {
+            self.pos += value;
+            if k < n {
+                // The line ends here.
+                let c = (w >> (8 * (k & 7))) as u8;
+                self.pos += 1;
                 self.state = st::SKIP;
                 self.end_line(c);
-                self.to_seen = true;
-                if self.has_call_id {
+                if self.to_seen {
+                    // Both found: the rest of the headers cannot change the answer.
                     self.state = st::DONE;
                     return false;
                 }
+                return true;
             }
-            b'<' => {
-                self.in_angle = 1;
-                self.tag_match = 0;
+            if n < 8 {
+                return true;
             }
-            b'>' => {
-                self.in_angle = 0;
-                self.tag_match = 0;
-            }
-            _ if self.in_angle == 0 => {
-                let m = self.tag_match as usize;
-                if m < TO_TAG.len() && lower == TO_TAG[m] {
-                    self.tag_match += 1;
-                    if self.tag_match as usize == TO_TAG.len() {
-                        self.to_tag = true;
-                        self.tag_match = 0;
-                    }
-                } else if lower == b';' {
-                    self.tag_match = 1;
-                } else if !(m == 1 && (c == b' ' || c == b'\t')) {
-                    self.tag_match = 0;
-                }
-            }
-            _ => {}
+            i += 1;
         }
         true
     }
 
+    /// The To value: up to [`TO_MOVES`] moves, each either a word without a byte that matters
+    /// (`<`, `>`, `;`, CR, LF) or one such byte handled; a `;tag=` is recognised in one compare.
     #[inline(always)]
-    fn hash_byte(&mut self, c: u8) {
-        if self.cid_len >= CALL_ID_MAX {
-            return;
+    fn to<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        let mut i = 0;
+        while i < TO_MOVES {
+            i += 1;
+            let (w, n) = src.word(self.pos);
+            if n == 0 {
+                return true;
+            }
+            let c = if self.tag_match == 0 {
+                let k = swar::first(
+                    swar::eq(w, b'<')
+                        | swar::eq(w, b'>')
+                        | swar::eq(w, b';')
+                        | swar::eq(w, b'\r')
+                        | swar::eq(w, b'\n'),
+                );
+                if k >= n {
+                    self.pos += n;
+                    continue;
+                }
+                self.pos += k;
+                (w >> (8 * (k & 7))) as u8
+            } else {
+                w as u8
+            };
+            self.pos += 1;
+            match c {
+                b'\r' | b'\n' => {
+                    self.state = st::SKIP;
+                    self.end_line(c);
+                    self.to_seen = true;
+                    if self.has_call_id {
+                        self.state = st::DONE;
+                        return false;
+                    }
+                    return true;
+                }
+                b'<' => {
+                    self.in_angle = 1;
+                    self.tag_match = 0;
+                }
+                b'>' => {
+                    self.in_angle = 0;
+                    self.tag_match = 0;
+                }
+                b';' if self.in_angle == 0 => {
+                    // `;tag=`, maybe with blanks after the semicolon.
+                    let (w, n) = src.word(self.pos);
+                    let k = swar::first(swar::non_blanks(w) & swar::low_bytes(swar::HIGHS, n));
+                    if k >= 8 {
+                        // Eight blanks or more: byte by byte from here.
+                        self.tag_match = 1;
+                    } else if swar::starts_with_ci(src.word(self.pos + k).0, TAG_EQ, 4) {
+                        self.to_tag = true;
+                    }
+                }
+                _ if self.in_angle == 0 && self.tag_match != 0 => self.tag_byte(c),
+                _ => {}
+            }
         }
-        self.cid_len += 1;
-        self.hash = (self.hash ^ c as u64).wrapping_mul(FNV_PRIME);
-        if c != b' ' && c != b'\t' {
-            self.hash_trimmed = self.hash;
+        true
+    }
+
+    /// One byte of a `;tag=` after eight blanks or more (see `to`).
+    #[inline(always)]
+    fn tag_byte(&mut self, c: u8) {
+        let lower = c.to_ascii_lowercase();
+        let m = self.tag_match as usize;
+        if m < TO_TAG.len() && lower == TO_TAG[m] {
+            self.tag_match += 1;
+            if self.tag_match as usize == TO_TAG.len() {
+                self.to_tag = true;
+                self.tag_match = 0;
+            }
+        } else if !(m == 1 && (c == b' ' || c == b'\t')) {
+            self.tag_match = 0;
         }
     }
 
-    /// The result so far (the kernel calls this after its `bpf_loop`).
+    /// The result (the kernel calls this after its `bpf_loop`): the Call-ID is hashed here, from
+    /// `src`, the same bytes the steps read.
     #[inline(always)]
-    pub fn finish(&self) -> Headers {
-        let hash = if self.state == st::CALLID {
-            // The step budget ended inside the Call-ID: what was seen identifies it.
-            self.hash_trimmed
-        } else {
-            self.hash
-        };
+    pub fn finish<S: ByteSource + ?Sized>(&self, src: &S) -> Headers {
         Headers {
-            call_hash: if self.has_call_id { Some(hash) } else { None },
+            call_hash: if self.has_call_id {
+                Some(hash_range(src, self.cid_start, self.cid_end))
+            } else {
+                None
+            },
             to_tag: self.to_tag,
         }
     }
+}
+
+/// The Call-ID hash of `src[start..end]` (at most [`CALL_ID_MAX`] bytes), a word at a time.
+#[inline(always)]
+fn hash_range<S: ByteSource + ?Sized>(src: &S, start: u32, end: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut off = start;
+    let mut i = 0;
+    while i < CALL_ID_MAX / 8 {
+        if off >= end {
+            break;
+        }
+        let (w, n) = src.word(off);
+        let left = end - off;
+        let take = if n < left { n } else { left };
+        h = (h ^ swar::low_bytes(w, take)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+        off += 8;
+        i += 1;
+    }
+    h ^= end.saturating_sub(start) as u64;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 32)
 }
 
 /// Scans the first [`HDR_WINDOW`] bytes of a SIP message on the host, exactly as the kernel.
@@ -444,16 +488,13 @@ pub fn scan_headers(payload: &[u8]) -> Headers {
     while steps < HDR_MAX_STEPS && s.step(src) {
         steps += 1;
     }
-    s.finish()
+    s.finish(src)
 }
 
-/// FNV-1a 64 of `bytes` (what the scanner computes for a Call-ID), for tests and userspace.
+/// The hash the scanner computes for a Call-ID value `bytes` (its first [`CALL_ID_MAX`] bytes),
+/// for tests and userspace.
 pub fn call_id_hash(bytes: &[u8]) -> u64 {
-    let mut h = FNV_OFFSET;
-    for &b in bytes.iter().take(CALL_ID_MAX as usize) {
-        h = (h ^ b as u64).wrapping_mul(FNV_PRIME);
-    }
-    h
+    hash_range(bytes, 0, bytes.len().min(CALL_ID_MAX as usize) as u32)
 }
 
 #[cfg(test)]

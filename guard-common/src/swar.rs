@@ -6,7 +6,9 @@
 //! here is branch-free, loop-free and compiles to a few instructions on both sides.
 
 const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
+/// The high bit of every byte: the flags of a byte mask.
+pub const HIGHS: u64 = 0x8080_8080_8080_8080;
+const LOWS: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
 /// The high bit of every byte of `w` that is zero. Bits above the lowest one may be false
 /// positives (a borrow from a zero byte), so only [`first`] of the result is exact.
@@ -31,6 +33,26 @@ pub const fn first(mask: u64) -> u32 {
     let low = mask & mask.wrapping_neg();
     // `low >> 7` is 1 << 8k; multiplying by the byte ramp puts k in the top byte.
     ((low >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as u32
+}
+
+/// The high bit of every byte of `w` equal to `b`, exact in every byte (no borrows across bytes).
+#[inline(always)]
+pub const fn eq_exact(w: u64, b: u8) -> u64 {
+    let x = w ^ (ONES * b as u64);
+    !(((x & LOWS).wrapping_add(LOWS)) | x | LOWS)
+}
+
+/// The high bit of every byte of `w` that is neither SP nor HTAB (exact in every byte).
+#[inline(always)]
+pub const fn non_blanks(w: u64) -> u64 {
+    !(eq_exact(w, b' ') | eq_exact(w, b'\t')) & HIGHS
+}
+
+/// Index (0..8) of the highest byte flagged in an exact `mask` (such as [`non_blanks`]); the mask
+/// must not be zero.
+#[inline(always)]
+pub const fn last(mask: u64) -> u32 {
+    7 - first(mask.swap_bytes())
 }
 
 /// The high bit of every byte of `w` that is not an ASCII digit (exact in every byte).
@@ -119,6 +141,18 @@ mod tests {
             let mut b = *b"xxxxxxxx";
             b[i] = b';';
             assert_eq!(first(eq(word(&b), b';')), i as u32);
+        }
+    }
+
+    #[test]
+    fn blanks_and_last() {
+        assert_eq!(last(non_blanks(word(b"abc  \t  "))), 2);
+        assert_eq!(last(non_blanks(word(b"abcdefgh"))), 7);
+        assert_eq!(non_blanks(word(b" \t \t \t \t")), 0);
+        for b in 0..=255u8 {
+            let w = word(&[b; 8]);
+            assert_eq!(non_blanks(w) == 0, b == b' ' || b == b'\t', "{b:#x}");
+            assert_eq!(eq_exact(w, b), HIGHS);
         }
     }
 

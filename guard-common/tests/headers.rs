@@ -63,6 +63,13 @@ fn header() -> impl Strategy<Value = String> {
         token().prop_map(|v| format!("X-Call-ID: {v}")),
         token().prop_map(|v| format!("Tone: x;tag={v}")),
         Just("Max-Forwards: 70".to_string()),
+        Just("c: application/sdp".to_string()),
+        Just("Content-Type: application/sdp".to_string()),
+        Just("Call-Info: <http://example.net/x>".to_string()),
+        Just("Identity: x".to_string()),
+        token().prop_map(|v| format!("i: other-{v}")),
+        Just("Tag: x;tag=1".to_string()),
+        token().prop_map(|v| format!("Contact: <sip:{v}@192.0.2.10>;expires=3600")),
         Just("CSeq: 1 INVITE".to_string()),
         token().prop_map(|v| format!(" folded {v}")),
         token().prop_map(|v| format!("Subject: {v}")),
@@ -74,8 +81,8 @@ fn call_id_header() -> impl Strategy<Value = String> {
         prop_oneof![Just("Call-ID"), Just("call-id"), Just("CALL-ID"), Just("i")],
         prop_oneof![Just(""), Just(" "), Just("\t")],
         prop_oneof![Just(""), Just(" "), Just("  ")],
-        token(),
-        prop_oneof![Just(""), Just(" "), Just(" \t")],
+        prop_oneof![token(), "[a-zA-Z0-9.@_ -]{100,160}"],
+        prop_oneof![Just(""), Just(" "), Just(" \t"), Just("           \t ")],
     )
         .prop_map(|(n, before, after, v, trail)| format!("{n}{before}:{after}{v}{trail}"))
 }

@@ -52,11 +52,10 @@ pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map(name = "SG_EVBUCKET")]
 static SG_EVBUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
-/// Words of the request-line window (one spare word, so that a word read at any byte offset
-/// stays inside the buffer).
-pub const URI_WORDS: usize = WINDOW / 8 + 1;
-/// Words of the header window (one spare word, as above).
-pub const HDR_WORDS: usize = HDR_WINDOW / 8 + 1;
+/// Words of the payload copy: the header window and one spare word, so that a word read at any
+/// byte offset stays inside the buffer. The request-line window is its first [`WINDOW`] bytes.
+pub const PAYLOAD_WORDS: usize = HDR_WINDOW / 8 + 1;
+const _: () = assert!(WINDOW <= HDR_WINDOW && WINDOW % 8 == 0);
 
 /// Per-CPU working space of one program run: the frame handed from the layers to the SIP stage,
 /// the copied payload windows and the scanners' states. Keeping the scanners in a map value (not
@@ -69,13 +68,16 @@ pub struct Scratch {
     /// Filled in only for INVITEs that matched a rule (sources and events need them).
     pub src: Endpoint,
     pub dst: Endpoint,
-    pub uri: [u64; URI_WORDS],
-    pub uri_len: u32,
-    /// Bytes in `hdr`.
-    pub hdr_len: u32,
+    /// The payload's first bytes: [`WINDOW`] of them for the request line, extended to
+    /// [`HDR_WINDOW`] (never copied twice) for an INVITE whose headers are read.
+    pub payload: [u64; PAYLOAD_WORDS],
+    /// Bytes copied into `payload`.
+    pub copied: u32,
     pub scanner: Scanner,
-    pub hdr: [u64; HDR_WORDS],
     pub headers: HeaderScanner,
+    /// Where the scanners' byte indices pass through on their way to a bounds check (see
+    /// `sip::Window::launder`).
+    pub index: u32,
 }
 
 /// This CPU's global counters.

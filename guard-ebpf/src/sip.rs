@@ -14,7 +14,7 @@ use guard_common::{
 
 use crate::{
     layers::{self, Frame, ptr_at},
-    maps::{self, HDR_WORDS, URI_WORDS},
+    maps::{self, PAYLOAD_WORDS},
     verdict,
 };
 
@@ -68,12 +68,19 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
     if n == 0 {
         return XDP_PASS;
     }
-    // SAFETY: copies n (1..=WINDOW) bytes into a buffer of WINDOW + 8 bytes.
-    if !unsafe { layers::load(ctx, frame.payload_off as u32, s.uri.as_mut_ptr().cast(), n) } {
+    // SAFETY: copies n (1..=WINDOW) bytes into a buffer of HDR_WINDOW + 8 bytes.
+    if !unsafe {
+        layers::load(
+            ctx,
+            frame.payload_off as u32,
+            s.payload.as_mut_ptr().cast(),
+            n,
+        )
+    } {
         c.bump(Counter::Truncated);
         return XDP_PASS;
     }
-    s.uri_len = n;
+    s.copied = n;
     s.scanner.reset();
     // SAFETY: constant iteration budget and a callback with the helper's signature.
     unsafe {
@@ -108,21 +115,41 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
 }
 
 /// A copied payload window (`WORDS - 1` words of bytes and a spare word) as the scanners' byte
-/// source. `WORDS - 2` is a mask: every index is provably inside the buffer.
+/// source. `WORDS - 2` masks every word index, so every access is inside the buffer whatever
+/// `len` says; the copy that fills the buffer never writes more than `(WORDS - 1) * 8` bytes.
 struct Window<'a, const WORDS: usize> {
     words: &'a [u64; WORDS],
     len: u32,
+    /// A word of the scratch value that every index passes through (see [`Window::launder`]).
+    cell: *mut u32,
 }
 
 impl<'a, const WORDS: usize> Window<'a, WORDS> {
-    /// `len` is clamped to the buffer.
     #[inline(always)]
-    fn new(words: &'a [u64; WORDS], len: u32) -> Self {
-        let cap = ((WORDS - 1) * 8) as u32;
-        Window {
-            words,
-            len: if len < cap { len } else { cap },
+    fn new(words: &'a [u64; WORDS], len: u32, cell: *mut u32) -> Self {
+        Window { words, len, cell }
+    }
+
+    /// `i`, written to and read back from the map value. The verifier does not follow values
+    /// through map memory, so the bounds check of a word access (which makes the index
+    /// "precise") does not reach back into the scanner's position: scanner states that differ
+    /// only in their position stay equal for pruning, and a step with loops is verified in
+    /// linear, not exponential, time.
+    #[inline(always)]
+    fn launder(&self, i: u32) -> usize {
+        // SAFETY: `cell` points into this CPU's scratch value, valid for the program run.
+        unsafe {
+            ptr::write_volatile(self.cell, i);
+            ptr::read_volatile(self.cell) as usize
         }
+    }
+
+    /// The word index mask. `len` is deliberately not clamped to the buffer: from a clamp LLVM
+    /// proves indices in range and drops the mask, and the verifier, which tracked the comparison
+    /// on another register, then sees an unbounded access.
+    #[inline(always)]
+    const fn mask() -> usize {
+        WORDS - 2
     }
 }
 
@@ -132,7 +159,7 @@ impl<const WORDS: usize> ByteSource for Window<'_, WORDS> {
         if i >= self.len {
             return None;
         }
-        let w = self.words[(i as usize >> 3) & (WORDS - 2)];
+        let w = self.words[(self.launder(i) >> 3) & Self::mask()];
         Some((w >> ((i & 7) * 8)) as u8)
     }
 
@@ -144,7 +171,7 @@ impl<const WORDS: usize> ByteSource for Window<'_, WORDS> {
         let left = self.len - i;
         let n = if left < 8 { left } else { 8 };
         // Two aligned loads make the unaligned word.
-        let a = (i as usize >> 3) & (WORDS - 2);
+        let a = (self.launder(i) >> 3) & Self::mask();
         let shift = (i & 7) * 8;
         let lo = self.words[a];
         let w = if shift == 0 {
@@ -164,7 +191,7 @@ extern "C" fn uri_step(_index: u32, _ctx: *mut c_void) -> i64 {
     let Some(s) = maps::scratch() else {
         return 1;
     };
-    let src = Window::<URI_WORDS>::new(&s.uri, s.uri_len);
+    let src = Window::new(&s.payload, s.copied, &raw mut s.index);
     let mut i = 0;
     while i < URI_STEPS_PER_CALL {
         if !s.scanner.step(&src) {
@@ -177,14 +204,14 @@ extern "C" fn uri_step(_index: u32, _ctx: *mut c_void) -> i64 {
 
 /// Header scanner steps per `bpf_loop` callback. Each unrolled step is verified on its own, so
 /// this trades verifier instructions for calls: see the verifier figure in the tests.
-const HDR_STEPS_PER_CALL: u32 = 4;
+const HDR_STEPS_PER_CALL: u32 = 2;
 
 /// `bpf_loop` callback: header scanner steps. Returns 1 to stop the loop.
 extern "C" fn hdr_step(_index: u32, _ctx: *mut c_void) -> i64 {
     let Some(s) = maps::scratch() else {
         return 1;
     };
-    let src = Window::<HDR_WORDS>::new(&s.hdr, s.hdr_len);
+    let src = Window::new(&s.payload, s.copied, &raw mut s.index);
     let mut i = 0;
     while i < HDR_STEPS_PER_CALL {
         if !s.headers.step(&src) {
@@ -195,9 +222,9 @@ extern "C" fn hdr_step(_index: u32, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// The Call-ID hash and the To tag of the INVITE in the scratch map's frame: copies up to
-/// HDR_WINDOW payload bytes and runs the header scanner. Only INVITEs that matched a rule get
-/// here, so the cost is bounded to them.
+/// The Call-ID hash and the To tag of the INVITE in the scratch map's frame: extends the payload
+/// copy to HDR_WINDOW bytes (the request-line window is already there) and runs the header
+/// scanner. Only INVITEs that matched a rule get here, so the cost is bounded to them.
 #[inline(always)]
 pub fn headers(ctx: &XdpContext) -> Option<Headers> {
     let s = maps::scratch()?;
@@ -207,14 +234,16 @@ pub fn headers(ctx: &XdpContext) -> Option<Headers> {
     } else {
         HDR_WINDOW as u32
     };
-    if n == 0 {
-        return None;
+    if n > WINDOW as u32 {
+        let rest = n - WINDOW as u32;
+        let to = s.payload[WINDOW / 8..].as_mut_ptr().cast();
+        // SAFETY: copies `rest` (1..=HDR_WINDOW - WINDOW) bytes to WINDOW bytes into a buffer
+        // of HDR_WINDOW + 8 bytes.
+        if !unsafe { layers::load(ctx, frame.payload_off as u32 + WINDOW as u32, to, rest) } {
+            return None;
+        }
     }
-    // SAFETY: copies n (1..=HDR_WINDOW) bytes into a buffer of HDR_WINDOW + 8 bytes.
-    if !unsafe { layers::load(ctx, frame.payload_off as u32, s.hdr.as_mut_ptr().cast(), n) } {
-        return None;
-    }
-    s.hdr_len = n;
+    s.copied = n;
     s.headers.reset();
     // SAFETY: constant iteration budget and a callback with the helper's signature.
     unsafe {
@@ -225,5 +254,6 @@ pub fn headers(ctx: &XdpContext) -> Option<Headers> {
             0,
         );
     }
-    Some(s.headers.finish())
+    let src = Window::new(&s.payload, s.copied, &raw mut s.index);
+    Some(s.headers.finish(&src))
 }
