@@ -11,7 +11,7 @@ use core::{
 /// Zeroes `t` (every byte, padding included).
 #[inline(always)]
 pub fn zero<T: Copy>(t: &mut T) {
-    const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
+    const { assert!(size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4) };
     let p = t as *mut T as *mut u32;
     let mut i = 0;
     while i < size_of::<T>() / 4 {
@@ -24,7 +24,7 @@ pub fn zero<T: Copy>(t: &mut T) {
 /// Copies `src` to `dst` (every byte, padding included).
 #[inline(always)]
 pub fn copy<T: Copy>(dst: &mut T, src: &T) {
-    const { assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4) };
+    const { assert!(size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4) };
     let d = dst as *mut T as *mut u32;
     let s = src as *const T as *const u32;
     let mut i = 0;

@@ -55,7 +55,7 @@ static SG_EVBUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 
 /// Words of the payload copy: the header window and one spare word, so that a word read at any
 /// byte offset stays inside the buffer. The request-line window is its first [`WINDOW`] bytes.
 pub const PAYLOAD_WORDS: usize = HDR_WINDOW / 8 + 1;
-const _: () = assert!(WINDOW <= HDR_WINDOW && WINDOW % 8 == 0);
+const _: () = assert!(WINDOW <= HDR_WINDOW && WINDOW.is_multiple_of(8));
 
 /// Per-CPU working space of one program run: the frame handed from the layers to the SIP stage,
 /// the copied payload windows and the scanners' states. Keeping the scanners in a map value (not

@@ -14,8 +14,7 @@ use guard_common::{
 
 use crate::{
     layers::{self, Frame, ptr_at},
-    maps::{self, PAYLOAD_WORDS},
-    verdict,
+    maps, verdict,
 };
 
 /// A UDP datagram to a SIP port: counts it, and goes on to the SIP stage only when its first

@@ -1,4 +1,5 @@
-//! `cargo xtask clippy`: clippy with warnings as errors on the host crates, then rustfmt --check.
+//! `cargo xtask clippy`: clippy with warnings as errors on the host crates and on the kernel
+//! crate (nightly, for its BPF target), then rustfmt --check.
 
 use std::process::ExitCode;
 
@@ -17,14 +18,40 @@ pub fn run() -> anyhow::Result<ExitCode> {
         "-D",
         "warnings",
     ]))?;
+    // The XDP program: its own target and nightly's build-std, as guard-userspace/build.rs
+    // builds it.
+    let kernel = util::status(
+        util::tool("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env_remove("CARGO")
+            .env_remove("RUSTC")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .current_dir(util::workspace_root().join("guard-ebpf")),
+    )?;
     let fmt = util::status(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
     if !clippy.success() {
         eprintln!("clippy failed ({clippy})");
     }
+    if !kernel.success() {
+        eprintln!("clippy on guard-ebpf failed ({kernel})");
+    }
     if !fmt.success() {
         eprintln!("rustfmt check failed ({fmt}); run `cargo fmt --all`");
     }
-    Ok(if clippy.success() && fmt.success() {
+    Ok(if clippy.success() && kernel.success() && fmt.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

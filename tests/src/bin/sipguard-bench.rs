@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use guard_common::{Action, programs};
 use sipguard::{Filter, Rule, Verdict};
 use sipguard_tests::{
-    fixtures::{Setup, case_named},
+    fixtures::{BLOCKED_URI, Setup, case_named},
     load,
+    packet::{Pkt, request_with_call_id},
 };
 
 /// Rows: (label, fixture name, expected verdict).
@@ -115,6 +116,51 @@ fn profile(fixture: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Frames of the blocked INVITE, each with its own Call-ID: every one is a new call.
+fn new_call_frames(n: usize, tag: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let call_id = format!("bench-{tag}-{i:08}@192.0.2.10");
+            Pkt::v4(&request_with_call_id("INVITE", BLOCKED_URI, &call_id)).build()
+        })
+        .collect()
+}
+
+/// Mean ns of single-shot runs (repeat 1, the kernel's own duration) over `frames`.
+fn single_shot_ns(
+    f: &Filter,
+    program: &'static str,
+    frames: &[Vec<u8>],
+    want: Verdict,
+) -> Option<f64> {
+    let mut total = 0.0;
+    for frame in frames {
+        let (rc, ns) = f.run(program, frame, 1).expect("test run");
+        if program == programs::FILTER && Verdict::from_xdp(rc) != want {
+            return None;
+        }
+        total += ns;
+    }
+    Some(total / frames.len() as f64)
+}
+
+/// The new-call path: the repeat counter cannot give each run its own Call-ID, so every frame
+/// is run once; the same single-shot method on one frame (retransmissions) and on the empty
+/// program give the references, measured in the same run.
+fn new_call_rows(f: &Filter, label: &str, tag: &str) -> Option<[f64; 3]> {
+    const N: usize = 20_000;
+    let fresh = new_call_frames(N, tag);
+    let same = vec![case_named("l2/eth-ipv4").frame; N];
+    let empty = single_shot_ns(f, programs::EMPTY, &same, Verdict::Pass)?;
+    let new_calls = single_shot_ns(f, programs::FILTER, &fresh, Verdict::Drop);
+    let Some(new_calls) = new_calls else {
+        eprintln!("new-call frames ({label}): not dropped");
+        return None;
+    };
+    let retrans = single_shot_ns(f, programs::FILTER, &same, Verdict::Drop)?;
+    Some([empty, new_calls, retrans])
+}
+
 fn main() -> ExitCode {
     if let [_, flag, fixture] = std::env::args().collect::<Vec<_>>().as_slice()
         && flag == "--profile"
@@ -142,6 +188,7 @@ fn main() -> ExitCode {
         ("100k operator prefixes", operator_rules(100_000)),
     ];
     let mut cols = Vec::new();
+    let mut singles = Vec::new();
     let mut insns = None;
     for (label, rules) in &sets {
         let t = std::time::Instant::now();
@@ -165,6 +212,10 @@ fn main() -> ExitCode {
             }
             col.push(ns);
         }
+        let Some(single) = new_call_rows(&f, label, &label[..3]) else {
+            return ExitCode::FAILURE;
+        };
+        singles.push(single);
         // The same blocked INVITE with call accounting off (no Call-ID scan, no call LRU, no
         // sources, no events): the cost of counting calls, measured in the same run.
         let mut f = f;
@@ -210,6 +261,32 @@ fn main() -> ExitCode {
             cols[i][on],
             cols[i][off],
             cols[i][on] / cols[i][off]
+        );
+    }
+    println!();
+    println!(
+        "Single-shot runs (repeat 1, 20,000 runs, mean of the kernel's own durations; ratio = ns / empty program measured the same way)"
+    );
+    println!();
+    println!(
+        "| case | {} ns | ratio | {} ns | ratio |",
+        sets[0].0, sets[1].0
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (i, label) in [
+        "empty XDP_PASS program",
+        "blocked INVITE, a new Call-ID every run (new-call path)",
+        "blocked INVITE, the same Call-ID every run (retransmission path)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "| {label} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            singles[0][i],
+            singles[0][i] / singles[0][0],
+            singles[1][i],
+            singles[1][i] / singles[1][0]
         );
     }
     println!();
