@@ -283,6 +283,69 @@ impl Scanner {
         }
     }
 
+    /// The common request line without steps: `INVITE ` and the scheme, an optional `+`, up to
+    /// sixteen digits, and the byte that ends them (`@` in a `sip:`/`sips:` URI; SP, `>`, CR, LF
+    /// or `?` in a `tel:` URI, or `;` after a global number). Returns `true` when that decided the
+    /// request line (the result is then in [`Scanner::finish`]); `false` when the line has any
+    /// other shape, and then the scanner must be [`Scanner::reset`] and stepped from the start.
+    /// Both the kernel and [`parse`] take this path first, so the property tests cover it.
+    #[inline(always)]
+    pub fn fast<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        match src.at(0) {
+            Some(b'I') => {}
+            // Keep-alives before the request line, or nothing: the steps handle those.
+            _ => return false,
+        }
+        if !self.method_and_scheme(src) {
+            return true;
+        }
+        if src.at(self.pos) == Some(b'+') {
+            self.number.plus = true;
+            self.pos += 1;
+        }
+        let mut i = 0;
+        while i < 2 {
+            let (w, _) = src.word(self.pos);
+            let k = swar::first(swar::non_digits(w));
+            self.push_digits(w, k);
+            self.pos += k;
+            if k < 8 {
+                break;
+            }
+            i += 1;
+        }
+        if self.number.len == 0 || self.number.overflow {
+            return false;
+        }
+        let ends = match src.at(self.pos) {
+            Some(b'@') => self.needs_at,
+            Some(b' ' | b'>' | b'\r' | b'\n' | b'?') => !self.needs_at,
+            Some(b';') => !self.needs_at && self.number.plus,
+            _ => false,
+        };
+        if ends {
+            self.done(outcome::NUMBER);
+        }
+        ends
+    }
+
+    /// Appends the first `k` (0..=8) bytes of `w`, ASCII digits, to the number.
+    #[inline(always)]
+    fn push_digits(&mut self, w: u64, k: u32) {
+        if k == 0 {
+            return;
+        }
+        let packed = (swar::pack_digits(w) as u64) << 32;
+        let digits = Number {
+            hi: packed & !(u64::MAX >> (4 * k)),
+            lo: 0,
+            len: k as u8,
+            plus: false,
+            overflow: false,
+        };
+        self.number.append(&digits);
+    }
+
     /// The request line's start: `INVITE ` (case-sensitive, RFC 3261 §7.1), then the scheme,
     /// one word compare each.
     #[inline(always)]
@@ -316,15 +379,7 @@ impl Scanner {
         let (w, _) = src.word(self.pos);
         let k = swar::first(swar::non_digits(w));
         if k > 0 {
-            let packed = (swar::pack_digits(w) as u64) << 32;
-            let digits = Number {
-                hi: packed & !(u64::MAX >> (4 * k)),
-                lo: 0,
-                len: k as u8,
-                plus: false,
-                overflow: false,
-            };
-            self.number.append(&digits);
+            self.push_digits(w, k);
             self.pos += k;
             return true;
         }
@@ -452,6 +507,10 @@ pub fn parse_payload(payload: &[u8]) -> Parsed {
 /// `bpf_loop`.
 pub fn parse<S: ByteSource + ?Sized>(src: &S) -> Parsed {
     let mut s = Scanner::new();
+    if s.fast(src) {
+        return s.finish();
+    }
+    s.reset();
     let mut steps = 0;
     while steps < MAX_STEPS && s.step(src) {
         steps += 1;

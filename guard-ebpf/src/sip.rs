@@ -81,14 +81,19 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
     }
     s.copied = n;
     s.scanner.reset();
-    // SAFETY: constant iteration budget and a callback with the helper's signature.
-    unsafe {
-        bpf_loop(
-            MAX_STEPS.div_ceil(URI_STEPS_PER_CALL),
-            uri_step as *mut c_void,
-            ptr::null_mut(),
-            0,
-        );
+    // The usual request line is decided without a single step; any other goes step by step.
+    let src = Window::new(&s.payload, s.copied, &raw mut s.index);
+    if !s.scanner.fast(&src) {
+        s.scanner.reset();
+        // SAFETY: constant iteration budget and a callback with the helper's signature.
+        unsafe {
+            bpf_loop(
+                MAX_STEPS.div_ceil(URI_STEPS_PER_CALL),
+                uri_step as *mut c_void,
+                ptr::null_mut(),
+                0,
+            );
+        }
     }
     match s.scanner.finish() {
         Parsed::NotInvite => XDP_PASS,
@@ -183,7 +188,7 @@ impl<const WORDS: usize> ByteSource for Window<'_, WORDS> {
 }
 
 /// Request-line scanner steps per `bpf_loop` callback.
-const URI_STEPS_PER_CALL: u32 = 2;
+const URI_STEPS_PER_CALL: u32 = 1;
 
 /// `bpf_loop` callback: request-line scanner steps. Returns 1 to stop the loop.
 extern "C" fn uri_step(_index: u32, _ctx: *mut c_void) -> i64 {
