@@ -13,12 +13,15 @@
 use core::{ffi::c_void, mem::size_of, ptr};
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
     helpers::generated::{
         bpf_ktime_get_boot_ns, bpf_loop, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
     },
     macros::{map, xdp},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -32,14 +35,18 @@ use guard_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr, vlan::VlanHdr};
 
 // Two rule tries, double-buffered with the config slots: slot 0 uses A, slot 1 uses B.
+// MAX_RULES is the default size; userspace sets `max_rules` at load (map_max_entries).
 #[map(name = "SG_RULES_A")]
 static SG_RULES_A: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
 
 #[map(name = "SG_RULES_B")]
 static SG_RULES_B: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
 
+/// Rule id -> per-CPU counters, created on the rule's first match (no preallocation), so its
+/// memory follows the rules that see traffic, not max_rules x CPUs.
 #[map(name = "SG_RULE_STATS")]
-static SG_RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+static SG_RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
+    PerCpuHashMap::with_max_entries(MAX_RULES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SG_COUNTERS")]
 static SG_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -680,10 +687,8 @@ fn verdict(
         // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
         debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
     }
-    // SAFETY: per-CPU map value, exclusively ours during this program run.
-    let stats = SG_RULE_STATS.get_ptr_mut(id).map(|p| unsafe { &mut *p });
-    let Some(stats) = stats else {
-        // Only possible if userspace wrote an id past MAX_RULES; the verdict still stands.
+    let Some(stats) = rule_stats(id) else {
+        // The counter map is full (or out of memory): the verdict still stands.
         return decide(c, cfg, action, &mut RuleCounters::default());
     };
     stats.matched += 1;
@@ -711,6 +716,22 @@ fn verdict(
         }
     }
     rc
+}
+
+/// The rule's counters on this CPU, created zeroed on its first match. BPF_NOEXIST: when
+/// another CPU created them first, the lookup after the failed insert finds its entry.
+#[inline(always)]
+fn rule_stats(id: u32) -> Option<&'static mut RuleCounters> {
+    let p = match SG_RULE_STATS.get_ptr_mut(id) {
+        Some(p) => p,
+        None => {
+            let _ = SG_RULE_STATS.insert(id, RuleCounters::default(), BPF_NOEXIST as u64);
+            SG_RULE_STATS.get_ptr_mut(id)?
+        }
+    };
+    // SAFETY: this CPU's slot of a per-CPU map value, exclusively ours during this program
+    // run; the kernel frees a deleted entry only after an RCU grace period.
+    Some(unsafe { &mut *p })
 }
 
 /// Calls, not packets: a new initial INVITE counts as a call; one whose Call-ID was seen is a
