@@ -347,7 +347,8 @@ impl Maps {
         Ok(out)
     }
 
-    fn trie_rules(&self, slot: u32) -> Result<Vec<LiveRule>, MapsError> {
+    /// The rules in trie `slot` (0 or 1), live or standby, sorted by prefix.
+    pub fn trie_rules(&self, slot: u32) -> Result<Vec<LiveRule>, MapsError> {
         let name = names::RULES[slot as usize & 1];
         let trie = &self.rules[slot as usize & 1];
         let mut out = Vec::new();
