@@ -12,6 +12,7 @@
 //! - [`daemon`]: `sipguard run`;
 //! - [`capture`]: pcap/pcapng reading for `sipguard replay`.
 
+pub mod batch;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -19,7 +19,8 @@
 //! prefix never reuses the id, and the counters, of a rule that either trie still holds.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    os::fd::AsFd as _,
     path::Path,
     time::Duration,
 };
@@ -38,6 +39,7 @@ use guard_common::{
 use thiserror::Error;
 
 use crate::{
+    batch,
     rules::{Prefix, RuleSet},
     settings::{Settings, SettingsError},
 };
@@ -116,6 +118,10 @@ fn errno(e: &MapError) -> Option<i32> {
     }
 }
 
+fn syscall_err(call: &'static str, io_error: std::io::Error) -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError { call, io_error })
+}
+
 fn not_found(e: &MapError) -> bool {
     matches!(e, MapError::KeyNotFound) || errno(e) == Some(libc::ENOENT)
 }
@@ -149,8 +155,63 @@ pub struct Delta {
     pub remove: Vec<Prefix>,
 }
 
-/// One write to a trie: set the rule of a prefix, or remove it (`None`).
-type Op = (Prefix, Option<RuleValue>);
+/// One write to a trie: set the rule of a key, or remove it (`None`).
+type Op = (TrieKey, Option<RuleValue>);
+
+/// A rule trie key that can be compared and hashed (aya's `Key` is packed and has neither).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrieKey {
+    pub prefix_len: u32,
+    pub data: RuleKeyData,
+}
+
+impl TrieKey {
+    /// The key of `prefix`'s rule.
+    pub fn of(prefix: &Prefix) -> Self {
+        let k = prefix.key();
+        Self {
+            prefix_len: k.prefix_len,
+            data: k.data,
+        }
+    }
+
+    fn aya(self) -> Key<RuleKeyData> {
+        Key::new(self.prefix_len, self.data)
+    }
+
+    /// The prefix this key was made from (`None` for a key sipguard never writes).
+    pub fn prefix(&self) -> Option<Prefix> {
+        Prefix::from_key(self.prefix_len, &self.data)
+    }
+
+    /// The trie value of a rule with this key.
+    fn value(self, id: u32, action: Action) -> RuleValue {
+        RuleValue {
+            id,
+            action: action as u8,
+            flags: 0,
+            prefix_len: self.prefix_len as u16,
+        }
+    }
+}
+
+impl From<Key<RuleKeyData>> for TrieKey {
+    fn from(k: Key<RuleKeyData>) -> Self {
+        Self {
+            prefix_len: k.prefix_len(),
+            data: k.data(),
+        }
+    }
+}
+
+impl std::fmt::Display for TrieKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix() {
+            Some(p) => write!(f, "{p}"),
+            None => write!(f, "key/{}", self.prefix_len),
+        }
+    }
+}
 
 /// A commit that is live (switched) and whose standby trie, the one that was live before, still
 /// has to get the same change: [`Maps::finish`] applies it after an RCU grace period.
@@ -198,6 +259,8 @@ pub struct Maps {
     /// max_entries of the rule tries (the smaller one) and of the counter hash.
     capacity: u32,
     stats_capacity: u32,
+    /// Whether the kernel takes batch commands on the rule tries (cleared at the first refusal).
+    batch: bool,
 }
 
 impl Maps {
@@ -270,6 +333,7 @@ impl Maps {
                 .transpose()?,
             capacity,
             stats_capacity,
+            batch: true,
         })
     }
 
@@ -338,6 +402,24 @@ impl Maps {
 
     /// The configured SIP ports.
     pub fn sip_ports(&self) -> Result<Vec<u16>, MapsError> {
+        // One batch syscall for the 65,536 entries where the kernel has it.
+        let fd = self.ports.map().fd().as_fd();
+        match batch::lookup_all::<u32, u8>(fd) {
+            Ok(all) => {
+                return Ok(all
+                    .into_iter()
+                    .filter(|&(_, v)| v != 0)
+                    .map(|(port, _)| port as u16)
+                    .collect());
+            }
+            Err(e) if batch::unsupported(&e) => {}
+            Err(e) => {
+                return Err(map_err(names::SIP_PORTS, "read ports")(syscall_err(
+                    "BPF_MAP_LOOKUP_BATCH",
+                    e,
+                )));
+            }
+        }
         let mut out = Vec::new();
         for (port, v) in self.ports.iter().enumerate() {
             if v.map_err(map_err(names::SIP_PORTS, format!("read port {port}")))? != 0 {
@@ -347,26 +429,58 @@ impl Maps {
         Ok(out)
     }
 
-    /// The rules in trie `slot` (0 or 1), live or standby, sorted by prefix.
-    pub fn trie_rules(&self, slot: u32) -> Result<Vec<LiveRule>, MapsError> {
+    /// The entries of trie `slot` whose keys a [`Prefix`] makes (anything else was never written
+    /// by sipguard and is ignored rather than misread), in the trie's order.
+    fn trie_entries(&self, slot: u32) -> Result<Vec<(TrieKey, RuleValue)>, MapsError> {
         let name = names::RULES[slot as usize & 1];
         let trie = &self.rules[slot as usize & 1];
+        let valid = |k: &TrieKey| Prefix::from_key(k.prefix_len, &k.data).is_some();
+        match batch::lookup_all::<Key<RuleKeyData>, RuleValue>(trie.map().fd().as_fd()) {
+            Ok(all) => {
+                return Ok(all
+                    .into_iter()
+                    .map(|(k, v)| (TrieKey::from(k), v))
+                    .filter(|(k, _)| valid(k))
+                    .collect());
+            }
+            Err(e) if batch::unsupported(&e) => {}
+            Err(e) => {
+                return Err(map_err(name, "read rules")(syscall_err(
+                    "BPF_MAP_LOOKUP_BATCH",
+                    e,
+                )));
+            }
+        }
         let mut out = Vec::new();
         for key in trie.keys() {
             let key = key.map_err(map_err(name, "iterate keys"))?;
-            let prefix_len = key.prefix_len();
-            let data = key.data();
-            let Some(prefix) = Prefix::from_key(prefix_len, &data) else {
-                continue; // Never written by sipguard; ignored rather than misread.
-            };
+            let k = TrieKey::from(key);
+            if !valid(&k) {
+                continue;
+            }
             // Exact-key lookup: a full-length key returns the rule itself.
             match trie.get(&key, 0) {
-                Ok(value) => out.push(LiveRule { prefix, value }),
+                Ok(value) => out.push((k, value)),
                 // Removed between iteration and lookup (a concurrent commit): skip it.
                 Err(e) if not_found(&e) => {}
-                Err(e) => return Err(map_err(name, format!("read rule {prefix}"))(e)),
+                Err(e) => return Err(map_err(name, format!("read rule {k}"))(e)),
             }
         }
+        Ok(out)
+    }
+
+    /// The rules in trie `slot` (0 or 1), live or standby, sorted by prefix.
+    pub fn trie_rules(&self, slot: u32) -> Result<Vec<LiveRule>, MapsError> {
+        let mut out: Vec<LiveRule> = self
+            .trie_entries(slot)?
+            .into_iter()
+            .filter_map(|(k, value)| {
+                Some(LiveRule {
+                    prefix: k.prefix()?,
+                    value,
+                })
+            })
+            .collect();
         out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
         Ok(out)
     }
@@ -396,9 +510,9 @@ impl Maps {
         slot: u32,
         prefix: &Prefix,
     ) -> Result<Result<Option<RuleValue>, ()>, MapsError> {
-        let k = prefix.key();
+        let k = TrieKey::of(prefix);
         let slot = slot as usize & 1;
-        match self.rules[slot].get(&Key::new(k.prefix_len, k.data), 0) {
+        match self.rules[slot].get(&k.aya(), 0) {
             Ok(v) if v.prefix_len == 0 => Ok(Err(())),
             Ok(v) => Ok(Ok((u32::from(v.prefix_len) == k.prefix_len).then_some(v))),
             Err(e) if not_found(&e) => Ok(Ok(None)),
@@ -452,30 +566,72 @@ impl Maps {
         Ok(Some(first))
     }
 
-    /// Writes `ops` into trie `slot`. Removals first, so that a full trie makes room.
+    /// Writes `ops` into trie `slot`. Removals first, so that a full trie makes room. In
+    /// batches of thousands per syscall where the kernel has batch commands.
     fn apply_ops(&mut self, slot: u32, ops: &[Op], total: usize) -> Result<(), MapsError> {
         let name = names::RULES[slot as usize & 1];
         let max = self.capacity;
+        let removes: Vec<Key<RuleKeyData>> = ops
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.aya())
+            .collect();
+        let (sets, values): (Vec<Key<RuleKeyData>>, Vec<RuleValue>) = ops
+            .iter()
+            .filter_map(|(k, v)| Some((k.aya(), (*v)?)))
+            .unzip();
+        let insert_err = |key: &Key<RuleKeyData>, e: MapError| match errno(&e) {
+            Some(libc::ENOSPC) | Some(libc::E2BIG) => MapsError::Full { wanted: total, max },
+            _ => map_err(name, format!("insert {}", TrieKey::from(*key)))(e),
+        };
+        let mut use_batch = self.batch;
         let trie = &mut self.rules[slot as usize & 1];
-        for (prefix, _) in ops.iter().filter(|(_, v)| v.is_none()) {
-            let k = prefix.key();
-            match trie.remove(&Key::new(k.prefix_len, k.data)) {
-                Ok(()) => {}
-                Err(e) if not_found(&e) => {}
-                Err(e) => return Err(map_err(name, format!("remove {prefix}"))(e)),
+        let mut removed = 0;
+        if use_batch {
+            let (n, e) = batch::delete(trie.map().fd().as_fd(), &removes);
+            removed = n;
+            match e {
+                None => {}
+                Some(e) if n == 0 && batch::unsupported(&e) => use_batch = false,
+                Some(e) => {
+                    let key = TrieKey::from(removes[n]);
+                    return Err(map_err(name, format!("remove {key}"))(syscall_err(
+                        "BPF_MAP_DELETE_BATCH",
+                        e,
+                    )));
+                }
             }
         }
-        for (prefix, value) in ops {
-            let Some(value) = value else { continue };
-            let k = prefix.key();
-            trie.insert(&Key::new(k.prefix_len, k.data), *value, 0)
-                .map_err(|e| match errno(&e) {
-                    Some(libc::ENOSPC) | Some(libc::E2BIG) => {
-                        MapsError::Full { wanted: total, max }
-                    }
-                    _ => map_err(name, format!("insert {prefix}"))(e),
-                })?;
+        for key in &removes[removed..] {
+            match trie.remove(key) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => {
+                    let key = TrieKey::from(*key);
+                    return Err(map_err(name, format!("remove {key}"))(e));
+                }
+            }
         }
+        let mut set = 0;
+        if use_batch {
+            let (n, e) = batch::update(trie.map().fd().as_fd(), &sets, &values);
+            set = n;
+            match e {
+                None => {}
+                Some(e) if n == 0 && batch::unsupported(&e) => use_batch = false,
+                Some(e) => {
+                    return Err(insert_err(
+                        &sets[n],
+                        syscall_err("BPF_MAP_UPDATE_BATCH", e),
+                    ));
+                }
+            }
+        }
+        for (key, value) in sets[set..].iter().zip(&values[set..]) {
+            trie.insert(key, *value, 0)
+                .map_err(|e| insert_err(key, e))?;
+        }
+        self.batch = use_batch;
         Ok(())
     }
 
@@ -537,56 +693,52 @@ impl Maps {
         }
         let live = self.active_slot()?;
         let next = live ^ 1;
-        let read = |slot| -> Result<BTreeMap<Prefix, RuleValue>, MapsError> {
-            Ok(self
-                .trie_rules(slot)?
-                .into_iter()
-                .map(|r| (r.prefix, r.value))
-                .collect())
+        let read = |slot| -> Result<HashMap<TrieKey, RuleValue>, MapsError> {
+            Ok(self.trie_entries(slot)?.into_iter().collect())
         };
         let current = read(live)?;
         let staged = read(next)?;
+        // The rule set by key, in its (prefix) order: consecutive writes share trie paths.
+        let keyed: Vec<(TrieKey, Action)> = rules
+            .iter()
+            .map(|(p, e)| (TrieKey::of(p), e.action))
+            .collect();
 
         // Ids: keep the live id of every prefix that stays; new prefixes get ids from the
         // growing counter, which starts above every id either trie holds.
-        let used: BTreeSet<u32> = current
-            .values()
-            .chain(staged.values())
-            .map(|v| v.id)
-            .collect();
-        let fresh = rules.keys().filter(|p| !current.contains_key(*p)).count();
+        let used: BTreeSet<u32> = current.values().chain(staged.values()).map(|v| v.id).collect();
+        let fresh = keyed.iter().filter(|(k, _)| !current.contains_key(k)).count();
         let mut sel = self.slot(CONFIG_SELECTOR)?;
         let floor = used.last().map_or(0, |&m| m.saturating_add(1));
         let start = sel.next_rule_id.max(floor);
-        let mut ids: Box<dyn Iterator<Item = u32>> =
-            match start.checked_add(u32::try_from(fresh).unwrap_or(u32::MAX)) {
-                Some(end) => {
-                    sel.next_rule_id = end;
-                    Box::new(start..end)
-                }
-                // The id space is used up: start again from the lowest ids no trie holds.
-                None => {
-                    let free: Vec<u32> = (0..u32::MAX)
-                        .filter(|id| !used.contains(id))
-                        .take(fresh)
-                        .collect();
-                    sel.next_rule_id = free.last().map_or(0, |&m| m + 1);
-                    Box::new(free.into_iter())
-                }
-            };
+        let wrapped = u32::try_from(fresh)
+            .ok()
+            .and_then(|f| start.checked_add(f))
+            .is_none();
+        let mut ids: Box<dyn Iterator<Item = u32>> = if wrapped {
+            // The id space is used up: start again from the lowest ids no trie holds.
+            let free: Vec<u32> = (0..u32::MAX)
+                .filter(|id| !used.contains(id))
+                .take(fresh)
+                .collect();
+            sel.next_rule_id = free.last().map_or(0, |&m| m + 1);
+            Box::new(free.into_iter())
+        } else {
+            sel.next_rule_id = start + fresh as u32;
+            Box::new(start..)
+        };
         self.set_slot(CONFIG_SELECTOR, sel)?;
-        let wrapped = start.checked_add(fresh as u32).is_none();
 
         let mut report = CommitReport {
             total: rules.len(),
             ..Default::default()
         };
-        let mut wanted: BTreeMap<Prefix, RuleValue> = BTreeMap::new();
+        let mut wanted: Vec<(TrieKey, RuleValue)> = Vec::with_capacity(keyed.len());
         let mut fresh_ids = Vec::new();
-        for (prefix, entry) in rules {
-            let id = match current.get(prefix) {
+        for (key, action) in keyed {
+            let id = match current.get(&key) {
                 Some(v) => {
-                    if v.action != entry.action as u8 {
+                    if v.action != action as u8 {
                         report.changed += 1;
                     }
                     v.id
@@ -594,30 +746,36 @@ impl Maps {
                 None => {
                     report.added += 1;
                     let id = ids.next().expect("one id per new prefix");
-                    fresh_ids.push(id);
+                    if wrapped {
+                        fresh_ids.push(id);
+                    }
                     id
                 }
             };
-            wanted.insert(prefix.clone(), rule_value(prefix, id, entry.action));
+            wanted.push((key, key.value(id, action)));
         }
         drop(ids);
-        report.removed = current.keys().filter(|p| !rules.contains_key(*p)).count();
-        if wrapped {
-            // Recycled ids: their counters (of long-gone rules) must start from zero.
-            for id in &fresh_ids {
-                self.remove_stats(*id)?;
-            }
+        let wanted_keys: HashSet<TrieKey> = wanted.iter().map(|(k, _)| *k).collect();
+        report.removed = current.keys().filter(|k| !wanted_keys.contains(k)).count();
+        // Recycled ids (after a wrap): their counters, of long-gone rules, start from zero.
+        for id in fresh_ids {
+            self.remove_stats(id)?;
         }
 
-        let diff = |have: &BTreeMap<Prefix, RuleValue>| -> Vec<Op> {
-            have.keys()
-                .filter(|p| !wanted.contains_key(*p))
-                .map(|p| (p.clone(), None))
+        let diff = |have: &HashMap<TrieKey, RuleValue>| -> Vec<Op> {
+            let mut gone: Vec<TrieKey> = have
+                .keys()
+                .filter(|k| !wanted_keys.contains(k))
+                .copied()
+                .collect();
+            gone.sort();
+            gone.into_iter()
+                .map(|k| (k, None))
                 .chain(
                     wanted
                         .iter()
-                        .filter(|(p, v)| have.get(*p) != Some(*v))
-                        .map(|(p, v)| (p.clone(), Some(*v))),
+                        .filter(|(k, v)| have.get(k) != Some(v))
+                        .map(|(k, v)| (*k, Some(*v))),
                 )
                 .collect()
         };
@@ -640,7 +798,7 @@ impl Maps {
                 .set(p as u32, 0u8, 0)
                 .map_err(map_err(names::SIP_PORTS, format!("remove port {p}")))?;
         }
-        let live_ids = wanted.values().map(|v| v.id).collect();
+        let live_ids = wanted.iter().map(|(_, v)| v.id).collect();
         Ok((
             report,
             Pending {
@@ -684,7 +842,7 @@ impl Maps {
                 Some(v) if v.action == *action as u8 => {}
                 Some(v) => {
                     report.changed += 1;
-                    ops.push((prefix.clone(), Some(rule_value(prefix, v.id, *action))));
+                    ops.push((TrieKey::of(prefix), Some(rule_value(prefix, v.id, *action))));
                 }
                 None => {
                     report.added += 1;
@@ -702,7 +860,7 @@ impl Maps {
             if let Some(v) = old {
                 report.removed += 1;
                 dead_ids.push(v.id);
-                ops.push((prefix.clone(), None));
+                ops.push((TrieKey::of(prefix), None));
             }
         }
         let total = (live_config.rule_count as usize + report.added).saturating_sub(report.removed);
@@ -728,7 +886,7 @@ impl Maps {
         };
         for (i, (prefix, action)) in new_prefixes.into_iter().enumerate() {
             ops.push((
-                prefix.clone(),
+                TrieKey::of(prefix),
                 Some(rule_value(prefix, first + i as u32, action)),
             ));
         }
@@ -933,12 +1091,7 @@ pub fn take_legacy_stats(dir: &Path) -> Result<Vec<(u32, PerCpuValues<RuleCounte
 
 /// The trie value of rule `prefix`.
 pub fn rule_value(prefix: &Prefix, id: u32, action: Action) -> RuleValue {
-    RuleValue {
-        id,
-        action: action as u8,
-        flags: 0,
-        prefix_len: prefix.key().prefix_len as u16,
-    }
+    TrieKey::of(prefix).value(id, action)
 }
 
 /// The generation after `a` and `b` (never 0, which means "unknown").
