@@ -89,9 +89,9 @@ pub enum Edit {
 ///
 /// The edit is a delta: the live rules it touches are read with exact lookups, and each
 /// interface's maps get a few updates per trie (see [`Maps::stage_delta`]), so it is live
-/// within milliseconds whatever the size of the rule set. The state files (`runtime.toml`,
-/// `rules.json`) are written after the kernel enforces the edit: with a million rules,
-/// rewriting `rules.json` is the slow part.
+/// within milliseconds whatever the size of the rule set. `runtime.toml` is written after the
+/// kernel enforces the edit; `rules.json` (a million rules make 60 MB) is left to the daemon's
+/// next commit.
 pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
     let t0 = std::time::Instant::now();
     let ifaces = ctx.pins.require_ifaces()?;
@@ -207,21 +207,17 @@ pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
     }
     let synced = t0.elapsed();
 
-    let mut meta = ctx.state.committed().unwrap_or_default();
+    // runtime.toml records the edit (and its comment and country: `rule_meta` reads them from
+    // there); rules.json is rewritten by the daemon's next commit, not here.
     match edit {
         Edit::Add { rules: new, .. } => {
             for (p, e) in new {
-                overlay.add(p.clone(), &e);
-                meta.insert(p, e);
+                overlay.add(p, &e);
             }
         }
-        Edit::Del(prefix) => {
-            overlay.delete(prefix.clone());
-            meta.remove(&prefix);
-        }
+        Edit::Del(prefix) => overlay.delete(prefix),
     }
     ctx.state.save_overlay(&overlay)?;
-    ctx.state.save_committed(&meta)?;
     tracing::debug!(
         live_ms = enforced.as_secs_f64() * 1e3,
         standby_ms = synced.as_secs_f64() * 1e3,
@@ -334,7 +330,7 @@ struct RuleRow {
 pub fn rules_list(ctx: &Ctx, json_out: bool) -> Result<()> {
     let ifaces = ctx.pins.require_ifaces()?;
     let maps = Maps::from_pins(&ctx.pins.iface_dir(&ifaces[0]))?;
-    let meta = ctx.state.committed().unwrap_or_default();
+    let meta = ctx.state.rule_meta();
     let rows: Vec<RuleRow> = maps
         .rules()?
         .into_iter()
@@ -426,7 +422,7 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 /// Per-rule and global counters summed over every interface.
 pub fn collect_stats(ctx: &Ctx) -> Result<(Vec<StatRow>, BTreeMap<&'static str, u64>)> {
     let ifaces = ctx.pins.require_ifaces()?;
-    let meta = ctx.state.committed().unwrap_or_default();
+    let meta = ctx.state.rule_meta();
     let mut per_rule: BTreeMap<Prefix, (Action, RuleCounters)> = BTreeMap::new();
     let mut global: BTreeMap<&'static str, u64> =
         Counter::ALL.iter().map(|c| (c.name(), 0)).collect();

@@ -167,7 +167,7 @@ pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result
         reload_ok.clone(),
     );
 
-    let meta = state.committed().unwrap_or_default();
+    let meta = state.rule_meta();
     let mut by_iface: std::collections::BTreeMap<String, Vec<crate::cli::SourceRow>> =
         std::collections::BTreeMap::new();
     let ctx = crate::cli::Ctx {

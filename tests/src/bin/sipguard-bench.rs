@@ -402,7 +402,7 @@ fn capacity_section(n: usize) -> anyhow::Result<()> {
         );
     }
     println!(
-        "(live_ms: the kernel enforces the edit; standby_ms: the other trie synced after an RCU grace period; the rest of total_ms is runtime.toml and rules.json)"
+        "(live_ms: the kernel enforces the edit; standby_ms: the other trie synced after an RCU grace period; the rest of total_ms is recording the edit in runtime.toml)"
     );
     drop(pf);
 
