@@ -620,10 +620,7 @@ impl Maps {
                 None => {}
                 Some(e) if n == 0 && batch::unsupported(&e) => use_batch = false,
                 Some(e) => {
-                    return Err(insert_err(
-                        &sets[n],
-                        syscall_err("BPF_MAP_UPDATE_BATCH", e),
-                    ));
+                    return Err(insert_err(&sets[n], syscall_err("BPF_MAP_UPDATE_BATCH", e)));
                 }
             }
         }
@@ -699,15 +696,20 @@ impl Maps {
         let current = read(live)?;
         let staged = read(next)?;
         // The rule set by key, in its (prefix) order: consecutive writes share trie paths.
-        let keyed: Vec<(TrieKey, Action)> = rules
-            .iter()
-            .map(|(p, e)| (TrieKey::of(p), e.action))
-            .collect();
+        let mut keyed: Vec<(TrieKey, Action)> = Vec::with_capacity(rules.len());
+        keyed.extend(rules.iter().map(|(p, e)| (TrieKey::of(p), e.action)));
 
         // Ids: keep the live id of every prefix that stays; new prefixes get ids from the
         // growing counter, which starts above every id either trie holds.
-        let used: BTreeSet<u32> = current.values().chain(staged.values()).map(|v| v.id).collect();
-        let fresh = keyed.iter().filter(|(k, _)| !current.contains_key(k)).count();
+        let used: BTreeSet<u32> = current
+            .values()
+            .chain(staged.values())
+            .map(|v| v.id)
+            .collect();
+        let fresh = keyed
+            .iter()
+            .filter(|(k, _)| !current.contains_key(k))
+            .count();
         let mut sel = self.slot(CONFIG_SELECTOR)?;
         let floor = used.last().map_or(0, |&m| m.saturating_add(1));
         let start = sel.next_rule_id.max(floor);
@@ -755,32 +757,34 @@ impl Maps {
             wanted.push((key, key.value(id, action)));
         }
         drop(ids);
-        let wanted_keys: HashSet<TrieKey> = wanted.iter().map(|(k, _)| *k).collect();
-        report.removed = current.keys().filter(|k| !wanted_keys.contains(k)).count();
         // Recycled ids (after a wrap): their counters, of long-gone rules, start from zero.
         for id in fresh_ids {
             self.remove_stats(id)?;
         }
 
+        // What turns `have` into `wanted`: removals (sorted), then the rules to write. The
+        // cost follows the size of both, and nothing is hashed for an empty `have`.
         let diff = |have: &HashMap<TrieKey, RuleValue>| -> Vec<Op> {
-            let mut gone: Vec<TrieKey> = have
-                .keys()
-                .filter(|k| !wanted_keys.contains(k))
-                .copied()
-                .collect();
-            gone.sort();
-            gone.into_iter()
-                .map(|k| (k, None))
-                .chain(
-                    wanted
-                        .iter()
-                        .filter(|(k, v)| have.get(k) != Some(v))
-                        .map(|(k, v)| (*k, Some(*v))),
-                )
-                .collect()
+            let mut gone: HashSet<TrieKey> = have.keys().copied().collect();
+            let mut sets = Vec::with_capacity(wanted.len());
+            for (k, v) in &wanted {
+                if gone.is_empty() {
+                    sets.push((*k, Some(*v)));
+                    continue;
+                }
+                gone.remove(k);
+                if have.get(k) != Some(v) {
+                    sets.push((*k, Some(*v)));
+                }
+            }
+            let mut ops: Vec<Op> = gone.into_iter().map(|k| (k, None)).collect();
+            ops.sort_by_key(|(k, _)| *k);
+            ops.extend(sets);
+            ops
         };
         let stage_ops = diff(&staged);
         let standby_ops = diff(&current);
+        report.removed = standby_ops.iter().filter(|(_, v)| v.is_none()).count();
         let generation = next_generation(self.slot(live)?.generation, self.slot(next)?.generation);
 
         // Ports: new ones first (they are not double-buffered; a port added early only means

@@ -315,7 +315,11 @@ fn cli_until(
             ["live_ms", "standby_ms", "total_ms"]
                 .iter()
                 .filter_map(|k| {
-                    let v = l.split(&format!("{k}=")).nth(1)?.split_whitespace().next()?;
+                    let v = l
+                        .split(&format!("{k}="))
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?;
                     Some(format!("{k}={:.1}", v.parse::<f64>().ok()?))
                 })
                 .collect::<Vec<_>>()
@@ -333,7 +337,10 @@ fn capacity_section(n: usize) -> anyhow::Result<()> {
         ..Setup::Default.settings()
     };
     println!();
-    println!("## Capacity ({n} rules, max_rules = {}, {cpus} CPUs)", big.max_rules);
+    println!(
+        "## Capacity ({n} rules, max_rules = {}, {cpus} CPUs)",
+        big.max_rules
+    );
     println!();
     let t = Instant::now();
     let rules = rule_set(n);
@@ -380,7 +387,11 @@ fn capacity_section(n: usize) -> anyhow::Result<()> {
             vec!["rules", "add", "+3399", "--action", "block"],
             Verdict::Drop,
         ),
-        ("rules del +3399", vec!["rules", "del", "+3399"], Verdict::Pass),
+        (
+            "rules del +3399",
+            vec!["rules", "del", "+3399"],
+            Verdict::Pass,
+        ),
     ] {
         let (enforced, wall, timings) = cli_until(&pf, &args, &frame, want)?;
         let maps = Maps::from_pins(&pf.pins.iface_dir(PinnedFilter::IFACE))?;
