@@ -23,7 +23,7 @@ use crate::{harness::sipguard_bin, packet::Pkt};
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -40,10 +40,10 @@ pub fn rule_set(n: usize) -> RuleSet {
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let mut out = RuleSet::new();
     while out.len() < n {
-        let len = 6 + (rng.next() % 4) as usize;
+        let len = 6 + (rng.next_u64() % 4) as usize;
         let mut p = String::from("+");
         for i in 0..len {
-            let d = (rng.next() % 10) as u8;
+            let d = (rng.next_u64() % 10) as u8;
             p.push(char::from(b'0' + if i == 0 && d == 0 { 4 } else { d }));
         }
         if p.starts_with(FREE) {

@@ -69,10 +69,10 @@ fn operator_rules(total: usize) -> Vec<Rule> {
         rules.iter().map(|r| r.prefix.to_string()).collect();
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     while rules.len() < total {
-        let len = 6 + (rng.next() % 4) as usize;
+        let len = 6 + (rng.next_u64() % 4) as usize;
         let mut p = String::from("+");
         for i in 0..len {
-            let d = (rng.next() % 10) as u8;
+            let d = (rng.next_u64() % 10) as u8;
             p.push(char::from(b'0' + if i == 0 && d == 0 { 4 } else { d }));
         }
         if p.starts_with("+33") || !seen.insert(p.clone()) {
