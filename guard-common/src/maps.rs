@@ -42,8 +42,13 @@ pub mod programs {
     pub const EMPTY: &str = "sipguard_empty";
 }
 
-/// Capacity of the rule map and of the per-rule counter array. Rule ids are `0..MAX_RULES`.
+/// Default capacity of each rule trie and of the per-rule counter hash: the `max_entries` the
+/// object is compiled with. Userspace overrides it at load (`max_rules` in `[settings]`).
+/// Rule ids are not bounded by it: they are allocated from [`Config::next_rule_id`].
 pub const MAX_RULES: u32 = 262_144;
+
+/// The largest `max_rules` an operator may configure.
+pub const MAX_RULES_LIMIT: u32 = 4_000_000;
 
 /// The rule trie's key data: domain byte + digit nibbles (see [`LookupKey`]).
 pub type RuleKeyData = [u8; KEY_DATA_LEN];
@@ -75,16 +80,20 @@ impl Action {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuleValue {
-    /// Index into the per-rule counters.
+    /// The rule's id: the key of its counters in [`names::RULE_STATS`].
     pub id: u32,
     /// An [`Action`] as `u8`.
     pub action: u8,
     /// Reserved for per-rule options (rate limits, source policies); zero today.
     pub flags: u8,
-    pub _reserved: u16,
+    /// The prefix length (bits) of the rule's own key, so that a longest-prefix lookup with a
+    /// rule's full key tells an exact hit from a shorter rule. 0 in tries written by versions
+    /// before it existed (userspace then treats the trie as unknown and rewrites it).
+    pub prefix_len: u16,
 }
 
-/// Per-rule counters (one per CPU; userspace sums them).
+/// Per-rule counters (one per CPU; userspace sums them). Kept in a per-CPU hash keyed by the
+/// rule id, created by the program on the rule's first match, so that memory follows traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounters {
@@ -129,9 +138,22 @@ pub struct Config {
     /// Events a CPU may send in a burst above the rate.
     pub event_burst: u32,
     pub _pad: u32,
+    /// Selector slot only: the next rule id userspace hands out. Ids only grow, so a new
+    /// prefix never gets the id (and the counters) of a rule either trie still holds.
+    pub next_rule_id: u32,
+    /// Slots 0 and 1: the generation of the rule set in this slot's trie, written after the
+    /// trie was synced to it (0: unknown, or being written). Both tries hold the same rule set
+    /// when both slots carry the same non-zero generation, so a small edit can be applied as a
+    /// delta to each trie in turn instead of a full sync.
+    pub generation: u32,
+    /// Slots 0 and 1: rules in this slot's trie (valid with a non-zero generation).
+    pub rule_count: u32,
     /// Reserved for later global settings; zero today.
-    pub _reserved: [u64; 2],
+    pub _reserved: u32,
 }
+
+// Both sides of the map agree on the value size: the kernel object is built from this struct.
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 /// Config flag: the program writes an aya-log debug line for every rule match. Off by default:
 /// it costs a ring-buffer write per matched INVITE, which a flood would turn into load.
@@ -155,7 +177,10 @@ impl Config {
             event_rate: 0,
             event_burst: 0,
             _pad: 0,
-            _reserved: [0; 2],
+            next_rule_id: 0,
+            generation: 0,
+            rule_count: 0,
+            _reserved: 0,
         }
     }
 }

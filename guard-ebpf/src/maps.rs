@@ -1,8 +1,12 @@
 //! The program's maps, and typed access to the per-CPU values it works in.
 
+// Keys by reference, as in `verdict` (by value they cost verifier instructions).
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use guard_common::{
     CONFIG_SELECTOR, CONFIG_SLOTS, CallSeen, Config, EVENT_RING_BYTES, Endpoint, GlobalCounters,
@@ -13,14 +17,18 @@ use guard_common::{
 use crate::layers::Frame;
 
 // Two rule tries, double-buffered with the config slots: slot 0 uses A, slot 1 uses B.
+// MAX_RULES is the default size; userspace sets `max_rules` at load (map_max_entries).
 #[map(name = "SG_RULES_A")]
 static SG_RULES_A: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
 
 #[map(name = "SG_RULES_B")]
 static SG_RULES_B: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
 
+/// Rule id -> per-CPU counters, created on the rule's first match (no preallocation), so its
+/// memory follows the rules that see traffic, not max_rules x CPUs.
 #[map(name = "SG_RULE_STATS")]
-pub static SG_RULE_STATS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+static SG_RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
+    PerCpuHashMap::with_max_entries(MAX_RULES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SG_COUNTERS")]
 static SG_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -102,11 +110,22 @@ pub fn event_bucket() -> Option<&'static mut TokenBucket> {
     SG_EVBUCKET.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// Counters of rule `id` on this CPU.
-#[inline(always)]
+/// The counters of rule `id` on this CPU, created zeroed on its first match. BPF_NOEXIST: when
+/// another CPU created them first, the lookup after the failed insert finds its entry. A BPF
+/// function of its own: both paths (found, created) return into one verifier state, so the rest
+/// of the verdict is verified once.
+#[inline(never)]
 pub fn rule_counters(id: u32) -> Option<&'static mut RuleCounters> {
-    // SAFETY: as for `counters`.
-    SG_RULE_STATS.get_ptr_mut(id).map(|p| unsafe { &mut *p })
+    let p = match SG_RULE_STATS.get_ptr_mut(&id) {
+        Some(p) => p,
+        None => {
+            let _ = SG_RULE_STATS.insert(&id, &RuleCounters::default(), BPF_NOEXIST as u64);
+            SG_RULE_STATS.get_ptr_mut(&id)?
+        }
+    };
+    // SAFETY: this CPU's slot of a per-CPU map value, exclusively ours during this program run;
+    // the kernel frees a deleted entry only after an RCU grace period.
+    Some(unsafe { &mut *p })
 }
 
 /// Whether `port` is a configured SIP port.

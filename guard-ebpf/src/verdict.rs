@@ -43,7 +43,7 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
     }
     let Some(stats) = maps::rule_counters(id) else {
-        // Only possible if userspace wrote an id past the counters; the verdict still stands.
+        // The counter map is full (or out of memory): the verdict still stands.
         return enforce(c, cfg, action, &mut RuleCounters::default());
     };
     stats.matched += 1;

@@ -2,7 +2,12 @@
 //! None of them needs the daemon: they open the pinned maps directly, so an edit is live within
 //! milliseconds, and they take the state lock so they never interleave with a daemon reload.
 
-use std::{collections::BTreeMap, io::Write as _, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use guard_common::{Action, Config, Counter, Domain, RuleCounters};
@@ -11,7 +16,7 @@ use serde_json::json;
 
 use crate::{
     config, country,
-    maps::Maps,
+    maps::{Delta, Maps},
     pins::{self, LINK_PIN, PROG_PIN, PinRoot},
     rules::{Prefix, RuleEntry, RuleSet, Source, action_name},
     settings::{Settings, mode_name},
@@ -49,25 +54,26 @@ pub fn live_settings(config: &Config, ports: Vec<u16>) -> Settings {
         track_calls: config.flags & guard_common::CONFIG_FLAG_NO_CALLS == 0,
         event_rate: config.event_rate,
         event_burst: config.event_burst,
+        max_rules: guard_common::MAX_RULES,
     }
 }
 
-/// The live rule set of `maps` with comments, countries and sources from the last commit.
-fn live_rules(maps: &Maps, state: &StateDir) -> Result<RuleSet> {
-    let meta = state.committed().unwrap_or_default();
+/// The live rule set of `maps` (prefix and action; no comments: the kernel keeps none).
+fn live_rule_set(maps: &Maps) -> Result<RuleSet> {
     Ok(maps
         .rules()?
         .into_iter()
         .filter_map(|r| {
             let action = Action::from_u8(r.value.action)?;
-            let mut entry = meta.get(&r.prefix).cloned().unwrap_or(RuleEntry {
-                action,
-                comment: None,
-                country: None,
-                source: Source::Runtime,
-            });
-            entry.action = action;
-            Some((r.prefix, entry))
+            Some((
+                r.prefix,
+                RuleEntry {
+                    action,
+                    comment: None,
+                    country: None,
+                    source: Source::Runtime,
+                },
+            ))
         })
         .collect())
 }
@@ -80,7 +86,14 @@ pub enum Edit {
 }
 
 /// Applies `edit` under the state lock. Returns a one-line summary.
+///
+/// The edit is a delta: the live rules it touches are read with exact lookups, and each
+/// interface's maps get a few updates per trie (see [`Maps::stage_delta`]), so it is live
+/// within milliseconds whatever the size of the rule set. `runtime.toml` is written after the
+/// kernel enforces the edit; `rules.json` (a million rules make 60 MB) is left to the daemon's
+/// next commit.
 pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
+    let t0 = std::time::Instant::now();
     let ifaces = ctx.pins.require_ifaces()?;
     let _lock = ctx.state.lock()?;
     let mut all_maps = Vec::new();
@@ -90,71 +103,156 @@ pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
         all_maps.push((iface, maps));
     }
     let (_, first) = &all_maps[0];
-    let settings = live_settings(&first.config()?, first.sip_ports()?);
-    let mut rules = live_rules(first, &ctx.state)?;
     let mut overlay: Overlay = ctx.state.overlay()?;
-    let summary = match edit {
+    let (summary, delta) = match &edit {
         Edit::Add {
             rules: new,
             replace,
         } => {
-            let conflicts: Vec<String> = new
-                .iter()
-                .filter_map(|(p, e)| {
-                    let old = rules.get(p)?;
-                    (old.action != e.action && !replace).then(|| {
+            let mut conflicts = Vec::new();
+            let mut added = 0usize;
+            for (p, e) in new {
+                match first.live_rule(p)? {
+                    Some(v) if v.action != e.action as u8 && !replace => {
+                        conflicts.push((p, v.action, e.action))
+                    }
+                    Some(_) => {}
+                    None => added += 1,
+                }
+            }
+            if !conflicts.is_empty() {
+                // Where a live rule comes from: runtime edits are in the overlay, the rest is
+                // the config file's.
+                let runtime: BTreeSet<&Prefix> = overlay.rule.iter().map(|r| &r.prefix).collect();
+                let text: Vec<String> = conflicts
+                    .iter()
+                    .map(|(p, old, new)| {
                         format!(
                             "{p} is already `{}` ({}), not `{}`",
-                            action_name(old.action),
-                            source_name(old.source),
-                            action_name(e.action)
+                            Action::from_u8(*old).map_or("?", action_name),
+                            if runtime.contains(p) {
+                                "runtime"
+                            } else {
+                                "config"
+                            },
+                            action_name(*new)
                         )
                     })
-                })
-                .collect();
-            if !conflicts.is_empty() {
+                    .collect();
                 bail!(
                     "rule conflict: {}; delete the rule first or pass --replace. Nothing was changed",
-                    conflicts.join("; ")
+                    text.join("; ")
                 );
             }
-            let total = rules.len() + new.keys().filter(|p| !rules.contains_key(*p)).count();
-            if total > guard_common::MAX_RULES as usize {
-                bail!(
-                    "the rule map is full: {total} rules do not fit (at most {}); nothing was changed",
-                    guard_common::MAX_RULES
-                );
+            for (iface, maps) in &all_maps {
+                let total = maps.rule_count()? + added;
+                if total > maps.capacity() as usize {
+                    return Err(anyhow::Error::new(crate::maps::MapsError::Full {
+                        wanted: total,
+                        max: maps.capacity(),
+                    })
+                    .context(format!("interface {iface}")));
+                }
             }
-            let n = new.len();
             let shown: Vec<String> = new.keys().map(|p| p.to_string()).collect();
-            for (p, e) in new {
-                overlay.add(p.clone(), &e);
-                rules.insert(p, e);
-            }
-            format!(
-                "added {n} rule(s): {}",
+            let summary = format!(
+                "added {} rule(s): {}",
+                new.len(),
                 if shown.len() > 8 {
                     format!("{} ...", shown[..8].join(" "))
                 } else {
                     shown.join(" ")
                 }
-            )
+            );
+            let delta = Delta {
+                set: new.iter().map(|(p, e)| (p.clone(), e.action)).collect(),
+                remove: Vec::new(),
+            };
+            (summary, delta)
         }
         Edit::Del(prefix) => {
-            if rules.remove(&prefix).is_none() {
+            if first.live_rule(prefix)?.is_none() {
                 bail!("no rule for {prefix}; `sipguard rules list` shows the rules");
             }
-            overlay.delete(prefix.clone());
-            format!("deleted {prefix}")
+            let delta = Delta {
+                set: Vec::new(),
+                remove: vec![prefix.clone()],
+            };
+            (format!("deleted {prefix}"), delta)
         }
     };
+
+    // Live on every interface first, then the standby tries (after one grace period).
+    let mut pending = Vec::new();
+    let mut failed = None;
     for (iface, maps) in &mut all_maps {
-        maps.commit(&settings, &rules)
-            .with_context(|| format!("interface {iface}: nothing was changed there"))?;
+        match stage_edit(maps, &delta) {
+            Ok(p) => pending.push(p),
+            Err(e) => {
+                failed = Some(e.context(format!("interface {iface}: nothing was changed there")));
+                break;
+            }
+        }
+    }
+    let enforced = t0.elapsed();
+    if pending.iter().any(|p| !p.is_empty()) {
+        crate::maps::wait_for_readers();
+    }
+    for ((iface, maps), p) in all_maps.iter_mut().zip(pending) {
+        maps.finish(p)
+            .with_context(|| format!("interface {iface}"))?;
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let synced = t0.elapsed();
+
+    // runtime.toml records the edit (and its comment and country: `rule_meta` reads them from
+    // there); rules.json is rewritten by the daemon's next commit, not here.
+    match edit {
+        Edit::Add { rules: new, .. } => {
+            for (p, e) in new {
+                overlay.add(p, &e);
+            }
+        }
+        Edit::Del(prefix) => overlay.delete(prefix),
     }
     ctx.state.save_overlay(&overlay)?;
-    ctx.state.save_committed(&rules)?;
+    tracing::debug!(
+        live_ms = enforced.as_secs_f64() * 1e3,
+        standby_ms = synced.as_secs_f64() * 1e3,
+        total_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "rules edit: live, standby tries synced, state files written"
+    );
     Ok(summary)
+}
+
+/// Makes `delta` live on one interface: as a delta when both tries are known to be in sync,
+/// else as a full commit of the live rules with the delta applied (an older version's pins,
+/// or a commit that stopped half-way).
+fn stage_edit(maps: &mut Maps, delta: &Delta) -> Result<crate::maps::Pending> {
+    if let Some((_, p)) = maps.stage_delta(delta)? {
+        return Ok(p);
+    }
+    let mut settings = live_settings(&maps.config()?, maps.sip_ports()?);
+    settings.max_rules = maps.capacity();
+    let mut rules = live_rule_set(maps)?;
+    for (p, a) in &delta.set {
+        rules.insert(
+            p.clone(),
+            RuleEntry {
+                action: *a,
+                comment: None,
+                country: None,
+                source: Source::Runtime,
+            },
+        );
+    }
+    for p in &delta.remove {
+        rules.remove(p);
+    }
+    let (_, p) = maps.stage_full(&settings, &rules)?;
+    Ok(p)
 }
 
 fn source_name(s: Source) -> &'static str {
@@ -232,7 +330,7 @@ struct RuleRow {
 pub fn rules_list(ctx: &Ctx, json_out: bool) -> Result<()> {
     let ifaces = ctx.pins.require_ifaces()?;
     let maps = Maps::from_pins(&ctx.pins.iface_dir(&ifaces[0]))?;
-    let meta = ctx.state.committed().unwrap_or_default();
+    let meta = ctx.state.rule_meta();
     let rows: Vec<RuleRow> = maps
         .rules()?
         .into_iter()
@@ -324,15 +422,16 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
 /// Per-rule and global counters summed over every interface.
 pub fn collect_stats(ctx: &Ctx) -> Result<(Vec<StatRow>, BTreeMap<&'static str, u64>)> {
     let ifaces = ctx.pins.require_ifaces()?;
-    let meta = ctx.state.committed().unwrap_or_default();
+    let meta = ctx.state.rule_meta();
     let mut per_rule: BTreeMap<Prefix, (Action, RuleCounters)> = BTreeMap::new();
     let mut global: BTreeMap<&'static str, u64> =
         Counter::ALL.iter().map(|c| (c.name(), 0)).collect();
     for iface in &ifaces {
         let maps = Maps::from_pins(&ctx.pins.iface_dir(iface))
             .with_context(|| format!("interface {iface}"))?;
+        let counters = maps.all_rule_counters()?;
         for r in maps.rules()? {
-            let c = maps.rule_counters(r.value.id)?;
+            let c = counters.get(&r.value.id).copied().unwrap_or_default();
             let Some(action) = Action::from_u8(r.value.action) else {
                 continue;
             };
@@ -545,7 +644,8 @@ pub fn status(ctx: &Ctx, json_out: bool) -> Result<()> {
             "attached": attached,
             "xdp_mode": xdp_mode,
             "program_id": prog_id,
-            "rules": maps.rules()?.len(),
+            "rules": maps.rule_count()?,
+            "max_rules": maps.capacity(),
             "mode": mode_name(settings.mode),
             "sip_ports": settings.sip_ports,
             "international_prefixes": settings.intl_prefixes,
@@ -581,7 +681,7 @@ pub fn status(ctx: &Ctx, json_out: bool) -> Result<()> {
     );
     for r in rows {
         println!(
-            "{}: {} xdp={} prog_id={} rules={} mode={} ports={} intl_prefixes={}",
+            "{}: {} xdp={} prog_id={} rules={} max_rules={} mode={} ports={} intl_prefixes={}",
             r["iface"].as_str().unwrap_or("?"),
             if r["attached"].as_bool() == Some(true) {
                 "attached"
@@ -591,6 +691,7 @@ pub fn status(ctx: &Ctx, json_out: bool) -> Result<()> {
             r["xdp_mode"].as_str().unwrap_or("?"),
             r["program_id"],
             r["rules"],
+            r["max_rules"],
             r["mode"].as_str().unwrap_or("?"),
             r["sip_ports"],
             r["international_prefixes"],

@@ -9,6 +9,7 @@
 //! international_prefixes = ["010"]   # default ["00", "011"]
 //! mode = "enforce"                    # or "monitor"
 //! fail_mode = "keep"                  # or "detach": what SIGTERM does to the attached program
+//! max_rules = 2000000                 # rule capacity (default 262144), applied at load
 //!
 //! [[rule]]
 //! prefix = "+232"        # '+' = international; without '+' = national dial string
@@ -172,6 +173,7 @@ struct RawSettings {
     track_calls: Option<bool>,
     event_rate: Option<Spanned<i64>>,
     event_burst: Option<Spanned<i64>>,
+    max_rules: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -222,7 +224,19 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             track_calls,
             event_rate,
             event_burst,
+            max_rules,
         } = s.into_inner();
+        if let Some(v) = max_rules {
+            let n = *v.get_ref();
+            let max = guard_common::MAX_RULES_LIMIT;
+            if !(1..=i64::from(max)).contains(&n) {
+                return Err(at(
+                    v.span(),
+                    format!("max_rules: {n} is out of range (1 to {max})"),
+                ));
+            }
+            settings.max_rules = n as u32;
+        }
         for (name, v, slot) in [
             ("event_rate", event_rate, &mut settings.event_rate),
             ("event_burst", event_burst, &mut settings.event_burst),
@@ -415,13 +429,24 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             );
         }
     }
-    if rules.len() > guard_common::MAX_RULES as usize {
+    // A config file's rules must fit its own max_rules. An import file (no [settings]) is
+    // checked against the live maps' size when it is applied.
+    let limit = if has_settings {
+        settings.max_rules
+    } else {
+        guard_common::MAX_RULES_LIMIT
+    };
+    if rules.len() > limit as usize {
         return Err(ConfigError::File {
             path: shown,
             message: format!(
-                "{} rules: the rule map holds at most {}",
+                "{} rules: the rule map holds at most {limit}{}",
                 rules.len(),
-                guard_common::MAX_RULES
+                if has_settings {
+                    " (max_rules in [settings])"
+                } else {
+                    ""
+                }
             ),
         });
     }
@@ -606,6 +631,18 @@ action = "block"
                 "t.toml:1: rule has neither",
             ),
             ("[settings\n", "t.toml:1: "),
+            (
+                "[settings]\nmax_rules = 0\n",
+                "t.toml:2: max_rules: 0 is out of range (1 to 4000000)",
+            ),
+            (
+                "[settings]\nmode = \"enforce\"\nmax_rules = 4000001\n",
+                "t.toml:3: max_rules: 4000001 is out of range (1 to 4000000)",
+            ),
+            (
+                "[settings]\nmax_rules = \"many\"\n",
+                "t.toml:2: invalid type",
+            ),
         ];
         for (text, want) in cases {
             let got = err(text);
@@ -614,6 +651,22 @@ action = "block"
                 "for {text:?}\n got: {got}\nwant: {want}..."
             );
         }
+    }
+
+    #[test]
+    fn max_rules_sets_the_capacity_and_bounds_the_config_rules() {
+        assert_eq!(p("").unwrap().settings.max_rules, guard_common::MAX_RULES);
+        let c = p("[settings]\nmax_rules = 2000000\n").unwrap();
+        assert_eq!(c.settings.max_rules, 2_000_000);
+        let rules = "[[rule]]\nprefix = \"+1\"\naction = \"block\"\n[[rule]]\nprefix = \"+2\"\naction = \"block\"\n[[rule]]\nprefix = \"+3\"\naction = \"block\"\n";
+        let e = err(&format!("[settings]\nmax_rules = 2\n{rules}"));
+        assert_eq!(
+            e,
+            "t.toml: 3 rules: the rule map holds at most 2 (max_rules in [settings])"
+        );
+        assert!(p(&format!("[settings]\nmax_rules = 3\n{rules}")).is_ok());
+        // An import file (no [settings]) is checked against the live maps when applied.
+        assert_eq!(p(rules).unwrap().rules.len(), 3);
     }
 
     #[test]

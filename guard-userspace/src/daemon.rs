@@ -280,6 +280,7 @@ fn reload(opts: &RunOptions, guarded: &mut [Guarded]) -> Result<(usize, FailMode
     let _lock = opts.state.lock()?;
     let rules = opts.state.overlay()?.apply(&cfg.rules);
     for g in guarded.iter_mut() {
+        warn_capacity(&g.iface, &g.filter.maps, cfg.settings.max_rules);
         let r = g
             .filter
             .maps
@@ -302,7 +303,8 @@ fn attach_iface(
     rules: &RuleSet,
 ) -> Result<(Guarded, &'static str)> {
     let dir = opts.pins.prepare(iface)?;
-    let mut filter = Filter::load_pinned(&dir)?;
+    let mut filter = Filter::load_pinned(&dir, cfg.settings.max_rules)?;
+    warn_capacity(iface, &filter.maps, cfg.settings.max_rules);
     if cfg.settings.kernel_debug_log {
         match aya_log::EbpfLogger::init_with_logger(filter.ebpf_mut(), KernelLog) {
             Ok(logger) => {
@@ -381,6 +383,20 @@ fn attach_iface(
         },
         mode,
     ))
+}
+
+/// Says so when the maps (pinned earlier) are not of the configured size: maps cannot be
+/// resized in place, and the daemon never drops pinned rules and counters by itself.
+fn warn_capacity(iface: &str, maps: &crate::maps::Maps, max_rules: u32) {
+    let (have, stats) = (maps.capacity(), maps.stats_capacity());
+    if have != max_rules || stats != max_rules {
+        warn!(
+            iface,
+            pinned_max_rules = have,
+            config_max_rules = max_rules,
+            "the pinned rule maps hold {have} rules but max_rules = {max_rules}; pinned maps keep their size: to resize, run `sipguard detach --iface {iface}` and restart sipguard (the rules come back from the config and runtime.toml; the counters start from zero)"
+        );
+    }
 }
 
 /// Attaches with the requested mode; `auto` tries native first and falls back to generic.

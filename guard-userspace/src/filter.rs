@@ -7,11 +7,12 @@ use aya::{
     maps::lpm_trie::Key,
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
-use guard_common::{Counter, GlobalCounters, RuleCounters, RuleValue, maps::names, programs};
+use guard_common::{Counter, GlobalCounters, RuleCounters, maps::names, programs};
 use thiserror::Error;
 
 use crate::{
-    maps::{Maps, MapsError, PINNED_MAPS},
+    maps::{Maps, MapsError, PINNED_MAPS, SIZED_BY_MAX_RULES},
+    memory::{MapMemory, MemoryError},
     rules::{Rule, RuleEntry, RuleSet, Source},
     settings::{Settings, SettingsError},
 };
@@ -39,8 +40,8 @@ pub enum FilterError {
     Maps(#[from] MapsError),
     #[error("invalid settings")]
     Settings(#[from] SettingsError),
-    #[error("rule id {id} is out of range (at most {max})")]
-    RuleId { id: u32, max: u32 },
+    #[error("reading the kernel memory of the maps failed")]
+    Memory(#[from] MemoryError),
 }
 
 /// What the program returned for a frame.
@@ -69,12 +70,17 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Loads a private instance (no pins) with `settings` applied and no rules. Tests and
-    /// `sipguard replay` use this; it never touches a live filter's maps.
+    /// Loads a private instance (no pins) with `settings` applied and no rules; its rule maps
+    /// hold `settings.max_rules`. Tests and `sipguard replay` use this; it never touches a live
+    /// filter's maps.
     pub fn load(settings: &Settings) -> Result<Self, FilterError> {
         // Validate before touching the kernel.
         settings.to_config()?;
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(FilterError::Load)?;
+        let mut loader = EbpfLoader::new();
+        for name in SIZED_BY_MAX_RULES {
+            loader.map_max_entries(name, settings.max_rules);
+        }
+        let ebpf = loader.load(OBJECT).map_err(FilterError::Load)?;
         let mut f = Self::finish_load(ebpf)?;
         f.maps.commit(settings, &RuleSet::new())?;
         Ok(f)
@@ -82,8 +88,12 @@ impl Filter {
 
     /// Loads the programs with their maps pinned in `dir`: maps already pinned there are
     /// reused with their rules and counters (a restart or an upgrade), missing ones are created
-    /// and pinned. Settings and rules are left as they are; commit them next.
-    pub fn load_pinned(dir: &Path) -> Result<Self, FilterError> {
+    /// (the rule maps with `max_rules` entries) and pinned. Pinned maps keep their size: compare
+    /// [`Maps::capacity`] with `max_rules`. Settings and rules are left as they are; commit them
+    /// next.
+    pub fn load_pinned(dir: &Path, max_rules: u32) -> Result<Self, FilterError> {
+        // Counters pinned by an older version (a per-CPU array) move into the new hash.
+        let legacy = crate::maps::take_legacy_stats(dir)?;
         let paths: Vec<(&'static str, std::path::PathBuf)> = PINNED_MAPS
             .iter()
             .chain(crate::maps::AUX_PINNED.iter())
@@ -93,8 +103,21 @@ impl Filter {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
+        for name in SIZED_BY_MAX_RULES {
+            loader.map_max_entries(name, max_rules);
+        }
         let ebpf = loader.load(OBJECT).map_err(FilterError::Load)?;
-        Self::finish_load(ebpf)
+        let mut f = Self::finish_load(ebpf)?;
+        if !legacy.is_empty() {
+            tracing::info!(
+                rules = legacy.len(),
+                "carried the counters of an older sipguard's pinned array over"
+            );
+        }
+        for (id, values) in legacy {
+            f.maps.set_rule_counters(id, values)?;
+        }
+        Ok(f)
     }
 
     fn finish_load(ebpf: Ebpf) -> Result<Self, FilterError> {
@@ -155,34 +178,41 @@ impl Filter {
         Ok(())
     }
 
-    /// Inserts or replaces the rule for `rule.prefix` with an explicit counter id, straight
-    /// into the live trie. For tests and benchmarks that need fixed ids; operators' changes go
-    /// through [`Maps::commit`], which is atomic and assigns ids itself.
+    /// Inserts or replaces the rule for `rule.prefix` with an explicit counter id (any u32),
+    /// straight into the live trie. For tests and benchmarks that need fixed ids; operators'
+    /// changes go through [`Maps::commit`], which is atomic and assigns ids itself. The next
+    /// commit is a full one (the other trie no longer matches).
     pub fn insert_rule(&mut self, rule: &Rule) -> Result<(), FilterError> {
-        if rule.id >= guard_common::MAX_RULES {
-            return Err(FilterError::RuleId {
-                id: rule.id,
-                max: guard_common::MAX_RULES - 1,
-            });
-        }
         let slot = self.maps.active_slot()? as usize;
-        let name = names::RULES[slot];
         let key = rule.prefix.key();
-        let value = RuleValue {
-            id: rule.id,
-            action: rule.action as u8,
-            flags: 0,
-            _reserved: 0,
-        };
+        let value = crate::maps::rule_value(&rule.prefix, rule.id, rule.action);
         self.maps
-            .insert_live(slot, &Key::new(key.prefix_len, key.data), value)
-            .map_err(|source| {
-                FilterError::Maps(MapsError::Map {
-                    name,
-                    action: format!("insert {}", rule.prefix),
-                    source,
-                })
-            })
+            .insert_live(slot, &Key::new(key.prefix_len, key.data), value)?;
+        Ok(())
+    }
+
+    /// Kernel memory of every map the filter program uses (see [`crate::memory`]).
+    pub fn kernel_memory(&self) -> Result<Vec<MapMemory>, FilterError> {
+        let info = self
+            .xdp(programs::FILTER)?
+            .info()
+            .map_err(|source| FilterError::Program {
+                name: programs::FILTER,
+                action: "read info",
+                source,
+            })?;
+        let ids = info
+            .map_ids()
+            .map_err(|source| FilterError::Program {
+                name: programs::FILTER,
+                action: "read map ids",
+                source,
+            })?
+            .unwrap_or_default();
+        let stats = self.maps.stats_ids()?.len() as u64;
+        Ok(crate::memory::of_maps(&ids, |name| {
+            (name == names::RULE_STATS).then_some(stats)
+        })?)
     }
 
     /// Counters of rule `id`, summed over CPUs.

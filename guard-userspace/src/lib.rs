@@ -6,11 +6,13 @@
 //! - [`country`]: ISO countries to calling-code prefixes (libphonenumber data);
 //! - [`maps`]: the filter's maps, atomic commits of rules and settings, counters;
 //! - [`filter`]: the loaded program and its maps;
+//! - [`memory`]: the kernel memory of the maps;
 //! - [`pins`]: the pinned state under bpffs, one directory per interface;
 //! - [`state`]: runtime rule edits and daemon records in the state directory;
 //! - [`daemon`]: `sipguard run`;
 //! - [`capture`]: pcap/pcapng reading for `sipguard replay`.
 
+pub mod batch;
 pub mod capture;
 pub mod cli;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod daemon;
 pub mod events;
 pub mod filter;
 pub mod maps;
+pub mod memory;
 pub mod metrics;
 pub mod pins;
 pub mod replay;

@@ -1,28 +1,45 @@
 //! The filter's maps, whether they come from a freshly loaded object or from pins: committing a
 //! rule set and settings atomically, and reading counters.
 //!
-//! A commit never changes what the live program sees until its last step. The rule tries and
-//! the config slots are double-buffered (slot `i` = config `i` + trie `i`): the new rule set is
-//! synced into the inactive trie, the new settings into the inactive config slot, and then one
-//! 32-bit word (the selector) switches both live. A commit that fails half-way has only touched
-//! the inactive slot, so the live rules and settings are exactly what they were.
+//! A commit never changes what the live program sees until its switch. The rule tries and
+//! the config slots are double-buffered (slot `i` = config `i` + trie `i`): the change is
+//! written into the inactive trie and the inactive config slot, and then one 32-bit word (the
+//! selector) switches both live. A commit that fails before the switch has only touched the
+//! inactive slot, so the live rules and settings are exactly what they were.
+//!
+//! After the switch (and an RCU grace period, so that no program run still reads the old
+//! trie) the same change is applied to the other trie, so **both tries hold the same rule set
+//! after every commit**. That is what makes small edits cheap: `rules add/del` is applied as a
+//! delta (a few map updates per trie), never as a read and rewrite of the whole trie. Each
+//! config slot records the generation its trie was synced to; when the two differ (a commit
+//! that died half-way) or are unknown, the next commit is a full sync that reads both tries.
+//!
+//! Rule ids are the keys of the per-rule counters (a per-CPU hash filled by the program on a
+//! rule's first match). They come from a counter in the selector slot that only grows, so a new
+//! prefix never reuses the id, and the counters, of a rule that either trie still holds.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    os::fd::AsFd as _,
     path::Path,
+    time::Duration,
 };
 
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, lpm_trie::Key,
+    },
 };
 use guard_common::{
-    CONFIG_SELECTOR, Config, GlobalCounters, MAX_RULES, RuleCounters, RuleKeyData, RuleValue,
+    Action, CONFIG_SELECTOR, Config, GlobalCounters, RuleCounters, RuleKeyData, RuleValue,
     SourceKey, SourceStats, maps::names,
 };
 use thiserror::Error;
 
 use crate::{
+    batch,
     rules::{Prefix, RuleSet},
     settings::{Settings, SettingsError},
 };
@@ -39,6 +56,9 @@ pub const PINNED_MAPS: [&str; 6] = [
     names::CONFIG,
     names::SIP_PORTS,
 ];
+
+/// The maps whose size `max_rules` sets.
+pub const SIZED_BY_MAX_RULES: [&str; 3] = [names::RULES[0], names::RULES[1], names::RULE_STATS];
 
 #[derive(Debug, Error)]
 pub enum MapsError {
@@ -57,12 +77,26 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error(
+        "pinned map {path} was made by an older sipguard (per-rule counters in an array); restart the daemon (`sipguard run`) once to upgrade the pinned state"
+    )]
+    LegacyStats { path: String },
+    #[error("{path}: unpin failed")]
+    Unpin {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid settings")]
     Settings(#[from] SettingsError),
     #[error(
-        "the rule map is full: {wanted} rules do not fit (at most {MAX_RULES}); nothing was changed"
+        "the rule map is full: {wanted} rules do not fit (the rule map holds at most {max}; raise max_rules in [settings], then `sipguard detach --iface IF` and restart the daemon to resize it); nothing was changed"
     )]
-    Full { wanted: usize },
+    Full { wanted: usize, max: u32 },
+    #[error(
+        "the new rules are live, but bringing the standby rule trie up to date failed (the next commit repairs it)"
+    )]
+    Standby(#[source] Box<MapsError>),
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
 }
@@ -76,7 +110,24 @@ fn map_err(name: &'static str, action: impl Into<String>) -> impl FnOnce(MapErro
     }
 }
 
+/// The errno of a failed map syscall.
+fn errno(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn syscall_err(call: &'static str, io_error: std::io::Error) -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError { call, io_error })
+}
+
+fn not_found(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound) || errno(e) == Some(libc::ENOENT)
+}
+
 type Trie = LpmTrie<MapData, RuleKeyData, RuleValue>;
+type Stats = PerCpuHashMap<MapData, u32, RuleCounters>;
 
 /// A rule as it is in the kernel: prefix, action and counter id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,17 +143,124 @@ pub struct CommitReport {
     pub changed: usize,
     pub removed: usize,
     pub total: usize,
+    /// Whether the commit was applied as a delta (no full read of the tries).
+    pub delta: bool,
+}
+
+/// A small edit of the live rule set: prefixes to set (added, or their action changed) and
+/// prefixes to remove.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub set: Vec<(Prefix, Action)>,
+    pub remove: Vec<Prefix>,
+}
+
+/// One write to a trie: set the rule of a key, or remove it (`None`).
+type Op = (TrieKey, Option<RuleValue>);
+
+/// A rule trie key that can be compared and hashed (aya's `Key` is packed and has neither).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrieKey {
+    pub prefix_len: u32,
+    pub data: RuleKeyData,
+}
+
+impl TrieKey {
+    /// The key of `prefix`'s rule.
+    pub fn of(prefix: &Prefix) -> Self {
+        let k = prefix.key();
+        Self {
+            prefix_len: k.prefix_len,
+            data: k.data,
+        }
+    }
+
+    fn aya(self) -> Key<RuleKeyData> {
+        Key::new(self.prefix_len, self.data)
+    }
+
+    /// The prefix this key was made from (`None` for a key sipguard never writes).
+    pub fn prefix(&self) -> Option<Prefix> {
+        Prefix::from_key(self.prefix_len, &self.data)
+    }
+
+    /// The trie value of a rule with this key.
+    fn value(self, id: u32, action: Action) -> RuleValue {
+        RuleValue {
+            id,
+            action: action as u8,
+            flags: 0,
+            prefix_len: self.prefix_len as u16,
+        }
+    }
+}
+
+impl From<Key<RuleKeyData>> for TrieKey {
+    fn from(k: Key<RuleKeyData>) -> Self {
+        Self {
+            prefix_len: k.prefix_len(),
+            data: k.data(),
+        }
+    }
+}
+
+impl std::fmt::Display for TrieKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix() {
+            Some(p) => write!(f, "{p}"),
+            None => write!(f, "key/{}", self.prefix_len),
+        }
+    }
+}
+
+/// A commit that is live (switched) and whose standby trie, the one that was live before, still
+/// has to get the same change: [`Maps::finish`] applies it after an RCU grace period.
+#[must_use = "finish the commit with Maps::finish (or Maps::commit does both)"]
+pub struct Pending {
+    /// The standby slot (the one that was live before the switch).
+    slot: u32,
+    ops: Vec<Op>,
+    /// The config to write into the standby slot afterwards (same settings, generation, count).
+    config: Config,
+    /// Counter entries to delete: ids of removed rules.
+    dead_ids: Vec<u32>,
+    /// Full commits: every live id, so that any other counter entry can go.
+    live_ids: Option<BTreeSet<u32>>,
+}
+
+impl Pending {
+    /// Whether the standby trie needs any write (without one, no grace period is needed).
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Waits for an RCU grace period: every XDP program run that started before (and so may still
+/// read the trie that was live before a switch) has finished. `membarrier(MEMBARRIER_CMD_GLOBAL)`
+/// is `synchronize_rcu()` in the kernel; where it is refused (nohz_full), a generous sleep.
+pub fn wait_for_readers() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier(2) takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The filter's maps.
 pub struct Maps {
     rules: [Trie; 2],
-    rule_stats: PerCpuArray<MapData, RuleCounters>,
+    rule_stats: Stats,
     counters: PerCpuArray<MapData, GlobalCounters>,
     config: Array<MapData, Config>,
     ports: Array<MapData, u8>,
     /// Sources per rule (absent in pins made before it existed).
     sources: Option<aya::maps::HashMap<MapData, SourceKey, SourceStats>>,
+    /// max_entries of the rule tries (the smaller one) and of the counter hash.
+    capacity: u32,
+    stats_capacity: u32,
+    /// Whether the kernel takes batch commands on the rule tries (cleared at the first refusal).
+    batch: bool,
 }
 
 impl Maps {
@@ -129,6 +287,11 @@ impl Maps {
         };
         let (a, b) = (open(names::RULES[0])?, open(names::RULES[1])?);
         let (stats, counters) = (open(names::RULE_STATS)?, open(names::COUNTERS)?);
+        if matches!(stats, Map::PerCpuArray(_)) {
+            return Err(MapsError::LegacyStats {
+                path: dir.join(names::RULE_STATS).display().to_string(),
+            });
+        }
         let (config, ports) = (open(names::CONFIG)?, open(names::SIP_PORTS)?);
         let sources = dir
             .join(names::SOURCES)
@@ -146,41 +309,117 @@ impl Maps {
         ports: Map,
         sources: Option<Map>,
     ) -> Result<Self, MapsError> {
+        let rules = [
+            Trie::try_from(a).map_err(map_err(names::RULES[0], "open"))?,
+            Trie::try_from(b).map_err(map_err(names::RULES[1], "open"))?,
+        ];
+        let rule_stats = Stats::try_from(stats).map_err(map_err(names::RULE_STATS, "open"))?;
+        let max_entries = |m: &MapData, name: &'static str| {
+            m.info()
+                .map(|i| i.max_entries())
+                .map_err(map_err(name, "read map info"))
+        };
+        let capacity = max_entries(rules[0].map(), names::RULES[0])?
+            .min(max_entries(rules[1].map(), names::RULES[1])?);
+        let stats_capacity = max_entries(rule_stats.map(), names::RULE_STATS)?;
         Ok(Self {
-            rules: [
-                Trie::try_from(a).map_err(map_err(names::RULES[0], "open"))?,
-                Trie::try_from(b).map_err(map_err(names::RULES[1], "open"))?,
-            ],
-            rule_stats: PerCpuArray::try_from(stats).map_err(map_err(names::RULE_STATS, "open"))?,
+            rules,
+            rule_stats,
             counters: PerCpuArray::try_from(counters).map_err(map_err(names::COUNTERS, "open"))?,
             config: Array::try_from(config).map_err(map_err(names::CONFIG, "open"))?,
             ports: Array::try_from(ports).map_err(map_err(names::SIP_PORTS, "open"))?,
             sources: sources
                 .map(|m| aya::maps::HashMap::try_from(m).map_err(map_err(names::SOURCES, "open")))
                 .transpose()?,
+            capacity,
+            stats_capacity,
+            batch: true,
         })
     }
 
-    /// The live slot (0 or 1): which config slot and rule trie the program uses.
-    pub fn active_slot(&self) -> Result<u32, MapsError> {
-        Ok(self
-            .config
-            .get(&CONFIG_SELECTOR, 0)
-            .map_err(map_err(names::CONFIG, "read selector"))?
-            .active
-            & 1)
+    /// Rules each trie holds at most (its `max_entries`: `max_rules` when it was created).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
-    /// The live configuration.
-    pub fn config(&self) -> Result<Config, MapsError> {
-        let slot = self.active_slot()?;
+    /// Rules that can have counters at once (`max_entries` of the counter hash).
+    pub fn stats_capacity(&self) -> u32 {
+        self.stats_capacity
+    }
+
+    fn slot(&self, slot: u32) -> Result<Config, MapsError> {
         self.config
             .get(&slot, 0)
             .map_err(map_err(names::CONFIG, format!("read slot {slot}")))
     }
 
+    fn set_slot(&mut self, slot: u32, config: Config) -> Result<(), MapsError> {
+        self.config
+            .set(slot, config, 0)
+            .map_err(map_err(names::CONFIG, format!("write slot {slot}")))
+    }
+
+    /// The live slot (0 or 1): which config slot and rule trie the program uses.
+    pub fn active_slot(&self) -> Result<u32, MapsError> {
+        Ok(self.slot(CONFIG_SELECTOR)?.active & 1)
+    }
+
+    /// The live configuration.
+    pub fn config(&self) -> Result<Config, MapsError> {
+        self.slot(self.active_slot()?)
+    }
+
+    /// The generation both tries hold, when they are known to hold the same rule set.
+    fn in_sync(&self) -> Result<Option<(u32, Config)>, MapsError> {
+        let live = self.active_slot()?;
+        let (l, s) = (self.slot(live)?, self.slot(live ^ 1)?);
+        Ok((l.generation != 0 && l.generation == s.generation).then_some((l.generation, l)))
+    }
+
+    /// Whether both tries are known to hold the same rule set (so edits can be deltas).
+    pub fn tries_in_sync(&self) -> Result<bool, MapsError> {
+        Ok(self.in_sync()?.is_some())
+    }
+
+    /// The number of live rules: recorded by the last commit, or counted when unknown.
+    pub fn rule_count(&self) -> Result<usize, MapsError> {
+        match self.in_sync()? {
+            Some((_, live)) => Ok(live.rule_count as usize),
+            None => Ok(self.rules()?.len()),
+        }
+    }
+
+    /// Marks config slot `slot` as being rewritten (generation 0), before its trie changes. The
+    /// slot is inactive: the program never reads it.
+    fn mark_dirty(&mut self, slot: u32) -> Result<(), MapsError> {
+        let mut c = self.slot(slot)?;
+        if c.generation != 0 {
+            c.generation = 0;
+            self.set_slot(slot, c)?;
+        }
+        Ok(())
+    }
+
     /// The configured SIP ports.
     pub fn sip_ports(&self) -> Result<Vec<u16>, MapsError> {
+        // One batch syscall for the 65,536 entries where the kernel has it.
+        let fd = self.ports.map().fd().as_fd();
+        match batch::lookup_all::<u32, u8>(fd) {
+            Ok(all) => {
+                return Ok(all
+                    .into_iter()
+                    .filter(|&(_, v)| v != 0)
+                    .map(|(port, _)| port as u16)
+                    .collect());
+            }
+            Err(e) if batch::unsupported(&e) => {}
+            Err(e) => {
+                return Err(map_err(names::SIP_PORTS, "read ports")(syscall_err(
+                    "BPF_MAP_LOOKUP_BATCH",
+                    e,
+                )));
+            }
+        }
         let mut out = Vec::new();
         for (port, v) in self.ports.iter().enumerate() {
             if v.map_err(map_err(names::SIP_PORTS, format!("read port {port}")))? != 0 {
@@ -190,25 +429,58 @@ impl Maps {
         Ok(out)
     }
 
-    fn trie_rules(&self, slot: u32) -> Result<Vec<LiveRule>, MapsError> {
+    /// The entries of trie `slot` whose keys a [`Prefix`] makes (anything else was never written
+    /// by sipguard and is ignored rather than misread), in the trie's order.
+    fn trie_entries(&self, slot: u32) -> Result<Vec<(TrieKey, RuleValue)>, MapsError> {
         let name = names::RULES[slot as usize & 1];
         let trie = &self.rules[slot as usize & 1];
+        let valid = |k: &TrieKey| Prefix::from_key(k.prefix_len, &k.data).is_some();
+        match batch::lookup_all::<Key<RuleKeyData>, RuleValue>(trie.map().fd().as_fd()) {
+            Ok(all) => {
+                return Ok(all
+                    .into_iter()
+                    .map(|(k, v)| (TrieKey::from(k), v))
+                    .filter(|(k, _)| valid(k))
+                    .collect());
+            }
+            Err(e) if batch::unsupported(&e) => {}
+            Err(e) => {
+                return Err(map_err(name, "read rules")(syscall_err(
+                    "BPF_MAP_LOOKUP_BATCH",
+                    e,
+                )));
+            }
+        }
         let mut out = Vec::new();
         for key in trie.keys() {
             let key = key.map_err(map_err(name, "iterate keys"))?;
-            let prefix_len = key.prefix_len();
-            let data = key.data();
-            let Some(prefix) = Prefix::from_key(prefix_len, &data) else {
-                continue; // Never written by sipguard; ignored rather than misread.
-            };
+            let k = TrieKey::from(key);
+            if !valid(&k) {
+                continue;
+            }
             // Exact-key lookup: a full-length key returns the rule itself.
             match trie.get(&key, 0) {
-                Ok(value) => out.push(LiveRule { prefix, value }),
+                Ok(value) => out.push((k, value)),
                 // Removed between iteration and lookup (a concurrent commit): skip it.
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name, format!("read rule {prefix}"))(e)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(name, format!("read rule {k}"))(e)),
             }
         }
+        Ok(out)
+    }
+
+    /// The rules in trie `slot` (0 or 1), live or standby, sorted by prefix.
+    pub fn trie_rules(&self, slot: u32) -> Result<Vec<LiveRule>, MapsError> {
+        let mut out: Vec<LiveRule> = self
+            .trie_entries(slot)?
+            .into_iter()
+            .filter_map(|(k, value)| {
+                Some(LiveRule {
+                    prefix: k.prefix()?,
+                    value,
+                })
+            })
+            .collect();
         out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
         Ok(out)
     }
@@ -224,123 +496,296 @@ impl Maps {
         let k = Key::new(key.prefix_len, key.data);
         match self.rules[slot].get(&k, 0) {
             Ok(v) => Ok(Some(v)),
-            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(map_err(names::RULES[slot], "lookup")(e)),
         }
     }
 
-    /// Writes one rule straight into trie `slot` (see `Filter::insert_rule`).
+    /// The rule of exactly `prefix` in trie `slot`: a longest-prefix lookup with the rule's own
+    /// key, which is an exact hit when the rule found has that key's length. The inner `Err`
+    /// means the trie holds values of an older version (no prefix length), which cannot tell.
+    #[allow(clippy::result_unit_err)]
+    fn exact_in(
+        &self,
+        slot: u32,
+        prefix: &Prefix,
+    ) -> Result<Result<Option<RuleValue>, ()>, MapsError> {
+        let k = TrieKey::of(prefix);
+        let slot = slot as usize & 1;
+        match self.rules[slot].get(&k.aya(), 0) {
+            Ok(v) if v.prefix_len == 0 => Ok(Err(())),
+            Ok(v) => Ok(Ok((u32::from(v.prefix_len) == k.prefix_len).then_some(v))),
+            Err(e) if not_found(&e) => Ok(Ok(None)),
+            Err(e) => Err(map_err(names::RULES[slot], format!("look up {prefix}"))(e)),
+        }
+    }
+
+    /// The live rule of exactly `prefix`, if there is one.
+    pub fn live_rule(&self, prefix: &Prefix) -> Result<Option<RuleValue>, MapsError> {
+        let live = self.active_slot()?;
+        match self.exact_in(live, prefix)? {
+            Ok(v) => Ok(v),
+            // Values of an older version: ask the trie itself (slow, but correct).
+            Err(()) => Ok(self
+                .rules()?
+                .into_iter()
+                .find(|r| &r.prefix == prefix)
+                .map(|r| r.value)),
+        }
+    }
+
+    /// Writes one rule straight into trie `slot` (see `Filter::insert_rule`). The other trie
+    /// no longer matches it, so its slot is marked unknown: the next commit syncs both.
     pub fn insert_live(
         &mut self,
         slot: usize,
         key: &Key<RuleKeyData>,
         value: RuleValue,
-    ) -> Result<(), MapError> {
-        self.rules[slot & 1].insert(key, value, 0)
+    ) -> Result<(), MapsError> {
+        let other = (slot as u32 & 1) ^ 1;
+        self.mark_dirty(other)?;
+        self.rules[slot & 1]
+            .insert(key, value, 0)
+            .map_err(map_err(names::RULES[slot & 1], "insert"))
     }
 
-    /// Makes `settings` and `rules` live together, atomically (see the module docs).
-    ///
-    /// Rule ids (counter slots) are kept for prefixes that stay; new prefixes get ids that
-    /// neither trie uses, with their counters zeroed first.
+    /// Hands out `n` new rule ids from the selector slot's counter. `None` when the u32 id
+    /// space would wrap (the caller then does a full commit, which finds free ids).
+    fn take_ids(&mut self, n: usize) -> Result<Option<u32>, MapsError> {
+        if n == 0 {
+            return Ok(Some(0));
+        }
+        let mut sel = self.slot(CONFIG_SELECTOR)?;
+        let first = sel.next_rule_id;
+        let Some(end) = u32::try_from(n).ok().and_then(|n| first.checked_add(n)) else {
+            return Ok(None);
+        };
+        // Written before any trie holds the ids; `active` is rewritten with the value it has.
+        sel.next_rule_id = end;
+        self.set_slot(CONFIG_SELECTOR, sel)?;
+        Ok(Some(first))
+    }
+
+    /// Writes `ops` into trie `slot`. Removals first, so that a full trie makes room. In
+    /// batches of thousands per syscall where the kernel has batch commands.
+    fn apply_ops(&mut self, slot: u32, ops: &[Op], total: usize) -> Result<(), MapsError> {
+        let name = names::RULES[slot as usize & 1];
+        let max = self.capacity;
+        let removes: Vec<Key<RuleKeyData>> = ops
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.aya())
+            .collect();
+        let (sets, values): (Vec<Key<RuleKeyData>>, Vec<RuleValue>) = ops
+            .iter()
+            .filter_map(|(k, v)| Some((k.aya(), (*v)?)))
+            .unzip();
+        let insert_err = |key: &Key<RuleKeyData>, e: MapError| match errno(&e) {
+            Some(libc::ENOSPC) | Some(libc::E2BIG) => MapsError::Full { wanted: total, max },
+            _ => map_err(name, format!("insert {}", TrieKey::from(*key)))(e),
+        };
+        let mut use_batch = self.batch;
+        let trie = &mut self.rules[slot as usize & 1];
+        let mut removed = 0;
+        if use_batch {
+            let (n, e) = batch::delete(trie.map().fd().as_fd(), &removes);
+            removed = n;
+            match e {
+                None => {}
+                Some(e) if n == 0 && batch::unsupported(&e) => use_batch = false,
+                Some(e) => {
+                    let key = TrieKey::from(removes[n]);
+                    return Err(map_err(name, format!("remove {key}"))(syscall_err(
+                        "BPF_MAP_DELETE_BATCH",
+                        e,
+                    )));
+                }
+            }
+        }
+        for key in &removes[removed..] {
+            match trie.remove(key) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => {
+                    let key = TrieKey::from(*key);
+                    return Err(map_err(name, format!("remove {key}"))(e));
+                }
+            }
+        }
+        let mut set = 0;
+        if use_batch {
+            let (n, e) = batch::update(trie.map().fd().as_fd(), &sets, &values);
+            set = n;
+            match e {
+                None => {}
+                Some(e) if n == 0 && batch::unsupported(&e) => use_batch = false,
+                Some(e) => {
+                    return Err(insert_err(&sets[n], syscall_err("BPF_MAP_UPDATE_BATCH", e)));
+                }
+            }
+        }
+        for (key, value) in sets[set..].iter().zip(&values[set..]) {
+            trie.insert(key, *value, 0)
+                .map_err(|e| insert_err(key, e))?;
+        }
+        self.batch = use_batch;
+        Ok(())
+    }
+
+    /// Stage 1 of a commit into the inactive slot `next`: mark it dirty, write `ops` into its
+    /// trie, write `config` (with `generation`) into it, then switch. The caller has written
+    /// the ports that must be there before the switch.
+    fn stage_and_switch(
+        &mut self,
+        next: u32,
+        ops: &[Op],
+        mut config: Config,
+        generation: u32,
+        total: usize,
+    ) -> Result<Config, MapsError> {
+        self.mark_dirty(next)?;
+        self.apply_ops(next, ops, total)?;
+        config.active = next;
+        config.generation = generation;
+        config.rule_count = total as u32;
+        config.next_rule_id = 0;
+        self.set_slot(next, config)?;
+        // The flip: one aligned 32-bit word changes in the selector.
+        let mut sel = self.slot(CONFIG_SELECTOR)?;
+        sel.active = next;
+        self.config
+            .set(CONFIG_SELECTOR, sel, 0)
+            .map_err(map_err(names::CONFIG, "switch slot"))?;
+        Ok(config)
+    }
+
+    /// Makes `settings` and `rules` live together, atomically (see the module docs), and
+    /// brings the other trie up to date. Reads both tries: this is the full sync that reloads
+    /// and restarts use; small edits go through [`Maps::stage_delta`].
     pub fn commit(
         &mut self,
         settings: &Settings,
         rules: &RuleSet,
     ) -> Result<CommitReport, MapsError> {
-        let mut config = settings.to_config()?;
-        if rules.len() > MAX_RULES as usize {
+        let (report, pending) = self.stage_full(settings, rules)?;
+        if !pending.is_empty() {
+            wait_for_readers();
+        }
+        self.finish(pending)?;
+        Ok(report)
+    }
+
+    /// The first half of [`Maps::commit`]: `settings` and `rules` are live when it returns.
+    pub fn stage_full(
+        &mut self,
+        settings: &Settings,
+        rules: &RuleSet,
+    ) -> Result<(CommitReport, Pending), MapsError> {
+        let config = settings.to_config()?;
+        if rules.len() > self.capacity as usize {
             return Err(MapsError::Full {
                 wanted: rules.len(),
+                max: self.capacity,
             });
         }
         let live = self.active_slot()?;
         let next = live ^ 1;
-        let current: BTreeMap<Prefix, RuleValue> = self
-            .trie_rules(live)?
-            .into_iter()
-            .map(|r| (r.prefix, r.value))
-            .collect();
-        let staged: BTreeMap<Prefix, RuleValue> = self
-            .trie_rules(next)?
-            .into_iter()
-            .map(|r| (r.prefix, r.value))
-            .collect();
+        let read = |slot| -> Result<HashMap<TrieKey, RuleValue>, MapsError> {
+            Ok(self.trie_entries(slot)?.into_iter().collect())
+        };
+        let current = read(live)?;
+        let staged = read(next)?;
+        // The rule set by key, in its (prefix) order: consecutive writes share trie paths.
+        let mut keyed: Vec<(TrieKey, Action)> = Vec::with_capacity(rules.len());
+        keyed.extend(rules.iter().map(|(p, e)| (TrieKey::of(p), e.action)));
 
-        // Ids: keep the live id of every prefix that stays; allocate the rest from ids that
-        // neither trie references (so no in-flight packet can count into a recycled slot).
-        let mut used: BTreeSet<u32> = current.values().map(|v| v.id).collect();
-        used.extend(staged.values().map(|v| v.id));
-        let mut free = (0..MAX_RULES).filter(|id| !used.contains(id));
+        // Ids: keep the live id of every prefix that stays; new prefixes get ids from the
+        // growing counter, which starts above every id either trie holds.
+        let used: BTreeSet<u32> = current
+            .values()
+            .chain(staged.values())
+            .map(|v| v.id)
+            .collect();
+        let fresh = keyed
+            .iter()
+            .filter(|(k, _)| !current.contains_key(k))
+            .count();
+        let mut sel = self.slot(CONFIG_SELECTOR)?;
+        let floor = used.last().map_or(0, |&m| m.saturating_add(1));
+        let start = sel.next_rule_id.max(floor);
+        let wrapped = u32::try_from(fresh)
+            .ok()
+            .and_then(|f| start.checked_add(f))
+            .is_none();
+        let mut ids: Box<dyn Iterator<Item = u32>> = if wrapped {
+            // The id space is used up: start again from the lowest ids no trie holds.
+            let free: Vec<u32> = (0..u32::MAX)
+                .filter(|id| !used.contains(id))
+                .take(fresh)
+                .collect();
+            sel.next_rule_id = free.last().map_or(0, |&m| m + 1);
+            Box::new(free.into_iter())
+        } else {
+            sel.next_rule_id = start + fresh as u32;
+            Box::new(start..)
+        };
+        self.set_slot(CONFIG_SELECTOR, sel)?;
+
         let mut report = CommitReport {
             total: rules.len(),
             ..Default::default()
         };
-        let mut wanted: BTreeMap<&Prefix, RuleValue> = BTreeMap::new();
+        let mut wanted: Vec<(TrieKey, RuleValue)> = Vec::with_capacity(keyed.len());
         let mut fresh_ids = Vec::new();
-        for (prefix, entry) in rules {
-            let id = match current.get(prefix) {
+        for (key, action) in keyed {
+            let id = match current.get(&key) {
                 Some(v) => {
-                    if v.action != entry.action as u8 {
+                    if v.action != action as u8 {
                         report.changed += 1;
                     }
                     v.id
                 }
                 None => {
                     report.added += 1;
-                    let id = free.next().ok_or(MapsError::Full {
-                        wanted: rules.len(),
-                    })?;
-                    fresh_ids.push(id);
+                    let id = ids.next().expect("one id per new prefix");
+                    if wrapped {
+                        fresh_ids.push(id);
+                    }
                     id
                 }
             };
-            wanted.insert(
-                prefix,
-                RuleValue {
-                    id,
-                    action: entry.action as u8,
-                    flags: 0,
-                    _reserved: 0,
-                },
-            );
+            wanted.push((key, key.value(id, action)));
         }
-        report.removed = current.keys().filter(|p| !rules.contains_key(*p)).count();
-
+        drop(ids);
+        // Recycled ids (after a wrap): their counters, of long-gone rules, start from zero.
         for id in fresh_ids {
-            let zero = self.zero_counters()?;
-            self.rule_stats
-                .set(id, zero, 0)
-                .map_err(map_err(names::RULE_STATS, format!("reset rule {id}")))?;
+            self.remove_stats(id)?;
         }
 
-        // Stage: sync the inactive trie to `wanted`.
-        let name = names::RULES[next as usize];
-        let trie = &mut self.rules[next as usize];
-        for prefix in staged.keys().filter(|p| !wanted.contains_key(p)) {
-            let k = prefix.key();
-            match trie.remove(&Key::new(k.prefix_len, k.data)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(name, format!("remove {prefix}"))(e)),
+        // What turns `have` into `wanted`: removals (sorted), then the rules to write. The
+        // cost follows the size of both, and nothing is hashed for an empty `have`.
+        let diff = |have: &HashMap<TrieKey, RuleValue>| -> Vec<Op> {
+            let mut gone: HashSet<TrieKey> = have.keys().copied().collect();
+            let mut sets = Vec::with_capacity(wanted.len());
+            for (k, v) in &wanted {
+                if gone.is_empty() {
+                    sets.push((*k, Some(*v)));
+                    continue;
+                }
+                gone.remove(k);
+                if have.get(k) != Some(v) {
+                    sets.push((*k, Some(*v)));
+                }
             }
-        }
-        for (prefix, value) in &wanted {
-            if staged.get(*prefix) == Some(value) {
-                continue;
-            }
-            let k = prefix.key();
-            trie.insert(&Key::new(k.prefix_len, k.data), *value, 0)
-                .map_err(|e| match &e {
-                    MapError::SyscallError(s)
-                        if s.io_error.raw_os_error() == Some(libc::ENOSPC) =>
-                    {
-                        MapsError::Full {
-                            wanted: rules.len(),
-                        }
-                    }
-                    _ => map_err(name, format!("insert {prefix}"))(e),
-                })?;
-        }
+            let mut ops: Vec<Op> = gone.into_iter().map(|k| (k, None)).collect();
+            ops.sort_by_key(|(k, _)| *k);
+            ops.extend(sets);
+            ops
+        };
+        let stage_ops = diff(&staged);
+        let standby_ops = diff(&current);
+        report.removed = standby_ops.iter().filter(|(_, v)| v.is_none()).count();
+        let generation = next_generation(self.slot(live)?.generation, self.slot(next)?.generation);
 
         // Ports: new ones first (they are not double-buffered; a port added early only means
         // the old rules see it for a moment).
@@ -351,57 +796,187 @@ impl Maps {
                 .set(p as u32, 1u8, 0)
                 .map_err(map_err(names::SIP_PORTS, format!("add port {p}")))?;
         }
-
-        // Stage the config, then the flip: one aligned 32-bit word changes in the selector.
-        config.active = next;
-        self.config
-            .set(next, config, 0)
-            .map_err(map_err(names::CONFIG, format!("write slot {next}")))?;
-        let mut sel = self
-            .config
-            .get(&CONFIG_SELECTOR, 0)
-            .map_err(map_err(names::CONFIG, "read selector"))?;
-        sel.active = next;
-        self.config
-            .set(CONFIG_SELECTOR, sel, 0)
-            .map_err(map_err(names::CONFIG, "switch slot"))?;
-
+        let config = self.stage_and_switch(next, &stage_ops, config, generation, rules.len())?;
         for &p in old_ports.difference(&new_ports) {
             self.ports
                 .set(p as u32, 0u8, 0)
                 .map_err(map_err(names::SIP_PORTS, format!("remove port {p}")))?;
         }
-        Ok(report)
+        let live_ids = wanted.iter().map(|(_, v)| v.id).collect();
+        Ok((
+            report,
+            Pending {
+                slot: live,
+                ops: standby_ops,
+                config,
+                dead_ids: Vec::new(),
+                live_ids: Some(live_ids),
+            },
+        ))
     }
 
-    fn zero_counters<T: aya::Pod + Default>(&self) -> Result<PerCpuValues<T>, MapsError> {
-        let n =
-            aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))?;
-        PerCpuValues::try_from(vec![T::default(); n]).map_err(|e| MapsError::Cpus(e.to_string()))
-    }
-
-    /// Counters of rule `id`, summed over CPUs.
-    pub fn rule_counters(&self, id: u32) -> Result<RuleCounters, MapsError> {
-        let per_cpu = self
-            .rule_stats
-            .get(&id, 0)
-            .map_err(map_err(names::RULE_STATS, format!("read rule {id}")))?;
-        Ok(per_cpu.iter().fold(RuleCounters::default(), |a, c| {
-            let RuleCounters {
-                matched,
-                dropped,
-                would_drop,
-                calls,
-                reinvites,
-            } = *c;
-            RuleCounters {
-                matched: a.matched + matched,
-                dropped: a.dropped + dropped,
-                would_drop: a.would_drop + would_drop,
-                calls: a.calls + calls,
-                reinvites: a.reinvites + reinvites,
+    /// The first half of a delta commit: `delta` is live when it returns `Some`. It reads only
+    /// the rules the delta touches (exact lookups in the live trie), never the whole trie.
+    /// `None` when the tries are not known to be in sync (the caller does a full commit).
+    pub fn stage_delta(
+        &mut self,
+        delta: &Delta,
+    ) -> Result<Option<(CommitReport, Pending)>, MapsError> {
+        let Some((generation, live_config)) = self.in_sync()? else {
+            return Ok(None);
+        };
+        let live = self.active_slot()?;
+        let next = live ^ 1;
+        let mut report = CommitReport {
+            delta: true,
+            ..Default::default()
+        };
+        let mut ops: Vec<Op> = Vec::new();
+        let mut dead_ids = Vec::new();
+        let mut new_prefixes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (prefix, action) in &delta.set {
+            if !seen.insert(prefix) {
+                continue;
             }
-        }))
+            let Ok(old) = self.exact_in(live, prefix)? else {
+                return Ok(None);
+            };
+            match old {
+                Some(v) if v.action == *action as u8 => {}
+                Some(v) => {
+                    report.changed += 1;
+                    ops.push((TrieKey::of(prefix), Some(rule_value(prefix, v.id, *action))));
+                }
+                None => {
+                    report.added += 1;
+                    new_prefixes.push((prefix, *action));
+                }
+            }
+        }
+        for prefix in &delta.remove {
+            if !seen.insert(prefix) {
+                continue;
+            }
+            let Ok(old) = self.exact_in(live, prefix)? else {
+                return Ok(None);
+            };
+            if let Some(v) = old {
+                report.removed += 1;
+                dead_ids.push(v.id);
+                ops.push((TrieKey::of(prefix), None));
+            }
+        }
+        let total = (live_config.rule_count as usize + report.added).saturating_sub(report.removed);
+        report.total = total;
+        if total > self.capacity as usize {
+            return Err(MapsError::Full {
+                wanted: total,
+                max: self.capacity,
+            });
+        }
+        if ops.is_empty() && new_prefixes.is_empty() {
+            let pending = Pending {
+                slot: live,
+                ops,
+                config: live_config,
+                dead_ids,
+                live_ids: None,
+            };
+            return Ok(Some((report, pending)));
+        }
+        let Some(first) = self.take_ids(new_prefixes.len())? else {
+            return Ok(None);
+        };
+        for (i, (prefix, action)) in new_prefixes.into_iter().enumerate() {
+            ops.push((
+                TrieKey::of(prefix),
+                Some(rule_value(prefix, first + i as u32, action)),
+            ));
+        }
+        let generation = next_generation(generation, generation);
+        let config = self.stage_and_switch(next, &ops, live_config, generation, total)?;
+        Ok(Some((
+            report,
+            Pending {
+                slot: live,
+                ops,
+                config,
+                dead_ids,
+                live_ids: None,
+            },
+        )))
+    }
+
+    /// The second half of a commit: applies the change to the standby trie (the caller has
+    /// waited for readers of it, see [`wait_for_readers`]), records its generation, and deletes
+    /// the counters of removed rules.
+    pub fn finish(&mut self, p: Pending) -> Result<(), MapsError> {
+        self.finish_inner(p)
+            .map_err(|e| MapsError::Standby(Box::new(e)))
+    }
+
+    fn finish_inner(&mut self, p: Pending) -> Result<(), MapsError> {
+        if !p.ops.is_empty() || self.slot(p.slot)?.generation != p.config.generation {
+            self.mark_dirty(p.slot)?;
+            self.apply_ops(p.slot, &p.ops, p.config.rule_count as usize)?;
+            let mut c = p.config;
+            c.active = p.slot;
+            self.set_slot(p.slot, c)?;
+        }
+        for id in p.dead_ids {
+            self.remove_stats(id)?;
+        }
+        if let Some(live) = p.live_ids {
+            // Counters of rules that are gone (an in-flight packet may have recreated one).
+            for id in self.stats_ids()? {
+                if !live.contains(&id) {
+                    self.remove_stats(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_stats(&mut self, id: u32) -> Result<(), MapsError> {
+        match self.rule_stats.remove(&id) {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(map_err(names::RULE_STATS, format!("delete rule {id}"))(e)),
+        }
+    }
+
+    /// Ids that have counters (rules that were hit since their counters were last reset).
+    pub fn stats_ids(&self) -> Result<Vec<u32>, MapsError> {
+        self.rule_stats
+            .keys()
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(map_err(names::RULE_STATS, "iterate"))
+    }
+
+    /// Counters of rule `id`, summed over CPUs (zero when the rule was never hit).
+    pub fn rule_counters(&self, id: u32) -> Result<RuleCounters, MapsError> {
+        match self.rule_stats.get(&id, 0) {
+            Ok(per_cpu) => Ok(sum_counters(&per_cpu)),
+            Err(e) if not_found(&e) => Ok(RuleCounters::default()),
+            Err(e) => Err(map_err(names::RULE_STATS, format!("read rule {id}"))(e)),
+        }
+    }
+
+    /// Counters of every rule that has some, by id, summed over CPUs.
+    pub fn all_rule_counters(&self) -> Result<BTreeMap<u32, RuleCounters>, MapsError> {
+        let mut out = BTreeMap::new();
+        for kv in self.rule_stats.iter() {
+            match kv {
+                Ok((id, per_cpu)) => {
+                    out.insert(id, sum_counters(&per_cpu));
+                }
+                // Deleted while we iterate (a commit or a reset): it counts as zero.
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(names::RULE_STATS, "iterate")(e)),
+            }
+        }
+        Ok(out)
     }
 
     /// Global counters, summed over CPUs.
@@ -429,25 +1004,143 @@ impl Maps {
             match kv {
                 Ok(kv) => out.push(kv),
                 // An LRU entry evicted while we iterate: skip it.
-                Err(MapError::KeyNotFound) => {}
+                Err(e) if not_found(&e) => {}
                 Err(e) => return Err(map_err(names::SOURCES, "iterate")(e)),
             }
         }
         Ok(out)
     }
 
-    /// Zeroes the global counters and the counters of the live rules.
+    /// Zeroes the global counters and deletes every rule's counters (they come back, zeroed,
+    /// at the rule's next match).
     pub fn reset_counters(&mut self) -> Result<(), MapsError> {
-        let ids: Vec<u32> = self.rules()?.iter().map(|r| r.value.id).collect();
-        for id in ids {
-            let zero = self.zero_counters()?;
-            self.rule_stats
-                .set(id, zero, 0)
-                .map_err(map_err(names::RULE_STATS, format!("reset rule {id}")))?;
+        for id in self.stats_ids()? {
+            self.remove_stats(id)?;
         }
-        let zero = self.zero_counters()?;
+        let n =
+            aya::util::nr_cpus().map_err(|(what, e)| MapsError::Cpus(format!("{what}: {e}")))?;
+        let zero = PerCpuValues::try_from(vec![GlobalCounters::default(); n])
+            .map_err(|e| MapsError::Cpus(e.to_string()))?;
         self.counters
             .set(0, zero, 0)
             .map_err(map_err(names::COUNTERS, "reset"))
+    }
+
+    /// Writes counters for `id` (upgrades carry counters over from an older layout).
+    pub fn set_rule_counters(
+        &mut self,
+        id: u32,
+        per_cpu: PerCpuValues<RuleCounters>,
+    ) -> Result<(), MapsError> {
+        self.rule_stats
+            .insert(id, per_cpu, 0)
+            .map_err(map_err(names::RULE_STATS, format!("write rule {id}")))
+    }
+}
+
+/// Counters pinned by an older sipguard (a per-CPU array indexed by rule id) for the rules in
+/// the pinned tries, and the array's pin removed, so that the loader creates the per-CPU hash in
+/// its place; the caller writes the counters into it. Empty when the pin is not an array.
+pub fn take_legacy_stats(dir: &Path) -> Result<Vec<(u32, PerCpuValues<RuleCounters>)>, MapsError> {
+    let path = dir.join(names::RULE_STATS);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let open = |name: &'static str| {
+        let path = dir.join(name);
+        MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .map_err(|source| MapsError::OpenPin {
+                path: path.display().to_string(),
+                source,
+            })
+    };
+    let stats = open(names::RULE_STATS)?;
+    if !matches!(stats, Map::PerCpuArray(_)) {
+        return Ok(Vec::new());
+    }
+    let stats = PerCpuArray::<MapData, RuleCounters>::try_from(stats)
+        .map_err(map_err(names::RULE_STATS, "open"))?;
+    let mut ids = BTreeSet::new();
+    for name in names::RULES {
+        if !dir.join(name).exists() {
+            continue;
+        }
+        let trie = Trie::try_from(open(name)?).map_err(map_err(name, "open"))?;
+        for kv in trie.iter() {
+            match kv {
+                Ok((_, v)) => {
+                    ids.insert(v.id);
+                }
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(name, "iterate")(e)),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        match stats.get(&id, 0) {
+            Ok(v) if v.iter().any(|c| *c != RuleCounters::default()) => out.push((id, v)),
+            Ok(_) => {}
+            Err(e) if not_found(&e) || matches!(e, MapError::OutOfBounds { .. }) => {}
+            Err(e) => return Err(map_err(names::RULE_STATS, format!("read rule {id}"))(e)),
+        }
+    }
+    std::fs::remove_file(&path).map_err(|source| MapsError::Unpin {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(out)
+}
+
+/// The trie value of rule `prefix`.
+pub fn rule_value(prefix: &Prefix, id: u32, action: Action) -> RuleValue {
+    TrieKey::of(prefix).value(id, action)
+}
+
+/// The generation after `a` and `b` (never 0, which means "unknown").
+fn next_generation(a: u32, b: u32) -> u32 {
+    a.max(b).checked_add(1).unwrap_or(1)
+}
+
+fn sum_counters(per_cpu: &PerCpuValues<RuleCounters>) -> RuleCounters {
+    per_cpu.iter().fold(RuleCounters::default(), |a, c| {
+        let RuleCounters {
+            matched,
+            dropped,
+            would_drop,
+            calls,
+            reinvites,
+        } = *c;
+        RuleCounters {
+            matched: a.matched + matched,
+            dropped: a.dropped + dropped,
+            would_drop: a.would_drop + would_drop,
+            calls: a.calls + calls,
+            reinvites: a.reinvites + reinvites,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_skip_zero() {
+        assert_eq!(next_generation(0, 0), 1);
+        assert_eq!(next_generation(3, 5), 6);
+        assert_eq!(next_generation(u32::MAX, 1), 1);
+    }
+
+    #[test]
+    fn rule_values_carry_their_own_prefix_length() {
+        let p: Prefix = "+232".parse().unwrap();
+        let v = rule_value(&p, 7, Action::Block);
+        let plen = p.key().prefix_len;
+        assert_eq!(u32::from(v.prefix_len), plen);
+        assert_eq!(v.prefix_len, 8 + 3 * 4);
+        let all: Prefix = "+".parse().unwrap();
+        assert_eq!(rule_value(&all, 0, Action::Monitor).prefix_len, 8);
     }
 }

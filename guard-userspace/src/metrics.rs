@@ -167,7 +167,7 @@ pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result
         reload_ok.clone(),
     );
 
-    let meta = state.committed().unwrap_or_default();
+    let meta = state.rule_meta();
     let mut by_iface: std::collections::BTreeMap<String, Vec<crate::cli::SourceRow>> =
         std::collections::BTreeMap::new();
     let ctx = crate::cli::Ctx {
@@ -199,12 +199,13 @@ pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result
             iface: iface.clone(),
         };
         let rules = maps.rules()?;
+        let counters = maps.all_rule_counters()?;
         rules_loaded.get_or_create(&il).set(rules.len() as i64);
         attached
             .get_or_create(&il)
             .set(dir.join(LINK_PIN).exists() as i64);
         for r in rules {
-            let c = maps.rule_counters(r.value.id)?;
+            let c = counters.get(&r.value.id).copied().unwrap_or_default();
             let m = meta.get(&r.prefix);
             let labels = RuleLabels {
                 prefix: r.prefix.to_string(),

@@ -1,7 +1,7 @@
 //! Global settings: SIP ports, international dialling prefixes, and the mode.
 
 use guard_common::{
-    Config, IntlPrefix, IntlPrefixes, Mode,
+    Config, IntlPrefix, IntlPrefixes, MAX_RULES, MAX_RULES_LIMIT, Mode,
     number::{MAX_INTL_PREFIX_DIGITS, MAX_INTL_PREFIXES},
 };
 use thiserror::Error;
@@ -18,6 +18,8 @@ pub enum SettingsError {
     TooManyIntlPrefixes(usize),
     #[error("unknown mode `{0}` (expected enforce or monitor)")]
     UnknownMode(String),
+    #[error("max_rules: {0} is out of range (1 to {MAX_RULES_LIMIT})")]
+    MaxRules(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +35,9 @@ pub struct Settings {
     pub event_rate: u32,
     /// Events a CPU may send at once above the rate.
     pub event_burst: u32,
+    /// Rules each rule trie (and the per-rule counter map) can hold: the maps' size, applied
+    /// when they are created. Pinned maps keep the size they were created with.
+    pub max_rules: u32,
 }
 
 impl Default for Settings {
@@ -45,6 +50,7 @@ impl Default for Settings {
             track_calls: true,
             event_rate: 50,
             event_burst: 100,
+            max_rules: MAX_RULES,
         }
     }
 }
@@ -72,6 +78,9 @@ impl Settings {
         }
         if self.sip_ports.contains(&0) {
             return Err(SettingsError::PortZero);
+        }
+        if !(1..=MAX_RULES_LIMIT).contains(&self.max_rules) {
+            return Err(SettingsError::MaxRules(self.max_rules.into()));
         }
         if self.intl_prefixes.len() > MAX_INTL_PREFIXES {
             return Err(SettingsError::TooManyIntlPrefixes(self.intl_prefixes.len()));

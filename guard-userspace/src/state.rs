@@ -7,8 +7,10 @@
 //!   config file and re-applies the runtime edits, so an edit is never silently undone. To make
 //!   an edit permanent, put it in the config file and `sipguard rules del` / re-add it, or
 //!   remove `runtime.toml`.
-//! - `rules.json`: the last committed rule set with comments and countries (the kernel keeps
-//!   only prefix, action and counter id).
+//! - `rules.json`: the rule set of the daemon's last commit with comments and countries (the
+//!   kernel keeps only prefix, action and counter id). Runtime edits after it are in
+//!   `runtime.toml`; [`StateDir::rule_meta`] merges the two, so a `rules add` into a million
+//!   rules does not rewrite a 60 MB file.
 //! - `daemon.json`: the running daemon (pid, config path, interfaces and XDP modes).
 //! - `lock`: an flock that serialises every change of the maps (daemon reloads, CLI edits).
 
@@ -234,11 +236,42 @@ impl StateDir {
         }
     }
 
+    /// Writes `rules.json`: one rule per line (a million rules make a 60 MB file; pretty
+    /// printing would double it and the time to write it).
+    /// Comments, countries and sources of the live rules: the last commit's, with the runtime
+    /// edits made since then over them.
+    pub fn rule_meta(&self) -> RuleSet {
+        let mut meta = self.committed().unwrap_or_default();
+        if let Ok(o) = self.overlay() {
+            for r in o.rule {
+                meta.insert(
+                    r.prefix,
+                    RuleEntry {
+                        action: r.action,
+                        comment: r.comment,
+                        country: r.country,
+                        source: Source::Runtime,
+                    },
+                );
+            }
+        }
+        meta
+    }
+
     pub fn save_committed(&self, rules: &RuleSet) -> Result<(), StateError> {
-        let text = serde_json::to_string_pretty(rules).map_err(|e| StateError::Corrupt {
+        let corrupt = |e: serde_json::Error| StateError::Corrupt {
             path: self.path("rules.json").display().to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut text = String::with_capacity(rules.len() * 64 + 4);
+        text.push('{');
+        for (i, (prefix, entry)) in rules.iter().enumerate() {
+            text.push_str(if i == 0 { "\n" } else { ",\n" });
+            text.push_str(&serde_json::to_string(prefix).map_err(corrupt)?);
+            text.push(':');
+            text.push_str(&serde_json::to_string(entry).map_err(corrupt)?);
+        }
+        text.push_str("\n}\n");
         self.write("rules.json", &text)
     }
 
@@ -347,6 +380,16 @@ mod tests {
         o.delete(p("+99"));
         o.add(p("+99"), &entry(Action::Allow, Source::Runtime));
         let out = o.apply(&config);
+        // rules.json round trip, one rule per line.
+        let dir0 = std::env::temp_dir().join(format!("sg-committed-{}", std::process::id()));
+        let st0 = StateDir::new(&dir0);
+        st0.save_committed(&out).unwrap();
+        assert_eq!(st0.committed().unwrap(), out);
+        let text = fs::read_to_string(dir0.join("rules.json")).unwrap();
+        assert_eq!(text.lines().count(), out.len() + 2, "{text}");
+        st0.save_committed(&RuleSet::new()).unwrap();
+        assert!(st0.committed().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir0);
         assert_eq!(out[&p("+232")].source, Source::Config);
         assert_eq!(out[&p("+44")].action, Action::Block);
         assert_eq!(out[&p("+44")].source, Source::Runtime);

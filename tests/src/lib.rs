@@ -1,6 +1,7 @@
 //! Shared test support for sipguard's kernel tests and benchmarks: the frame builder, the
 //! fixture table, a host-side reference verdict, and network-namespace plumbing.
 
+pub mod capacity;
 pub mod fixtures;
 pub mod harness;
 pub mod mix;

@@ -1,12 +1,24 @@
 //! `cargo xtask bench`: ns per packet through BPF_PROG_TEST_RUN for the fixture frames, with 250
 //! country-code rules and with 100k operator prefixes, each as a ratio to an empty XDP program
-//! measured in the same run. Not a test: it asserts only that verdicts are the expected ones.
+//! measured in the same run; then capacity: the time to load a million rules, the time from a
+//! `sipguard rules add` into them until the kernel enforces it, and the kernel memory of the
+//! maps. Not a test: it asserts only that verdicts are the expected ones.
 
-use std::process::ExitCode;
+use std::{
+    io::Read as _,
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
 
+use anyhow::{Context as _, bail};
 use guard_common::{Action, programs};
-use sipguard::{Filter, Rule, Verdict};
+use sipguard::{
+    Filter, Prefix, Rule, Settings, Verdict,
+    maps::{Maps, wait_for_readers},
+    memory::{MapMemory, possible_cpus},
+};
 use sipguard_tests::{
+    capacity::{PinnedFilter, Rng, invite_under, rule_set},
     fixtures::{BLOCKED_URI, Setup, case_named},
     load,
     packet::{Pkt, request_with_call_id},
@@ -27,17 +39,6 @@ const ROWS: &[(&str, &str, Verdict)] = &[
         Verdict::Drop,
     ),
 ];
-
-/// A small deterministic generator (xorshift), so every run benchmarks the same rule set.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 /// 250 country-code style rules: +232 block with its +23222 exception, then 248 other 3-digit
 /// codes (never a prefix of the allowed destination +33...).
@@ -69,10 +70,10 @@ fn operator_rules(total: usize) -> Vec<Rule> {
         rules.iter().map(|r| r.prefix.to_string()).collect();
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     while rules.len() < total {
-        let len = 6 + (rng.next() % 4) as usize;
+        let len = 6 + (rng.next_u64() % 4) as usize;
         let mut p = String::from("+");
         for i in 0..len {
-            let d = (rng.next() % 10) as u8;
+            let d = (rng.next_u64() % 10) as u8;
             p.push(char::from(b'0' + if i == 0 && d == 0 { 4 } else { d }));
         }
         if p.starts_with("+33") || !seen.insert(p.clone()) {
@@ -100,15 +101,54 @@ fn best_ns(
     (rc, best)
 }
 
+fn main() -> ExitCode {
+    if let [_, flag, fixture] = std::env::args().collect::<Vec<_>>().as_slice()
+        && flag == "--profile"
+    {
+        return profile(fixture);
+    }
+    let mut repeat = 1_000_000u32;
+    let mut rounds = 3u32;
+    let mut capacity_rules = 1_000_000usize;
+    let (mut table, mut capacity) = (true, true);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--no-table" => table = false,
+            "--no-capacity" => capacity = false,
+            _ => match (a.as_str(), args.next().and_then(|v| v.parse::<u64>().ok())) {
+                ("--repeat", Some(v)) => repeat = v as u32,
+                ("--rounds", Some(v)) => rounds = v as u32,
+                ("--capacity-rules", Some(v)) => capacity_rules = v as usize,
+                _ => {
+                    eprintln!(
+                        "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)] [--capacity-rules N (default 1000000)] [--no-table] [--no-capacity]"
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+        }
+    }
+    if table && let Err(code) = test_run_table(repeat, rounds) {
+        return code;
+    }
+    if capacity && let Err(e) = capacity_section(capacity_rules) {
+        eprintln!("capacity: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// The BPF_PROG_TEST_RUN table.
 /// `--profile FIXTURE`: runs one fixture frame through the filter (250 rules) for ten seconds,
 /// for `perf record` to sample the program's functions.
 fn profile(fixture: &str) -> ExitCode {
     let f = load(&Setup::Default.settings(), &country_rules());
     let frame = case_named(fixture).frame;
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let mut runs = 0u64;
     let mut ns = 0.0;
-    while t.elapsed() < std::time::Duration::from_secs(10) {
+    while t.elapsed() < Duration::from_secs(10) {
         ns += best_ns(&f, programs::FILTER, &frame, 100_000, 1).1;
         runs += 1;
     }
@@ -161,27 +201,7 @@ fn new_call_rows(f: &Filter, label: &str, tag: &str) -> Option<[f64; 3]> {
     Some([empty, new_calls, retrans])
 }
 
-fn main() -> ExitCode {
-    if let [_, flag, fixture] = std::env::args().collect::<Vec<_>>().as_slice()
-        && flag == "--profile"
-    {
-        return profile(fixture);
-    }
-    let mut repeat = 1_000_000u32;
-    let mut rounds = 3u32;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match (a.as_str(), args.next().and_then(|v| v.parse().ok())) {
-            ("--repeat", Some(v)) => repeat = v,
-            ("--rounds", Some(v)) => rounds = v,
-            _ => {
-                eprintln!(
-                    "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)]"
-                );
-                return ExitCode::from(2);
-            }
-        }
-    }
+fn test_run_table(repeat: u32, rounds: u32) -> Result<(), ExitCode> {
     let settings = Setup::Default.settings();
     let sets = [
         ("250 country codes", country_rules()),
@@ -208,12 +228,12 @@ fn main() -> ExitCode {
             let got = Verdict::from_xdp(rc);
             if got != want {
                 eprintln!("{row} ({label}): verdict {got:?}, expected {want:?}");
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
             col.push(ns);
         }
         let Some(single) = new_call_rows(&f, label, &label[..3]) else {
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         };
         singles.push(single);
         // The same blocked INVITE with call accounting off (no Call-ID scan, no call LRU, no
@@ -226,7 +246,7 @@ fn main() -> ExitCode {
         let (rc, ns) = best_ns(&f, programs::FILTER, &frame, repeat, rounds);
         if Verdict::from_xdp(rc) != Verdict::Drop {
             eprintln!("blocked INVITE without call accounting ({label}): not dropped");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
         col.push(ns);
         cols.push(col);
@@ -294,5 +314,316 @@ fn main() -> ExitCode {
         Some(n) => println!("verifier processed instructions (filter program): {n}"),
         None => println!("verifier processed instructions: not reported by this kernel"),
     }
-    ExitCode::SUCCESS
+    Ok(())
+}
+
+const MB: f64 = 1e6;
+
+/// Rounds of the CLI measurements.
+const ROUNDS: usize = 7;
+
+/// Kernel memory of a filter, summed: (total, rule tries, rule counters) here and at `cpus`.
+struct Mem {
+    maps: Vec<MapMemory>,
+}
+
+impl Mem {
+    fn of(f: &Filter) -> anyhow::Result<Self> {
+        Ok(Self {
+            maps: f.kernel_memory()?,
+        })
+    }
+
+    fn sum(&self, at: Option<usize>, pick: impl Fn(&str) -> bool) -> f64 {
+        let here = possible_cpus().unwrap_or(1);
+        self.maps
+            .iter()
+            .filter(|m| pick(&m.name))
+            .map(|m| at.map_or(m.memlock, |c| m.at_cpus(here, c)) as f64)
+            .sum()
+    }
+
+    fn total(&self, at: Option<usize>) -> f64 {
+        self.sum(at, |_| true)
+    }
+
+    fn tries(&self) -> f64 {
+        self.sum(None, |n| n.starts_with("SG_RULES_"))
+    }
+
+    fn stats(&self, at: Option<usize>) -> f64 {
+        self.sum(at, |n| n == "SG_RULE_STATS")
+    }
+}
+
+/// Runs the CLI and polls the program with BPF_PROG_TEST_RUN in a tight loop until `frame`
+/// gets `want`: returns (until enforced, CLI wall time, the CLI's own timings line).
+fn cli_until(
+    pf: &PinnedFilter,
+    args: &[&str],
+    frame: &[u8],
+    want: Verdict,
+) -> anyhow::Result<(Duration, Duration, String)> {
+    let t0 = Instant::now();
+    let child = pf
+        .command(args)
+        .env("RUST_LOG", "sipguard=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn sipguard")?;
+    // The child is killed (by its PID) if anything below fails.
+    struct Reap(Option<std::process::Child>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut reap = Reap(Some(child));
+    let mut polls = 0u64;
+    let enforced = loop {
+        if pf.filter.test_run(frame)? == want {
+            break t0.elapsed();
+        }
+        // Leave the CPU to the CLI when it needs it (2 CPUs here); a poll is a few µs.
+        std::thread::yield_now();
+        polls += 1;
+        if polls.is_multiple_of(1024)
+            && let Some(st) = reap.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+            && !st.success()
+        {
+            bail!("`sipguard {}` failed ({st})", args.join(" "));
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("`sipguard {}` not enforced within 60 s", args.join(" "));
+        }
+    };
+    let mut c = reap.0.take().expect("child");
+    let status = c.wait()?;
+    let wall = t0.elapsed();
+    let mut err = String::new();
+    if let Some(mut e) = c.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    if !status.success() {
+        bail!("`sipguard {}` failed: {err}", args.join(" "));
+    }
+    let timings = err
+        .lines()
+        .find(|l| l.contains("rules edit:"))
+        .map(|l| {
+            ["live_ms", "standby_ms", "total_ms"]
+                .iter()
+                .filter_map(|k| {
+                    let v = l
+                        .split(&format!("{k}="))
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?;
+                    Some(format!("{k}={:.1}", v.parse::<f64>().ok()?))
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Ok((enforced, wall, timings))
+}
+
+/// The capacity section: load time, add-to-enforce latency, kernel memory.
+fn capacity_section(n: usize) -> anyhow::Result<()> {
+    let cpus = possible_cpus()?;
+    let big = Settings {
+        max_rules: 2_000_000,
+        ..Setup::Default.settings()
+    };
+    println!();
+    println!(
+        "## Capacity ({n} rules, max_rules = {}, {cpus} CPUs)",
+        big.max_rules
+    );
+    println!();
+    let t = Instant::now();
+    let rules = rule_set(n);
+    eprintln!("generated {n} rules in {:.2?}", t.elapsed());
+
+    // 1. Load into a fresh filter: live after the first trie, done after the second.
+    let mut f = Filter::load(&big)?;
+    let t = Instant::now();
+    let (_, pending) = f.maps.stage_full(&big, &rules)?;
+    let live = t.elapsed();
+    wait_for_readers();
+    f.maps.finish(pending)?;
+    let both = t.elapsed();
+    println!(
+        "load {n} rules into a fresh filter: enforced after {:.2} s (one trie, then the switch), both tries after {:.2} s",
+        live.as_secs_f64(),
+        both.as_secs_f64()
+    );
+    let mem_big = Mem::of(&f)?;
+    drop(f);
+
+    // 2. One rule added with the real CLI into the pinned filter, until the kernel drops it.
+    let mut pf = PinnedFilter::new("bench", big.max_rules);
+    let t = Instant::now();
+    pf.filter.maps.commit(&pf.settings.clone(), &rules)?;
+    let pinned_load = t.elapsed();
+    let t = Instant::now();
+    pf.state.save_committed(&rules)?;
+    let rules_json = t.elapsed();
+    println!(
+        "the same into pinned maps: {:.2} s; writing rules.json for them (as the daemon does): {:.2} s",
+        pinned_load.as_secs_f64(),
+        rules_json.as_secs_f64()
+    );
+    // The floor: spawning the binary until it has exited, doing nothing.
+    let mut spawn = Vec::new();
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        let st = pf
+            .command(&["--version"])
+            .stdout(Stdio::null())
+            .status()
+            .context("spawn sipguard")?;
+        if !st.success() {
+            bail!("sipguard --version failed");
+        }
+        spawn.push(t.elapsed());
+    }
+    // Each round adds a new prefix and deletes it again.
+    let mut add = Vec::new();
+    let mut del = Vec::new();
+    let mut timings = (String::new(), String::new());
+    for i in 0..ROUNDS {
+        let probe: Prefix = format!("+3399{i}").parse()?;
+        let p = probe.to_string();
+        let frame = invite_under(&probe);
+        if pf.filter.test_run(&frame)? != Verdict::Pass {
+            bail!("the probe INVITE to {probe} is dropped before the rule exists");
+        }
+        for (args, want, out, t) in [
+            (
+                vec!["rules", "add", p.as_str(), "--action", "block"],
+                Verdict::Drop,
+                &mut add,
+                &mut timings.0,
+            ),
+            (
+                vec!["rules", "del", p.as_str()],
+                Verdict::Pass,
+                &mut del,
+                &mut timings.1,
+            ),
+        ] {
+            let (enforced, wall, timing) = cli_until(&pf, &args, &frame, want)?;
+            let maps = Maps::from_pins(&pf.pins.iface_dir(PinnedFilter::IFACE))?;
+            if !maps.tries_in_sync()? {
+                bail!(
+                    "after `sipguard {}` the tries are not in sync",
+                    args.join(" ")
+                );
+            }
+            out.push((enforced, wall));
+            *t = timing;
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        format!(
+            "{:.1} ms (min {:.1}, max {:.1})",
+            ms(v[v.len() / 2]),
+            ms(v[0]),
+            ms(v[v.len() - 1])
+        )
+    };
+    println!();
+    println!(
+        "| `sipguard VERB` into {n} rules, spawned by the bench, {ROUNDS} rounds | until the kernel enforces it (test_run polled), median | CLI wall time, median | the CLI's own timings, last round (ms) |"
+    );
+    println!("|---|---:|---:|---|");
+    for (label, v, timing) in [
+        ("rules add +3399N --action block", &add, &timings.0),
+        ("rules del +3399N", &del, &timings.1),
+    ] {
+        let (mut e, mut w): (Vec<Duration>, Vec<Duration>) = v.iter().copied().unzip();
+        println!(
+            "| {label} | {} | {} | {timing} |",
+            stats(&mut e),
+            stats(&mut w)
+        );
+    }
+    println!(
+        "| `sipguard --version` (process start and exit only) | | {} | |",
+        stats(&mut spawn)
+    );
+    println!(
+        "(live_ms: the kernel enforces the edit; standby_ms: the other trie synced after an RCU grace period; the rest of total_ms is recording the edit in runtime.toml)"
+    );
+    drop(pf);
+
+    // 3. Kernel memory: all maps of one interface, measured here, and computed for 64 CPUs.
+    println!();
+    println!(
+        "| rules | max_rules | kernel memory here ({cpus} CPUs) | of which rule tries | rule counters | computed for 64 CPUs |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let row = |rules_n: usize, max: u32, m: &Mem| {
+        println!(
+            "| {rules_n} | {max} | {:.1} MB | {:.1} MB | {:.2} MB | {:.1} MB |",
+            m.total(None) / MB,
+            m.tries() / MB,
+            m.stats(None) / MB,
+            m.total(Some(64)) / MB
+        );
+    };
+    let default = Setup::Default.settings();
+    let mut per_hit = None;
+    for (k, settings) in [(1_000, &default), (1_000, &big), (100_000, &big)] {
+        let mut f = Filter::load(settings)?;
+        let set = rule_set(k);
+        f.maps.commit(settings, &set)?;
+        let m = Mem::of(&f)?;
+        row(k, settings.max_rules, &m);
+        if k == 1_000 && per_hit.is_none() {
+            // Traffic to every rule: each gets its per-CPU counters.
+            for p in set.keys() {
+                f.test_run(&invite_under(p))?;
+            }
+            let hit = Mem::of(&f)?;
+            let n_hit = f.maps.stats_ids()?.len().max(1) as f64;
+            per_hit = Some((
+                (hit.stats(None) - m.stats(None)) / n_hit,
+                (hit.stats(Some(64)) - m.stats(Some(64))) / n_hit,
+                hit,
+            ));
+        }
+    }
+    row(n, big.max_rules, &mem_big);
+    if let Some((here, at64, hit)) = &per_hit {
+        println!();
+        println!(
+            "each rule that sees traffic adds its per-CPU counters: {here:.0} B here, {at64:.0} B at 64 CPUs (1,000 rules, all hit: {:.1} MB here, {:.1} MB at 64 CPUs)",
+            hit.total(None) / MB,
+            hit.total(Some(64)) / MB
+        );
+        println!();
+        println!("maps of one interface, 1,000 rules at the default max_rules, all hit:");
+        println!();
+        println!("| map | type | max_entries | here | 64 CPUs |");
+        println!("|---|---|---:|---:|---:|");
+        for m in &hit.maps {
+            println!(
+                "| {} | {} | {} | {:.2} MB | {:.2} MB |",
+                m.name,
+                m.map_type,
+                m.max_entries,
+                m.memlock as f64 / MB,
+                m.at_cpus(cpus, 64) as f64 / MB
+            );
+        }
+    }
+    Ok(())
 }
