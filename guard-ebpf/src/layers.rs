@@ -5,6 +5,11 @@
 //!
 //! This path runs for every frame, so it reads headers straight from the packet, calls no helper
 //! unless a length field claims more than the linear part holds, and writes nothing.
+//!
+//! network-types' accessors are used where a reference to the header is sound: its IPv4, IPv6
+//! and UDP headers are byte arrays (alignment 1). Its Ethernet and VLAN headers hold a `u16`
+//! EtherType, so a reference to one at an odd packet offset would be unaligned; those two fields
+//! are read with `read_unaligned` instead.
 
 use core::{ffi::c_void, mem::size_of, ptr};
 
