@@ -2,6 +2,7 @@
 //! fixture table, a host-side reference verdict, and network-namespace plumbing.
 
 pub mod fixtures;
+pub mod flood;
 pub mod harness;
 pub mod mix;
 pub mod netns;
