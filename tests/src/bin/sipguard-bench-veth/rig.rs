@@ -56,7 +56,7 @@ pub struct Rig {
 impl Rig {
     /// Builds the namespaces and the veth pair; dropping the rig deletes both namespaces, which
     /// deletes the veths and everything installed inside (nft tables, iptables rules).
-    pub fn new() -> Result<Self> {
+    pub fn new(coalesce_us: u64) -> Result<Self> {
         let tx = Netns::new("vb-tx");
         let rx = Netns::new("vb-rx");
         for ns in [&tx, &rx] {
@@ -89,7 +89,19 @@ impl Rig {
             ns.ip(&["link", "set", dev, "up"])
                 .map_err(anyhow::Error::msg)?;
         }
-        run(in_ns(&rx, "sh").args(["-c", &format!("echo 1 > /sys/class/net/{rx_if}/threaded")]))?;
+        let mut sysfs = format!("echo 1 > /sys/class/net/{rx_if}/threaded");
+        if coalesce_us > 0 {
+            // Interrupt coalescing, as a NIC does it: after a poll that found work, NAPI does
+            // not re-arm the "interrupt" (veth's wake-up of the thread) but polls again from a
+            // timer after `coalesce_us`, so the thread takes batches instead of waking per few
+            // frames.
+            sysfs.push_str(&format!(
+                " && echo 1 > /sys/class/net/{rx_if}/napi_defer_hard_irqs \
+                 && echo {} > /sys/class/net/{rx_if}/gro_flush_timeout",
+                coalesce_us * 1000
+            ));
+        }
+        run(in_ns(&rx, "sh").args(["-c", &sysfs]))?;
         let endpoints = Endpoints {
             src_mac: mac(&tx, &tx_if)?,
             dst_mac: mac(&rx, &rx_if)?,
@@ -248,18 +260,30 @@ pub fn ticks_per_second() -> u64 {
     u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
 }
 
-/// CPU time of tasks `pids` in ns (/proc/PID/schedstat: time on CPU, run delay, slices).
-pub fn task_ns(pids: &[i32]) -> Result<u64> {
-    let mut total = 0;
+/// CPU time and scheduling of a set of tasks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskTime {
+    /// Time on a CPU, in ns.
+    pub ns: u64,
+    /// Times the tasks were scheduled in (each NAPI thread run is one).
+    pub runs: u64,
+}
+
+/// CPU time of tasks `pids` (/proc/PID/schedstat: time on CPU in ns, run delay, runs).
+pub fn task_time(pids: &[i32]) -> Result<TaskTime> {
+    let mut total = TaskTime::default();
     for pid in pids {
         let path = format!("/proc/{pid}/schedstat");
         let text = fs::read_to_string(&path)
             .with_context(|| format!("reading {path} (the NAPI thread went away?)"))?;
-        total += text
+        let f: Vec<u64> = text
             .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok())
+            .map(|f| f.parse::<u64>())
+            .collect::<Result<_, _>>()
             .with_context(|| format!("{path}: {text}"))?;
+        ensure!(f.len() >= 3, "{path}: {text}");
+        total.ns += f[0];
+        total.runs += f[2];
     }
     Ok(total)
 }
