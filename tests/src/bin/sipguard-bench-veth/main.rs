@@ -1,14 +1,15 @@
 //! `cargo xtask bench veth`: what dropping a flood of SIP INVITEs costs the receiving CPU, per
-//! packet, on a veth pair, for sipguard and for the alternatives, in one run.
+//! packet, on a veth pair, for sipguard and for the alternatives, in one run. Not a test.
 //!
 //! A sender pinned to CPU 0 floods one end of a veth pair with a 592-byte INVITE to `+232...`
-//! (`AF_PACKET`, `sendmmsg`, qdisc bypassed); the other end receives through threaded NAPI
-//! (GRO on), its NAPI thread pinned to CPU 1. Per row, after a warm-up: the busy time of CPU 1
-//! (/proc/stat) and the NAPI thread's CPU time, divided by the packets the receiving veth took off
-//! its ring, as ns per packet and as a ratio to an XDP program that only drops. Not a test.
+//! (`AF_PACKET`, `sendmmsg`, qdisc bypassed); the other end receives through threaded NAPI (GRO
+//! on, the sender's TSO off, so that veth uses NAPI for every configuration), its NAPI thread
+//! pinned to CPU 1. Per row, after a warm-up: the busy time of CPU 1 (/proc/stat) and the NAPI
+//! thread's CPU time, each divided by the packets the receiving veth took off its ring, as ns per
+//! packet and as a ratio to an XDP program that only drops.
 //!
 //! Everything (namespaces, veths, XDP programs, nft tables, iptables rules, sipguard pins and
-//! daemons) is removed on the way out, also on failure and Ctrl-C.
+//! daemons, files) is removed on the way out, also on failure and Ctrl-C.
 
 mod rig;
 mod rows;
@@ -159,7 +160,8 @@ fn main() -> ExitCode {
     let result = std::panic::catch_unwind(|| bench(&opts));
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) if e.is::<Interrupted>() => {
+        // Ctrl-C also reaches the commands we run, so the error may be theirs.
+        Ok(Err(_)) if INTERRUPTED.load(Ordering::SeqCst) => {
             eprintln!("interrupted: everything was torn down");
             ExitCode::from(130)
         }
