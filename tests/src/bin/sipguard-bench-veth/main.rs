@@ -39,6 +39,9 @@ const TX_CPU: usize = 0;
 /// The receiving veth's NAPI thread runs here; this CPU is measured.
 const RX_CPU: usize = 1;
 
+/// Above this share (percent) of CPU 1 going to other work, a row's CPU 1 figure is marked.
+const CONTENDED: f64 = 10.0;
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 #[derive(Debug)]
@@ -252,6 +255,13 @@ impl Measured {
     }
     fn ns_napi(&self) -> f64 {
         self.per_packet(self.napi.ns as f64)
+    }
+    /// Share of CPU 1 that went to something other than the NAPI thread, in percent.
+    fn other_work(&self) -> f64 {
+        self.busy((self.cpu_busy_ns - self.napi.ns as f64).max(0.0))
+    }
+    fn contended(&self) -> bool {
+        self.other_work() > CONTENDED
     }
     /// Share of the window, in percent.
     fn busy(&self, ns: f64) -> f64 {
@@ -483,10 +493,11 @@ fn report(
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in results {
         println!(
-            "| {} | {:.0} | {:.0} | {} | {:.0} | {} | {:.0}% | {:.0}% | {:.1} | {:.1}% |",
+            "| {} | {:.0} | {:.0}{} | {} | {:.0} | {} | {:.0}% | {:.0}% | {:.1} | {:.1}% |",
             m.row.label(),
             m.pps() / 1e3,
             m.ns_cpu(),
+            if m.contended() { " *" } else { "" },
             ratio(m, Measured::ns_cpu),
             m.ns_napi(),
             ratio(m, Measured::ns_napi),
@@ -508,7 +519,8 @@ fn report(
     println!(
         "- ns/pkt, NAPI thread: CPU time of the receiving veth's NAPI thread (/proc/PID/schedstat) \
          / packets: the receive path itself (XDP or the stack, including what the softirqs run \
-         in its context), unaffected by other processes on CPU {RX_CPU}."
+         in its context), without the time of other processes on CPU {RX_CPU} (which still \
+         slow it down, through caches and the sibling hyperthread)."
     );
     println!(
         "- ratio: ns/pkt over the floor's ns/pkt, same run and column. pkts per NAPI run: packets \
@@ -528,11 +540,11 @@ fn report(
         "- the sender is clocked by its socket send buffer (the frames in flight hold it), so \
          the veth ring never overflows: nothing is dropped at the sender (tx_dropped below)."
     );
-    if background > 10.0 {
+    if results.iter().any(Measured::contended) {
         println!(
-            "- NOTE: CPU {RX_CPU} was {background:.0}% busy before the flood (other processes \
-             on this machine): the CPU {RX_CPU} column includes their time. Read the NAPI thread \
-             column."
+            "- *: more than {CONTENDED:.0}% of CPU {RX_CPU} went to something other than the \
+             NAPI thread during the row (other processes on this machine), and its CPU {RX_CPU} \
+             figure includes that time; read the NAPI thread column for those rows."
         );
     }
     println!();
@@ -551,7 +563,7 @@ fn report(
             m.packets,
             m.secs,
             m.napi.runs,
-            m.busy((m.cpu_busy_ns - m.napi.ns as f64).max(0.0)),
+            m.other_work(),
             m.flood.sent,
             m.flood.rejected,
             m.tx.tx_packets,
