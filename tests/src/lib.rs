@@ -1,8 +1,10 @@
 //! Shared test support for sipguard's kernel tests and benchmarks: the frame builder, the
-//! fixture table, a host-side reference verdict, and network-namespace plumbing.
+//! fixture table, a host-side reference verdict, network-namespace plumbing, and the INVITE
+//! flood of the veth benchmark.
 
 pub mod capacity;
 pub mod fixtures;
+pub mod flood;
 pub mod harness;
 pub mod mix;
 pub mod netns;

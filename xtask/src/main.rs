@@ -38,10 +38,10 @@ enum Verb {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Setup, then run the sipguard-bench binary.
+    /// Setup, then run the sipguard-bench binary; `bench veth [ARGS]` runs the veth flood bench.
     Bench {
-        /// Arguments forwarded to sipguard-bench.
-        #[arg(last = true)]
+        /// `veth` and its arguments, or arguments forwarded to sipguard-bench (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
     /// Setup, build, then real SIP calls through sipguard in namespaces, with a report.

@@ -38,7 +38,7 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     let rust_src_ok = sysroot.as_deref().is_some_and(has_rust_src);
     let linker = bpf_linker();
     let (missing_pkgs, bpffs_ok) = match scope {
-        Scope::Full => (missing_packages(), bpffs_mounted()?),
+        Scope::Full => (missing_packages(&PACKAGES), bpffs_mounted()?),
         Scope::Toolchain => (Vec::new(), true),
     };
 
@@ -207,10 +207,47 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     .context("installing bpf-linker")
 }
 
-/// The test packages that dpkg does not report as installed.
-fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
-        .into_iter()
+/// Installs those of `packages` that dpkg does not report as installed, one line per package.
+/// `apt-get update` runs only when the install fails without it (stale or missing lists).
+pub fn ensure_packages(packages: &[&'static str]) -> anyhow::Result<()> {
+    let missing = missing_packages(packages);
+    for pkg in packages {
+        if missing.contains(pkg) {
+            println!("installing: {pkg} (apt)");
+        } else {
+            println!("ok: {pkg} (apt)");
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !util::is_root() {
+        bail!(
+            "installing {} needs root (apt-get install)",
+            missing.join(" ")
+        );
+    }
+    let install = || {
+        util::run(
+            util::tool("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q"])
+                .args(&missing),
+        )
+    };
+    if install().is_err() {
+        println!("apt-get install failed: updating the package lists, then retrying");
+        util::run(util::tool("apt-get").args(["update", "-q"]))?;
+        install()?;
+    }
+    Ok(())
+}
+
+/// Those of `packages` that dpkg does not report as installed.
+fn missing_packages(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
+        .iter()
+        .copied()
         .filter(|pkg| {
             !util::stdout_of(util::tool("dpkg-query").args(["-W", "-f=${Status}", pkg]))
                 .is_some_and(|s| s.contains("install ok installed"))
