@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     ByteSource, Counter, GlobalCounters, HDR_MAX_STEPS, HDR_WINDOW, Headers, MAX_STEPS, Parsed,
-    WINDOW,
+    Scanner, WINDOW,
 };
 
 use crate::{
@@ -58,32 +58,22 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
     let Some(s) = maps::scratch() else {
         return XDP_PASS;
     };
-    let frame = s.frame;
-    let n = if (frame.payload_len as usize) < WINDOW {
-        frame.payload_len as u32
-    } else {
-        WINDOW as u32
-    };
-    if n == 0 {
-        return XDP_PASS;
-    }
-    // SAFETY: copies n (1..=WINDOW) bytes into a buffer of HDR_WINDOW + 8 bytes.
-    if !unsafe {
-        layers::load(
-            ctx,
-            frame.payload_off as u32,
-            s.payload.as_mut_ptr().cast(),
-            n,
-        )
-    } {
+    s.copied = 0;
+    if !copy_payload(ctx, s, FAST_WINDOW) {
         c.bump(Counter::Truncated);
         return XDP_PASS;
     }
-    s.copied = n;
+    if s.copied == 0 {
+        return XDP_PASS;
+    }
     s.scanner.reset();
     // The usual request line is decided without a single step; any other goes step by step.
     let src = Window::new(&s.payload, s.copied, &raw mut s.index);
     if !s.scanner.fast(&src) {
+        if !copy_payload(ctx, s, WINDOW) {
+            c.bump(Counter::Truncated);
+            return XDP_PASS;
+        }
         s.scanner.reset();
         // SAFETY: constant iteration budget and a callback with the helper's signature.
         unsafe {
@@ -116,6 +106,40 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
             verdict::decide(ctx, c, &number)
         }
     }
+}
+
+/// Bytes copied first: enough for the usual request line ([`Scanner::fast`]).
+const FAST_WINDOW: usize = 64;
+
+/// Makes sure the payload's first `upto` bytes (FAST_WINDOW, WINDOW or HDR_WINDOW), or all of a
+/// shorter payload, are in the scratch copy. The copy grows in three pieces with constant
+/// offsets (what the verifier can check), and no byte is copied twice. Returns false when the
+/// frame would not give the bytes its lengths promised.
+#[inline(always)]
+fn copy_payload(ctx: &XdpContext, s: &mut maps::Scratch, upto: usize) -> bool {
+    let frame = s.frame;
+    let len = frame.payload_len as u32;
+    let mut lo = 0u32;
+    for hi in [FAST_WINDOW, WINDOW, HDR_WINDOW] {
+        if hi > upto {
+            break;
+        }
+        let end = if len < hi as u32 { len } else { hi as u32 };
+        if end <= lo {
+            break;
+        }
+        if s.copied < end {
+            let to = s.payload[lo as usize / 8..].as_mut_ptr().cast();
+            // SAFETY: copies `end - lo` (at most `hi - lo`) bytes to offset `lo` of a buffer of
+            // HDR_WINDOW + 8 bytes.
+            if !unsafe { layers::load(ctx, frame.payload_off as u32 + lo, to, end - lo) } {
+                return false;
+            }
+            s.copied = end;
+        }
+        lo = hi as u32;
+    }
+    true
 }
 
 /// A copied payload window (`WORDS - 1` words of bytes and a spare word) as the scanners' byte
@@ -232,22 +256,9 @@ extern "C" fn hdr_step(_index: u32, _ctx: *mut c_void) -> i64 {
 #[inline(always)]
 pub fn headers(ctx: &XdpContext) -> Option<Headers> {
     let s = maps::scratch()?;
-    let frame = s.frame;
-    let n = if (frame.payload_len as usize) < HDR_WINDOW {
-        frame.payload_len as u32
-    } else {
-        HDR_WINDOW as u32
-    };
-    if n > WINDOW as u32 {
-        let rest = n - WINDOW as u32;
-        let to = s.payload[WINDOW / 8..].as_mut_ptr().cast();
-        // SAFETY: copies `rest` (1..=HDR_WINDOW - WINDOW) bytes to WINDOW bytes into a buffer
-        // of HDR_WINDOW + 8 bytes.
-        if !unsafe { layers::load(ctx, frame.payload_off as u32 + WINDOW as u32, to, rest) } {
-            return None;
-        }
+    if !copy_payload(ctx, s, HDR_WINDOW) {
+        return None;
     }
-    s.copied = n;
     s.headers.reset();
     // SAFETY: constant iteration budget and a callback with the helper's signature.
     unsafe {
