@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use guard_common::{
     ByteSource, Counter, GlobalCounters, HDR_MAX_STEPS, HDR_WINDOW, Headers, MAX_STEPS, Parsed,
-    Scanner, WINDOW,
+    WINDOW,
 };
 
 use crate::{
@@ -108,7 +108,7 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
     }
 }
 
-/// Bytes copied first: enough for the usual request line ([`Scanner::fast`]).
+/// Bytes copied first: enough for the usual request line (`Scanner::fast`).
 const FAST_WINDOW: usize = 64;
 
 /// Makes sure the payload's first `upto` bytes (FAST_WINDOW, WINDOW or HDR_WINDOW), or all of a
