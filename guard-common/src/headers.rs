@@ -330,7 +330,7 @@ impl HeaderScanner {
         let mut i = 0;
         while i < WORDS_PER_STEP {
             let (w, n) = src.word(self.pos);
-            let k = swar::first(swar::eq(w, b'\r') | swar::eq(w, b'\n'));
+            let k = swar::first_of(w, b"\r\n");
             let value = if k < n { k } else { n };
             let room = (self.cid_start + CALL_ID_MAX).saturating_sub(self.pos);
             let counted = if value < room { value } else { room };
@@ -372,13 +372,7 @@ impl HeaderScanner {
                 return true;
             }
             let c = if self.tag_match == 0 {
-                let k = swar::first(
-                    swar::eq(w, b'<')
-                        | swar::eq(w, b'>')
-                        | swar::eq(w, b';')
-                        | swar::eq(w, b'\r')
-                        | swar::eq(w, b'\n'),
-                );
+                let k = swar::first_of(w, b"<>;\r\n");
                 if k >= n {
                     self.pos += n;
                     continue;

@@ -227,13 +227,7 @@ impl Scanner {
             state::FIND_AT => {
                 // Up to the first byte that decides, eight bytes a step.
                 let (w, n) = src.word(self.pos);
-                let k = swar::first(
-                    swar::eq(w, b'@')
-                        | swar::eq(w, b' ')
-                        | swar::eq(w, b'>')
-                        | swar::eq(w, b'\r')
-                        | swar::eq(w, b'\n'),
-                );
+                let k = swar::first_of(w, b"@ >\r\n");
                 if k >= n {
                     if n == 0 {
                         return self.done(outcome::NUMBER_INCOMPLETE);
@@ -250,14 +244,7 @@ impl Scanner {
             }
             state::TEL_PARAMS => {
                 let (w, n) = src.word(self.pos);
-                let k = swar::first(
-                    swar::eq(w, b';')
-                        | swar::eq(w, b' ')
-                        | swar::eq(w, b'>')
-                        | swar::eq(w, b'\r')
-                        | swar::eq(w, b'\n')
-                        | swar::eq(w, b'?'),
-                );
+                let k = swar::first_of(w, b"; >\r\n?");
                 if k >= n {
                     if n == 0 {
                         return self.done(outcome::NUMBER);

@@ -23,6 +23,18 @@ pub const fn eq(w: u64, b: u8) -> u64 {
     zeros(w ^ (ONES * b as u64))
 }
 
+/// Index (0..8) of the first byte of `w` that is one of `set`, or 8 when none is.
+#[inline(always)]
+pub const fn first_of(w: u64, set: &[u8]) -> u32 {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < set.len() {
+        mask |= eq(w, set[i]);
+        i += 1;
+    }
+    first(mask)
+}
+
 /// Index (0..8) of the lowest byte flagged in `mask` (a result of [`eq`] or [`zeros`], or of
 /// [`non_digits`]), or 8 when none is.
 #[inline(always)]
