@@ -747,6 +747,63 @@ mod tests {
         );
     }
 
+    /// Every region's expansion, one line each: what `expand` gives for every metadata id and
+    /// every ISO 3166-1 code (prefixes, or the error kind), then the leading-digits expansion of
+    /// every region under every calling code (what `label_for_prefix` works from).
+    fn expansion_dump() -> String {
+        use std::fmt::Write;
+        let ids: BTreeSet<String> = DATABASE
+            .iter()
+            .map(|m| m.id().to_string())
+            .chain(isocountry::CountryCode::iter().map(|c| c.alpha2().to_string()))
+            .collect();
+        let mut out = String::from("# expand(id)\n");
+        for id in &ids {
+            let line = match expand(id) {
+                Ok(c) => format!("ok +{} {}", c.calling_code, c.prefixes.join(" ")),
+                Err(CountryError::Malformed(_)) => "err Malformed".to_string(),
+                Err(CountryError::Unknown(_)) => "err Unknown".to_string(),
+                Err(CountryError::NoCallingCode { .. }) => "err NoCallingCode".to_string(),
+                Err(CountryError::Shared { others, .. }) => {
+                    format!("err Shared {}", others.join(" "))
+                }
+                Err(CountryError::Unsupported { .. }) => "err Unsupported".to_string(),
+            };
+            writeln!(out, "{id} {line}").unwrap();
+        }
+        out.push_str("# leading digits by calling code\n");
+        for group in index().groups.values() {
+            for region in &group.regions {
+                let line = match &region.leading {
+                    None => "none".to_string(),
+                    Some(Ok(prefixes)) => format!("ok {}", prefixes.join(" ")),
+                    Some(Err(_)) => "err".to_string(),
+                };
+                writeln!(out, "+{} {} {line}", group.code, region.id).unwrap();
+            }
+        }
+        out
+    }
+
+    /// The expansion of every region is pinned: a change of the expander (or of the metadata
+    /// crate) that moves any prefix shows here. `SIPGUARD_BLESS=1` rewrites the golden file.
+    #[test]
+    fn expansions_match_golden_file() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/country_expansions.txt"
+        );
+        let dump = expansion_dump();
+        if std::env::var_os("SIPGUARD_BLESS").is_some() {
+            std::fs::write(path, &dump).unwrap();
+        }
+        let golden = std::fs::read_to_string(path).unwrap();
+        for (line, (got, want)) in dump.lines().zip(golden.lines()).enumerate() {
+            assert_eq!(got, want, "line {}", line + 1);
+        }
+        assert_eq!(dump.lines().count(), golden.lines().count());
+    }
+
     #[test]
     fn label_names_a_single_country() {
         assert_eq!(label_for_prefix("232").as_deref(), Some("Sierra Leone"));
