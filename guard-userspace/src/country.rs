@@ -418,7 +418,7 @@ fn digit_strings(hir: &Hir) -> Result<BTreeSet<String>, PatternErrorKind> {
         HirKind::Empty => Ok(BTreeSet::from([String::new()])),
         HirKind::Literal(Literal(bytes)) => match std::str::from_utf8(bytes) {
             Ok(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
-                check_length(s.len())?;
+                bound(s.len(), MAX_DIGITS, PatternErrorKind::TooLong)?;
                 Ok(BTreeSet::from([s.to_string()]))
             }
             _ => Err(not_digits()),
@@ -434,19 +434,15 @@ fn digit_strings(hir: &Hir) -> Result<BTreeSet<String>, PatternErrorKind> {
                     .map(|r| (r.start().into(), r.end().into()))
                     .collect(),
             };
-            let digits = u32::from(b'0')..=u32::from(b'9');
-            if !ranges
-                .iter()
-                .all(|(lo, hi)| digits.contains(lo) && digits.contains(hi))
-            {
-                return Err(not_digits());
-            }
-            Ok(ranges
-                .into_iter()
-                .flat_map(|(lo, hi)| lo..=hi)
-                .filter_map(char::from_u32)
-                .map(String::from)
-                .collect())
+            // Ranges are sorted: a non-digit stops the walk after at most ten digits.
+            (ranges.into_iter().flat_map(|(lo, hi)| lo..=hi))
+                .map(|c| {
+                    char::from_u32(c)
+                        .filter(char::is_ascii_digit)
+                        .ok_or_else(not_digits)
+                })
+                .map(|c| c.map(String::from))
+                .collect()
         }
         HirKind::Look(_) => Err(PatternErrorKind::Look(hir.to_string())),
         HirKind::Repetition(rep) => {
@@ -488,27 +484,23 @@ fn product(
 ) -> Result<BTreeSet<String>, PatternErrorKind> {
     check_size(heads.len().saturating_mul(tails.len()))?;
     let longest = |set: &BTreeSet<String>| set.iter().map(String::len).max().unwrap_or(0);
-    check_length(longest(heads) + longest(tails))?;
+    bound(
+        longest(heads) + longest(tails),
+        MAX_DIGITS,
+        PatternErrorKind::TooLong,
+    )?;
     Ok(heads
         .iter()
         .flat_map(|head| tails.iter().map(move |tail| format!("{head}{tail}")))
         .collect())
 }
 
-fn check_length(len: usize) -> Result<(), PatternErrorKind> {
-    if len > MAX_DIGITS {
-        Err(PatternErrorKind::TooLong)
-    } else {
-        Ok(())
-    }
+fn check_size(len: usize) -> Result<(), PatternErrorKind> {
+    bound(len, MAX_PREFIXES, PatternErrorKind::TooMany)
 }
 
-fn check_size(len: usize) -> Result<(), PatternErrorKind> {
-    if len > MAX_PREFIXES {
-        Err(PatternErrorKind::TooMany)
-    } else {
-        Ok(())
-    }
+fn bound(len: usize, max: usize, error: PatternErrorKind) -> Result<(), PatternErrorKind> {
+    if len > max { Err(error) } else { Ok(()) }
 }
 
 /// Sorted minimal prefix set: drops a prefix that another one covers, and replaces ten
