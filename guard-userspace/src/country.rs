@@ -6,9 +6,11 @@
 //!
 //! - A country whose calling code no other region uses gets the bare code (`SL` → `232`).
 //! - A country sharing its code (NANP `+1`, `+7`, `+44`, `+39`, ...) gets the code followed by
-//!   the expansion of its metadata's leading-digits pattern (`JM` → `1658`, `1876`). Only a small
-//!   regex subset is expanded (digits, `|`, groups, `[...]` classes and ranges, `\d`), at most
-//!   [`MAX_PREFIXES`] prefixes, and the result must not overlap another region's expansion.
+//!   the expansion of its metadata's leading-digits pattern (`JM` → `1658`, `1876`). The pattern
+//!   is parsed by `regex-syntax` (Unicode off) and expanded only when it matches a finite set of
+//!   digit strings (digits, classes, `\d`, groups, `|`, bounded counts `{n}`/`{n,m}`; no
+//!   anchors, `*`/`+`, or other characters), at most [`MAX_PREFIXES`] prefixes, and the result
+//!   must not overlap another region's expansion.
 //! - A country sharing its code without leading digits (`US`, `CA`, `GB`, `IT`, ...) cannot be
 //!   expressed safely: blocking the code would block the other regions too, so it is an error
 //!   that tells the operator to write prefix rules instead.
@@ -25,14 +27,25 @@ use std::{
 };
 
 use phonenumber::metadata::DATABASE;
+use regex_syntax::{
+    ParserBuilder,
+    hir::{Class, Hir, HirKind, Literal},
+};
 use thiserror::Error;
 
 /// Upper bound on the number of prefixes one leading-digits pattern may expand to (also bounds
 /// every intermediate set while expanding).
 pub const MAX_PREFIXES: usize = 1_000;
 
-/// Deepest group nesting the leading-digits expander accepts.
-const MAX_GROUP_DEPTH: usize = 32;
+/// Deepest nesting (groups, repetitions, classes) the leading-digits parser accepts.
+const MAX_NESTING: u32 = 32;
+
+/// Longest digit string the leading-digits expander builds (E.164 numbers have at most 15).
+const MAX_DIGITS: usize = 32;
+
+/// Largest repetition count (`{n}`, `{n,m}`) the leading-digits expander accepts; E.164
+/// numbers have at most 15 digits.
+const MAX_REPEAT: u32 = 16;
 
 /// Region id the metadata uses for non-geographic codes (`+800`, `+870`, `+881`, ...).
 const NON_GEOGRAPHIC_ID: &str = "001";
@@ -149,17 +162,16 @@ pub fn expand(alpha2: &str) -> Result<Country, CountryError> {
                 others,
             });
         }
-        Some(Err(reason)) => return Err(unsupported(reason.clone())),
+        Some(Err(reason)) => return Err(unsupported(reason.to_string())),
         Some(Ok(national)) => national,
     };
     for other in &others {
         match &other.leading {
             // A region without leading digits takes what the others do not claim.
             None => {}
-            Some(Err(_)) => {
+            Some(Err(theirs)) => {
                 return Err(unsupported(format!(
-                    "cannot check that its prefixes miss those of `{}`, whose leading-digits \
-                     pattern cannot be expanded",
+                    "cannot check that its prefixes miss those of `{}`, whose {theirs}",
                     other.id
                 )));
             }
@@ -210,7 +222,7 @@ struct Region {
     name: String,
     /// The national leading digits expanded into minimal prefixes (without the calling code);
     /// the reason when they cannot be; `None` when the metadata has none.
-    leading: Option<Result<Vec<String>, String>>,
+    leading: Option<Result<Vec<String>, PatternError>>,
 }
 
 impl Region {
@@ -335,178 +347,160 @@ fn overlap<'a>(ours: &'a [String], theirs: &'a [String]) -> Option<(&'a str, &'a
 }
 
 /// Expands a leading-digits pattern into the minimal set of digit prefixes it matches at the
-/// start of a national number. The error says why the pattern is outside the supported subset.
-fn expand_pattern(pattern: &str) -> Result<Vec<String>, String> {
-    let describe = |what: String| format!("leading-digits pattern `{pattern}`: {what}");
-    let mut parser = Parser {
-        // The metadata patterns are compiled in ignore-whitespace mode.
-        chars: pattern
-            .char_indices()
-            .filter(|(_, c)| !c.is_whitespace())
-            .collect(),
-        pos: 0,
+/// start of a national number. The pattern is parsed as the metadata crate compiles it
+/// (ignore-whitespace mode), with Unicode off so that `\d` is `[0-9]`; its language must be a
+/// finite set of digit strings.
+fn expand_pattern(pattern: &str) -> Result<Vec<String>, PatternError> {
+    let error = |kind| PatternError {
+        pattern: pattern.to_string(),
+        kind,
     };
-    let set = parser.alternation(0).map_err(describe)?;
-    if let Some((at, c)) = parser.peek() {
-        return Err(describe(format!("unbalanced `{c}` at offset {at}")));
+    let hir = ParserBuilder::new()
+        .unicode(false)
+        .ignore_whitespace(true)
+        .nest_limit(MAX_NESTING)
+        .build()
+        .parse(pattern)
+        .map_err(|e| error(PatternErrorKind::Syntax(syntax_error(&e))))?;
+    let prefixes = minimize(digit_strings(&hir).map_err(error)?);
+    match prefixes.as_slice() {
+        [] => Err(error(PatternErrorKind::MatchesNothing)),
+        [only] if only.is_empty() => Err(error(PatternErrorKind::MatchesEverything)),
+        _ => Ok(prefixes),
     }
-    let prefixes = minimize(set);
-    if prefixes.iter().any(String::is_empty) {
-        return Err(describe(
-            "it matches every number of the calling code".to_string(),
-        ));
-    }
-    Ok(prefixes)
 }
 
-/// Recursive-descent expander for the supported regex subset.
-struct Parser {
-    chars: Vec<(usize, char)>,
-    pos: usize,
+/// Why a leading-digits pattern cannot be expanded.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("leading-digits pattern `{pattern}`: {kind}")]
+struct PatternError {
+    pattern: String,
+    kind: PatternErrorKind,
 }
 
-impl Parser {
-    fn peek(&self) -> Option<(usize, char)> {
-        self.chars.get(self.pos).copied()
-    }
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+enum PatternErrorKind {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("`{0}` matches something other than the digits 0-9")]
+    NotDigits(String),
+    #[error("`{0}` is an anchor or a boundary; only digits can be expanded into prefixes")]
+    Look(String),
+    #[error("`{0}` repeats without a bound or more than {MAX_REPEAT} times")]
+    Unbounded(String),
+    #[error("it expands to more than {MAX_PREFIXES} prefixes")]
+    TooMany,
+    #[error("it matches digit strings longer than {MAX_DIGITS}")]
+    TooLong,
+    #[error("it matches every number of the calling code")]
+    MatchesEverything,
+    #[error("it matches no number")]
+    MatchesNothing,
+}
 
-    fn next(&mut self) -> Option<(usize, char)> {
-        let item = self.peek();
-        self.pos += 1;
-        item
-    }
-
-    /// `concat ('|' concat)*`
-    fn alternation(&mut self, depth: usize) -> Result<BTreeSet<String>, String> {
-        let mut set = self.concat(depth)?;
-        while let Some((_, '|')) = self.peek() {
-            self.pos += 1;
-            set.extend(self.concat(depth)?);
-            check_size(set.len())?;
+/// One line for a syntax error (the crate's own rendering spans several).
+fn syntax_error(error: &regex_syntax::Error) -> String {
+    match error {
+        regex_syntax::Error::Parse(e) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
         }
-        Ok(set)
-    }
-
-    /// `atom*`, stopping before `|`, `)` or the end.
-    fn concat(&mut self, depth: usize) -> Result<BTreeSet<String>, String> {
-        let mut set = BTreeSet::from([String::new()]);
-        while let Some((_, c)) = self.peek() {
-            if c == '|' || c == ')' {
-                break;
-            }
-            let atom = self.atom(depth)?;
-            check_size(set.len().saturating_mul(atom.len()))?;
-            set = set
-                .iter()
-                .flat_map(|head| atom.iter().map(move |tail| format!("{head}{tail}")))
-                .collect();
+        regex_syntax::Error::Translate(e) => {
+            format!("{} at offset {}", e.kind(), e.span().start.offset)
         }
-        Ok(set)
+        e => e.to_string(),
     }
+}
 
-    /// A digit, `\d`, a `[...]` class, or a `(...)` / `(?:...)` group.
-    fn atom(&mut self, depth: usize) -> Result<BTreeSet<String>, String> {
-        let Some((at, c)) = self.next() else {
-            return Err("unexpected end".to_string());
-        };
-        match c {
-            '0'..='9' => Ok(BTreeSet::from([c.to_string()])),
-            '\\' => {
-                self.escape_d(at)?;
-                Ok(digit_set('0', '9'))
+/// The set of digit strings `hir` matches, each intermediate set at most [`MAX_PREFIXES`] long.
+fn digit_strings(hir: &Hir) -> Result<BTreeSet<String>, PatternErrorKind> {
+    let not_digits = || PatternErrorKind::NotDigits(hir.to_string());
+    match hir.kind() {
+        HirKind::Empty => Ok(BTreeSet::from([String::new()])),
+        HirKind::Literal(Literal(bytes)) => match std::str::from_utf8(bytes) {
+            Ok(s) if s.bytes().all(|b| b.is_ascii_digit()) => {
+                bound(s.len(), MAX_DIGITS, PatternErrorKind::TooLong)?;
+                Ok(BTreeSet::from([s.to_string()]))
             }
-            '[' => self.class(at),
-            '(' => {
-                if depth >= MAX_GROUP_DEPTH {
-                    return Err(format!("groups nested deeper than {MAX_GROUP_DEPTH}"));
-                }
-                if let Some((_, '?')) = self.peek() {
-                    self.pos += 1;
-                    match self.next() {
-                        Some((_, ':')) => {}
-                        Some((_, c)) => {
-                            return Err(format!(
-                                "`(?{c}` at offset {at} (lookaround or flags) is not supported"
-                            ));
-                        }
-                        None => return Err(format!("unclosed `(` at offset {at}")),
-                    }
-                }
-                let set = self.alternation(depth + 1)?;
-                match self.next() {
-                    Some((_, ')')) => Ok(set),
-                    _ => Err(format!("unclosed `(` at offset {at}")),
-                }
-            }
-            '*' | '+' | '?' | '{' | '}' => {
-                Err(format!("quantifier `{c}` at offset {at} is not supported"))
-            }
-            '^' | '$' => Err(format!("anchor `{c}` at offset {at} is not supported")),
-            _ => Err(format!(
-                "`{c}` at offset {at} is not supported (only digits, `|`, groups, `[...]` and `\\d`)"
-            )),
-        }
-    }
-
-    /// After a `\` at offset `at`: only `\d` is supported.
-    fn escape_d(&mut self, at: usize) -> Result<(), String> {
-        match self.next() {
-            Some((_, 'd')) => Ok(()),
-            Some((_, c)) => Err(format!("escape `\\{c}` at offset {at} is not supported")),
-            None => Err(format!("dangling `\\` at offset {at}")),
-        }
-    }
-
-    /// After a `[` at offset `at`: digits, digit ranges and `\d`, up to `]`.
-    fn class(&mut self, at: usize) -> Result<BTreeSet<String>, String> {
-        let mut set = BTreeSet::new();
-        loop {
-            let Some((item_at, c)) = self.next() else {
-                return Err(format!("unclosed `[` at offset {at}"));
+            _ => Err(not_digits()),
+        },
+        HirKind::Class(class) => {
+            let ranges: Vec<(u32, u32)> = match class {
+                Class::Unicode(c) => c
+                    .iter()
+                    .map(|r| (r.start().into(), r.end().into()))
+                    .collect(),
+                Class::Bytes(c) => c
+                    .iter()
+                    .map(|r| (r.start().into(), r.end().into()))
+                    .collect(),
             };
-            match c {
-                ']' if !set.is_empty() => return Ok(set),
-                '\\' => {
-                    self.escape_d(item_at)?;
-                    set.extend(digit_set('0', '9'));
-                }
-                '0'..='9' => {
-                    if let Some((_, '-')) = self.peek() {
-                        self.pos += 1;
-                        match self.next() {
-                            Some((_, hi @ '0'..='9')) if hi >= c => set.extend(digit_set(c, hi)),
-                            _ => {
-                                return Err(format!(
-                                    "bad range in `[` at offset {at} (only digit ranges like \
-                                     `[2-9]` are supported)"
-                                ));
-                            }
-                        }
-                    } else {
-                        set.insert(c.to_string());
-                    }
-                }
-                _ => {
-                    return Err(format!(
-                        "`{c}` in `[` at offset {at} is not supported (only digits, ranges and \
-                         `\\d`)"
-                    ));
-                }
-            }
+            // Ranges are sorted: a non-digit stops the walk after at most ten digits.
+            (ranges.into_iter().flat_map(|(lo, hi)| lo..=hi))
+                .map(|c| {
+                    char::from_u32(c)
+                        .filter(char::is_ascii_digit)
+                        .ok_or_else(not_digits)
+                })
+                .map(|c| c.map(String::from))
+                .collect()
         }
+        HirKind::Look(_) => Err(PatternErrorKind::Look(hir.to_string())),
+        HirKind::Repetition(rep) => {
+            let max = rep
+                .max
+                .filter(|&max| max <= MAX_REPEAT)
+                .ok_or_else(|| PatternErrorKind::Unbounded(hir.to_string()))?;
+            let sub = digit_strings(&rep.sub)?;
+            // `sub` repeated `min` times, then each further count up to `max` added.
+            let mut power = BTreeSet::from([String::new()]);
+            for _ in 0..rep.min {
+                power = product(&power, &sub)?;
+            }
+            let mut all = power.clone();
+            for _ in rep.min..max {
+                power = product(&power, &sub)?;
+                all.extend(power.iter().cloned());
+                check_size(all.len())?;
+            }
+            Ok(all)
+        }
+        HirKind::Capture(capture) => digit_strings(&capture.sub),
+        HirKind::Concat(subs) => subs
+            .iter()
+            .try_fold(BTreeSet::from([String::new()]), |set, sub| {
+                product(&set, &digit_strings(sub)?)
+            }),
+        HirKind::Alternation(subs) => subs.iter().try_fold(BTreeSet::new(), |mut set, sub| {
+            set.extend(digit_strings(sub)?);
+            check_size(set.len()).map(|()| set)
+        }),
     }
 }
 
-fn digit_set(lo: char, hi: char) -> BTreeSet<String> {
-    (lo..=hi).map(String::from).collect()
+/// Every `head` followed by every `tail`.
+fn product(
+    heads: &BTreeSet<String>,
+    tails: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, PatternErrorKind> {
+    check_size(heads.len().saturating_mul(tails.len()))?;
+    let longest = |set: &BTreeSet<String>| set.iter().map(String::len).max().unwrap_or(0);
+    bound(
+        longest(heads) + longest(tails),
+        MAX_DIGITS,
+        PatternErrorKind::TooLong,
+    )?;
+    Ok(heads
+        .iter()
+        .flat_map(|head| tails.iter().map(move |tail| format!("{head}{tail}")))
+        .collect())
 }
 
-fn check_size(len: usize) -> Result<(), String> {
-    if len > MAX_PREFIXES {
-        Err(format!("it expands to more than {MAX_PREFIXES} prefixes"))
-    } else {
-        Ok(())
-    }
+fn check_size(len: usize) -> Result<(), PatternErrorKind> {
+    bound(len, MAX_PREFIXES, PatternErrorKind::TooMany)
+}
+
+fn bound(len: usize, max: usize, error: PatternErrorKind) -> Result<(), PatternErrorKind> {
+    if len > max { Err(error) } else { Ok(()) }
 }
 
 /// Sorted minimal prefix set: drops a prefix that another one covers, and replaces ten
@@ -747,6 +741,63 @@ mod tests {
         );
     }
 
+    /// Every region's expansion, one line each: what `expand` gives for every metadata id and
+    /// every ISO 3166-1 code (prefixes, or the error kind), then the leading-digits expansion of
+    /// every region under every calling code (what `label_for_prefix` works from).
+    fn expansion_dump() -> String {
+        use std::fmt::Write;
+        let ids: BTreeSet<String> = DATABASE
+            .iter()
+            .map(|m| m.id().to_string())
+            .chain(isocountry::CountryCode::iter().map(|c| c.alpha2().to_string()))
+            .collect();
+        let mut out = String::from("# expand(id)\n");
+        for id in &ids {
+            let line = match expand(id) {
+                Ok(c) => format!("ok +{} {}", c.calling_code, c.prefixes.join(" ")),
+                Err(CountryError::Malformed(_)) => "err Malformed".to_string(),
+                Err(CountryError::Unknown(_)) => "err Unknown".to_string(),
+                Err(CountryError::NoCallingCode { .. }) => "err NoCallingCode".to_string(),
+                Err(CountryError::Shared { others, .. }) => {
+                    format!("err Shared {}", others.join(" "))
+                }
+                Err(CountryError::Unsupported { .. }) => "err Unsupported".to_string(),
+            };
+            writeln!(out, "{id} {line}").unwrap();
+        }
+        out.push_str("# leading digits by calling code\n");
+        for group in index().groups.values() {
+            for region in &group.regions {
+                let line = match &region.leading {
+                    None => "none".to_string(),
+                    Some(Ok(prefixes)) => format!("ok {}", prefixes.join(" ")),
+                    Some(Err(_)) => "err".to_string(),
+                };
+                writeln!(out, "+{} {} {line}", group.code, region.id).unwrap();
+            }
+        }
+        out
+    }
+
+    /// The expansion of every region is pinned: a change of the expander (or of the metadata
+    /// crate) that moves any prefix shows here. `SIPGUARD_BLESS=1` rewrites the golden file.
+    #[test]
+    fn expansions_match_golden_file() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/country_expansions.txt"
+        );
+        let dump = expansion_dump();
+        if std::env::var_os("SIPGUARD_BLESS").is_some() {
+            std::fs::write(path, &dump).unwrap();
+        }
+        let golden = std::fs::read_to_string(path).unwrap();
+        for (line, (got, want)) in dump.lines().zip(golden.lines()).enumerate() {
+            assert_eq!(got, want, "line {}", line + 1);
+        }
+        assert_eq!(dump.lines().count(), golden.lines().count());
+    }
+
     #[test]
     fn label_names_a_single_country() {
         assert_eq!(label_for_prefix("232").as_deref(), Some("Sierra Leone"));
@@ -852,14 +903,11 @@ mod tests {
             "7*",
             "7+",
             "7?",
-            "7{2}",
             "^7",
             "7$",
             ".",
             "(?=7)",
             "(?!7)",
-            "(?<a>7)",
-            "(?i)7",
             "\\w",
             "\\",
             "[",
@@ -872,13 +920,70 @@ mod tests {
             "7)",
             "(?",
             "a",
-            "7#x",
             "\\d\\d\\d\\d",
+            "7{2,}",
+            "7{17}",
+            "\\b7",
+            "7\\z",
+            "7(?:^|8)",
+            "\\D",
+            "7[0-9a]",
+            "7\\s",
+            "(?-u:[^\\x00-\\xFF])",
+            "\\d{4}",
+            "(?:7{16}){3}",
         ] {
-            let err = expand_pattern(bad).unwrap_err();
-            assert!(err.contains(&format!("`{bad}`")), "{bad}: {err}");
+            let err = expand_pattern(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("leading-digits pattern `{bad}`: ")),
+                "{bad}: {err}"
+            );
         }
         let deep = format!("{}7{}", "(".repeat(100), ")".repeat(100));
         assert!(expand_pattern(&deep).is_err());
+        // Nested counts that would build huge strings stop at the length bound, not in memory.
+        let long = format!("{}7{}", "(?:".repeat(8), "){16}".repeat(8));
+        assert_eq!(
+            expand_pattern(&long).map_err(|e| e.kind),
+            Err(PatternErrorKind::TooLong)
+        );
+    }
+
+    #[test]
+    fn rejections_say_why() {
+        for (bad, why) in [
+            ("7*", "without a bound"),
+            ("7{17}", "more than 16 times"),
+            ("^7", "anchor"),
+            ("7a", "other than the digits"),
+            ("\\w", "other than the digits"),
+            ("\\d{4}", "more than 1000 prefixes"),
+            ("7?", "every number"),
+            ("(7", "offset 0"),
+            ("(?=7)", "look-around"),
+        ] {
+            let err = expand_pattern(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bounded_counts_and_other_syntax_follow_the_language() {
+        assert_eq!(expand_pattern("7{2}"), Ok(strings(&["77"])));
+        assert_eq!(
+            expand_pattern("(?:1|2){2}"),
+            Ok(strings(&["11", "12", "21", "22"]))
+        );
+        assert_eq!(expand_pattern("7{0,1}8"), Ok(strings(&["78", "8"])));
+        assert_eq!(
+            expand_pattern("8[0-2]{1,3}"),
+            Ok(strings(&["80", "81", "82"]))
+        );
+        // Only the matched language counts: names, flags and empty groups change nothing.
+        assert_eq!(expand_pattern("(?<a>7)"), Ok(strings(&["7"])));
+        assert_eq!(expand_pattern("(?i)7"), Ok(strings(&["7"])));
+        assert_eq!(expand_pattern("7()8"), Ok(strings(&["78"])));
+        // The metadata crate compiles the patterns in ignore-whitespace mode: `#` starts a comment.
+        assert_eq!(expand_pattern("7#x"), Ok(strings(&["7"])));
     }
 }
