@@ -1008,6 +1008,28 @@ mod tests {
             let err = parse_frames("capture.pcap", short).unwrap_err();
             assert!(matches!(err, CaptureError::NotCapture { .. }), "{err}");
         }
+        // The pcapng magic, but no byte-order magic after it.
+        let mut file = Ng::new(false).bytes();
+        file[8..12].copy_from_slice(b"\0bad");
+        let err = parse_frames("capture.pcapng", &file).unwrap_err();
+        assert!(matches!(err, CaptureError::NotCapture { .. }), "{err}");
+    }
+
+    #[test]
+    fn modified_pcap_records() {
+        let frames = three_ethernet_frames();
+        let mut file = pcap(false, false, ETHERNET, &[]);
+        file[..4].copy_from_slice(&0xa1b2_cd34u32.to_le_bytes());
+        for (i, frame) in frames.iter().enumerate() {
+            let len = frame.len() as u32;
+            for v in [1_700_000_000, i as u32, len, len, 2, 0] {
+                // time; captured and original lengths; ifindex, protocol, type and padding
+                file.extend_from_slice(&v.to_le_bytes());
+            }
+            file.extend_from_slice(frame);
+        }
+        let got = parse_frames("modified.pcap", &file).unwrap();
+        assert_eq!(datas(&got), frames);
     }
 
     #[test]
