@@ -20,15 +20,16 @@
 //! them. Only the captured bytes are available: a frame cut by the capture's snapshot length is
 //! returned as captured, with [`Frame::snapped`] set.
 //!
-//! The whole file is read into memory (a capture worth replaying is small), so a record that
-//! claims more bytes than the file holds is recognised as truncation, and the reader loop ends
-//! on every input.
+//! The whole file is read into memory (a capture worth replaying is small) and parsed as a slice
+//! with `pcap-parser`'s record and block parsers: a record that claims more bytes than the file
+//! holds is recognised as truncation, and every record or block parsed shortens what is left,
+//! so reading ends on every input.
 
 use std::path::Path;
 
-use pcap_parser::nom;
+use pcap_parser::nom::{self, IResult};
 use pcap_parser::traits::PcapNGPacketBlock;
-use pcap_parser::{Block, Linktype, PcapBlockOwned, PcapError, SHB_MAGIC};
+use pcap_parser::{Block, LegacyPcapBlock, Linktype, PcapError, SHB_MAGIC};
 
 /// Length of the Ethernet II header put in front of non-Ethernet packets.
 const ETH_HLEN: usize = 14;
@@ -162,96 +163,59 @@ pub fn read_frames(path: &Path) -> Result<Vec<Frame>, CaptureError> {
 
 /// The same, from bytes already in memory (`name` is used in error messages).
 ///
-/// The format (pcap or pcapng) is recognised from the content. The first problem found ends the
-/// reading with an error; frames before it are not returned.
+/// The format (pcap or pcapng) is recognised from the magic number at the start; then
+/// `pcap-parser`'s record or block parsers walk the slice one record or block at a time. The
+/// first problem found ends the reading with an error; frames before it are not returned.
 pub fn parse_frames(name: &str, bytes: &[u8]) -> Result<Vec<Frame>, CaptureError> {
-    let path = name.to_string();
-    if bytes.is_empty() {
-        return Err(CaptureError::Empty { path });
-    }
-    // A buffer larger than the file: everything is read at once, a block never outgrows the
-    // buffer, and a record that still needs more bytes is one the file cut short.
-    let mut reader = match pcap_parser::create_reader(bytes.len().saturating_add(1), bytes) {
-        Ok(reader) => reader,
-        Err(e) => return Err(header_error(path, bytes, &e)),
-    };
     let mut state = State {
-        path,
+        path: name.to_string(),
         frames: Vec::new(),
-        legacy_link: None,
         interfaces: Vec::new(),
         big_endian: false,
     };
-    loop {
-        let step = match reader.next() {
-            Ok((offset, block)) => {
-                state.block(block)?;
-                Step::Consume(offset)
-            }
-            Err(PcapError::Eof) => Step::Done,
-            Err(PcapError::Incomplete(_) | PcapError::BufferTooSmall) => Step::Refill,
-            Err(PcapError::UnexpectedEof) => Step::Truncated,
-            Err(e) => return Err(state.malformed(&e)),
-        };
-        match step {
-            Step::Done => break,
-            Step::Consume(0) => {
-                // Cannot happen with pcap-parser's parsers; guards the loop all the same.
-                return Err(state.malformed(&PcapError::<&[u8]>::ReadError));
-            }
-            Step::Consume(offset) => reader.consume(offset),
-            Step::Refill => {
-                let before = reader.data().len();
-                // Reading from a slice cannot fail; treat a failure as the end of the data.
-                let refilled = reader.refill().is_ok();
-                let after = reader.data().len();
-                if refilled && after > before {
-                    continue;
-                }
-                // No new data: the end of the file. Clean if nothing is left over.
-                if after == 0 {
-                    break;
-                }
-                return Err(state.truncated(reader.data()));
-            }
-            Step::Truncated => return Err(state.truncated(reader.data())),
-        }
+    match Format::of(bytes) {
+        Some(Format::Pcap) => state.read_pcap(bytes)?,
+        Some(Format::PcapNg) => state.read_pcapng(bytes)?,
+        None if bytes.is_empty() => return Err(CaptureError::Empty { path: state.path }),
+        None => return Err(CaptureError::NotCapture { path: state.path }),
     }
     Ok(state.frames)
 }
 
-/// What the reader loop does after one call to `next`.
-enum Step {
-    Consume(usize),
-    Refill,
-    Truncated,
-    Done,
+/// The two capture formats, told apart by the first four bytes of the file.
+enum Format {
+    Pcap,
+    PcapNg,
 }
 
-/// Maps the error `create_reader` gave for the start of the file.
-fn header_error(path: String, bytes: &[u8], e: &PcapError<&[u8]>) -> CaptureError {
-    match e {
-        // The pcap header parser wants more bytes: fewer than 4 bytes (no magic to judge), or a
-        // pcap magic followed by less than the 24-byte header.
-        PcapError::Incomplete(_) | PcapError::UnexpectedEof | PcapError::BufferTooSmall => {
-            if bytes.len() < 4 {
-                CaptureError::NotCapture { path }
-            } else {
-                CaptureError::TruncatedHeader { path }
-            }
+/// The magic numbers of classic pcap files that `pcap-parser` reads, as little-endian `u32`:
+/// microseconds, nanoseconds and the modified (Kuznetzov) format written in little-endian,
+/// then microseconds and nanoseconds written in big-endian.
+const PCAP_MAGICS: [u32; 5] = [
+    0xa1b2_c3d4,
+    0xa1b2_3c4d,
+    0xa1b2_cd34,
+    0xd4c3_b2a1,
+    0x4d3c_b2a1,
+];
+
+impl Format {
+    /// The format of a file starting with `bytes`, if it is a capture at all.
+    fn of(bytes: &[u8]) -> Option<Format> {
+        let magic = u32::from_le_bytes(*bytes.first_chunk::<4>()?);
+        if magic == SHB_MAGIC {
+            // A palindrome: the same in both byte orders.
+            Some(Format::PcapNg)
+        } else if PCAP_MAGICS.contains(&magic) {
+            Some(Format::Pcap)
+        } else {
+            None
         }
-        // A pcapng magic whose section header block the file cuts short.
-        _ if bytes.starts_with(&SHB_MAGIC.to_le_bytes())
-            && matches!(
-                pcap_parser::parse_sectionheaderblock(bytes),
-                Err(nom::Err::Incomplete(_))
-            ) =>
-        {
-            CaptureError::TruncatedHeader { path }
-        }
-        _ => CaptureError::NotCapture { path },
     }
 }
+
+/// A parser for one classic pcap record.
+type RecordParser = fn(&[u8]) -> IResult<&[u8], LegacyPcapBlock<'_>, PcapError<&[u8]>>;
 
 /// A pcapng interface, as its Interface Description Block described it.
 struct Interface {
@@ -264,8 +228,6 @@ struct Interface {
 struct State {
     path: String,
     frames: Vec<Frame>,
-    /// Link type of a classic pcap file, from its header.
-    legacy_link: Option<Linktype>,
     /// Interfaces of the current pcapng section, by interface id.
     interfaces: Vec<Interface>,
     /// Byte order of the current pcapng section.
@@ -278,30 +240,96 @@ impl State {
         self.frames.len() as u64 + 1
     }
 
-    /// Takes in one block of the file.
-    fn block(&mut self, block: PcapBlockOwned<'_>) -> Result<(), CaptureError> {
-        match block {
-            PcapBlockOwned::LegacyHeader(header) => self.legacy_link = Some(header.network),
-            PcapBlockOwned::Legacy(record) => {
-                // The header always comes first; `NULL` would only name a broken reader.
-                let link = self.legacy_link.unwrap_or(Linktype::NULL);
-                self.push(link, record.data, record.origlen)?;
+    /// Reads a classic pcap file (its magic number checked): the file header, then records to
+    /// the end of the file.
+    fn read_pcap(&mut self, bytes: &[u8]) -> Result<(), CaptureError> {
+        // With a known magic number, the header parser can only fail for want of bytes.
+        let Ok((mut rest, header)) = pcap_parser::parse_pcap_header(bytes) else {
+            return Err(CaptureError::TruncatedHeader {
+                path: self.path.clone(),
+            });
+        };
+        let parse_record: RecordParser = if header.is_modified_format() {
+            pcap_parser::parse_pcap_frame_modified
+        } else if header.is_bigendian() {
+            pcap_parser::parse_pcap_frame_be
+        } else {
+            pcap_parser::parse_pcap_frame
+        };
+        while !rest.is_empty() {
+            // A record parser only fails for want of bytes: the file ends inside the record
+            // header, or before the captured length the header gives.
+            let Ok((after, record)) = parse_record(rest) else {
+                return Err(CaptureError::TruncatedFrame {
+                    path: self.path.clone(),
+                    frame: self.next_number(),
+                });
+            };
+            // Every record is at least its 16-byte header long, so `rest` shrinks.
+            rest = after;
+            self.push(header.network, record.data, record.origlen)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a pcapng file (its magic number checked): blocks to the end of the file, each
+    /// parsed in the byte order of its section.
+    fn read_pcapng(&mut self, bytes: &[u8]) -> Result<(), CaptureError> {
+        let mut rest = match pcap_parser::parse_sectionheaderblock(bytes) {
+            Ok((rest, shb)) => {
+                self.block(Block::SectionHeader(shb))?;
+                rest
             }
-            PcapBlockOwned::NG(Block::SectionHeader(shb)) => {
+            Err(nom::Err::Incomplete(_)) => {
+                return Err(CaptureError::TruncatedHeader {
+                    path: self.path.clone(),
+                });
+            }
+            // The byte-order magic is wrong.
+            Err(nom::Err::Error(PcapError::HeaderNotRecognized)) => {
+                return Err(CaptureError::NotCapture {
+                    path: self.path.clone(),
+                });
+            }
+            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => return Err(self.malformed(&e)),
+        };
+        while !rest.is_empty() {
+            let parse_block = if self.big_endian {
+                pcap_parser::parse_block_be
+            } else {
+                pcap_parser::parse_block_le
+            };
+            // Every block is at least 12 bytes long (the parser checks), so `rest` shrinks.
+            match parse_block(rest) {
+                Ok((after, block)) => {
+                    rest = after;
+                    self.block(block)?;
+                }
+                Err(nom::Err::Incomplete(_)) => return Err(self.truncated(rest)),
+                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => return Err(self.malformed(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in one pcapng block.
+    fn block(&mut self, block: Block<'_>) -> Result<(), CaptureError> {
+        match block {
+            Block::SectionHeader(shb) => {
                 self.interfaces.clear();
                 self.big_endian = shb.big_endian();
             }
-            PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
+            Block::InterfaceDescription(idb) => {
                 self.interfaces.push(Interface {
                     link: idb.linktype,
                     snaplen: idb.snaplen,
                 });
             }
-            PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
+            Block::EnhancedPacket(epb) => {
                 let link = self.interface(epb.if_id)?.link;
                 self.push(link, epb.packet_data(), epb.origlen)?;
             }
-            PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
+            Block::SimplePacket(spb) => {
                 // A Simple Packet Block belongs to interface 0 and holds min(original length,
                 // snapshot length) bytes, padded to 32 bits.
                 let iface = self.interface(0)?;
@@ -312,7 +340,8 @@ impl State {
                 }
                 self.push(link, data, spb.origlen)?;
             }
-            PcapBlockOwned::NG(Block::Unknown(unknown))
+            // The parser reads the block type as little-endian whatever the section's order.
+            Block::Unknown(unknown)
                 if unknown.block_type == OPB_TYPE
                     || unknown.block_type == OPB_TYPE.swap_bytes() =>
             {
@@ -322,7 +351,7 @@ impl State {
                 });
             }
             // Statistics, name resolution, secrets, custom blocks...: nothing to replay.
-            PcapBlockOwned::NG(_) => {}
+            _ => {}
         }
         Ok(())
     }
@@ -370,10 +399,10 @@ impl State {
         Ok(())
     }
 
-    /// The error for a file that ends inside a record; `rest` is what is left of it.
+    /// The error for a pcapng file that ends inside a block; `rest` is what is left of it.
     fn truncated(&self, rest: &[u8]) -> CaptureError {
         let path = self.path.clone();
-        if self.legacy_link.is_some() || self.is_packet_block(rest) {
+        if self.is_packet_block(rest) {
             CaptureError::TruncatedFrame {
                 path,
                 frame: self.next_number(),
@@ -979,6 +1008,28 @@ mod tests {
             let err = parse_frames("capture.pcap", short).unwrap_err();
             assert!(matches!(err, CaptureError::NotCapture { .. }), "{err}");
         }
+        // The pcapng magic, but no byte-order magic after it.
+        let mut file = Ng::new(false).bytes();
+        file[8..12].copy_from_slice(b"\0bad");
+        let err = parse_frames("capture.pcapng", &file).unwrap_err();
+        assert!(matches!(err, CaptureError::NotCapture { .. }), "{err}");
+    }
+
+    #[test]
+    fn modified_pcap_records() {
+        let frames = three_ethernet_frames();
+        let mut file = pcap(false, false, ETHERNET, &[]);
+        file[..4].copy_from_slice(&0xa1b2_cd34u32.to_le_bytes());
+        for (i, frame) in frames.iter().enumerate() {
+            let len = frame.len() as u32;
+            for v in [1_700_000_000, i as u32, len, len, 2, 0] {
+                // time; captured and original lengths; ifindex, protocol, type and padding
+                file.extend_from_slice(&v.to_le_bytes());
+            }
+            file.extend_from_slice(frame);
+        }
+        let got = parse_frames("modified.pcap", &file).unwrap();
+        assert_eq!(datas(&got), frames);
     }
 
     #[test]

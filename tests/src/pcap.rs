@@ -1,11 +1,16 @@
 //! A minimal capture writer for the integration tests: crafted frames go into a classic pcap or
 //! a pcapng file, which `sipguard replay` then reads.
 //!
-//! The headers are written by hand (std only); timestamps are arbitrary but increasing, and
-//! every frame is stored whole (captured length = original length).
+//! The headers, records and blocks are serialized by `pcap-parser` (its `serialize` feature,
+//! little-endian); timestamps are arbitrary but increasing, and every frame is stored whole
+//! (captured length = original length).
 
-use std::io::Write;
 use std::path::Path;
+
+use pcap_parser::{
+    EnhancedPacketBlock, InterfaceDescriptionBlock, LegacyPcapBlock, Linktype, PcapHeader,
+    SectionHeaderBlock, ToVec,
+};
 
 /// Link type of a classic pcap file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,12 +24,12 @@ pub enum LinkType {
 }
 
 impl LinkType {
-    /// The link type number in the file header.
-    fn number(self) -> u32 {
+    /// The link type in the file header.
+    fn linktype(self) -> Linktype {
         match self {
-            LinkType::Ethernet => 1,
-            LinkType::Raw => 101,
-            LinkType::LinuxSll => 113,
+            LinkType::Ethernet => Linktype::ETHERNET,
+            LinkType::Raw => Linktype::RAW,
+            LinkType::LinuxSll => Linktype::LINUX_SLL,
         }
     }
 }
@@ -32,66 +37,91 @@ impl LinkType {
 /// First timestamp written, in seconds (2023-11-14).
 const TS_BASE: u32 = 1_700_000_000;
 
-/// Writes a classic little-endian microsecond pcap with the given link type.
+/// Serializes `item` (lengths and magic numbers fixed by the serializer) onto `out`.
+fn append(out: &mut Vec<u8>, item: &mut impl ToVec) -> std::io::Result<()> {
+    out.extend(item.to_vec().map_err(std::io::Error::other)?);
+    Ok(())
+}
+
+/// The length of `frame` as a record field.
+fn caplen(frame: &[u8]) -> std::io::Result<u32> {
+    u32::try_from(frame.len()).map_err(std::io::Error::other)
+}
+
+/// Writes a classic little-endian microsecond pcap (version 2.4) with the given link type.
 ///
 /// `frames` must already be in the form `link` calls for (see [`from_ethernet`]).
 pub fn write_pcap(path: &Path, link: LinkType, frames: &[Vec<u8>]) -> std::io::Result<()> {
     let mut out = Vec::new();
-    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 262_144, link.number()] {
-        // magic; version 2.4 (major, minor as two LE u16 = one LE u32); thiszone; sigfigs;
-        // snaplen; link type
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    let mut header = PcapHeader {
+        snaplen: 262_144,
+        network: link.linktype(),
+        ..PcapHeader::new()
+    };
+    append(&mut out, &mut header)?;
     for (i, frame) in frames.iter().enumerate() {
-        let len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
-        for v in [TS_BASE, i as u32, len, len] {
-            // seconds; microseconds; captured length; original length
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(frame);
+        let len = caplen(frame)?;
+        let mut record = LegacyPcapBlock {
+            ts_sec: TS_BASE,
+            ts_usec: i as u32,
+            caplen: len,
+            origlen: len,
+            data: frame,
+        };
+        append(&mut out, &mut record)?;
     }
-    std::fs::File::create(path)?.write_all(&out)
+    std::fs::write(path, out)
 }
 
 /// Writes a pcapng file with one Ethernet interface.
 ///
 /// One little-endian section: a Section Header Block, an Interface Description Block (link
-/// type 1, no snapshot limit), then one Enhanced Packet Block per frame.
+/// type 1, no snapshot limit, microsecond timestamps), then one Enhanced Packet Block per frame.
 pub fn write_pcapng(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
     let mut out = Vec::new();
-    // Section Header Block: byte-order magic, version 1.0, section length unknown (-1).
-    let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
-    shb.extend_from_slice(&[1, 0, 0, 0]);
-    shb.extend_from_slice(&(-1i64).to_le_bytes());
-    ng_block(&mut out, 0x0a0d_0d0a, &shb)?;
-    // Interface Description Block: link type 1, reserved, snaplen 0 (no limit).
-    ng_block(&mut out, 1, &[1, 0, 0, 0, 0, 0, 0, 0])?;
+    // Block types, lengths, byte-order magic and version are set by the serializer.
+    let mut shb = SectionHeaderBlock {
+        block_type: 0,
+        block_len1: 0,
+        bom: 0,
+        major_version: 0,
+        minor_version: 0,
+        section_len: -1, // unknown
+        options: Vec::new(),
+        block_len2: 0,
+    };
+    append(&mut out, &mut shb)?;
+    let mut idb = InterfaceDescriptionBlock {
+        block_type: 0,
+        block_len1: 0,
+        linktype: Linktype::ETHERNET,
+        reserved: 0,
+        snaplen: 0, // no limit
+        options: Vec::new(),
+        block_len2: 0,
+        if_tsresol: 6,
+        if_tsoffset: 0,
+    };
+    append(&mut out, &mut idb)?;
     for (i, frame) in frames.iter().enumerate() {
-        let len = u32::try_from(frame.len()).map_err(std::io::Error::other)?;
-        // Timestamp in microseconds (the default resolution), split in high and low words.
+        let len = caplen(frame)?;
+        // Timestamp in microseconds (the interface's resolution), split in high and low words.
         let ts = u64::from(TS_BASE) * 1_000_000 + i as u64;
-        let mut epb = Vec::with_capacity(20 + frame.len());
-        for v in [0, (ts >> 32) as u32, ts as u32, len, len] {
-            // interface id; timestamp high; timestamp low; captured length; original length
-            epb.extend_from_slice(&v.to_le_bytes());
-        }
-        epb.extend_from_slice(frame);
-        ng_block(&mut out, 6, &epb)?;
+        let mut epb = EnhancedPacketBlock {
+            block_type: 0,
+            block_len1: 0,
+            if_id: 0,
+            ts_high: (ts >> 32) as u32,
+            ts_low: ts as u32,
+            caplen: len,
+            origlen: len,
+            data: frame,
+            options: Vec::new(),
+            block_len2: 0,
+        };
+        append(&mut out, &mut epb)?;
     }
-    std::fs::File::create(path)?.write_all(&out)
-}
-
-/// Appends a little-endian pcapng block: type, total length, `body` padded to 32 bits, total
-/// length again.
-fn ng_block(out: &mut Vec<u8>, block_type: u32, body: &[u8]) -> std::io::Result<()> {
-    let padded = body.len().div_ceil(4) * 4;
-    let total = u32::try_from(12 + padded).map_err(std::io::Error::other)?;
-    out.extend_from_slice(&block_type.to_le_bytes());
-    out.extend_from_slice(&total.to_le_bytes());
-    out.extend_from_slice(body);
-    out.resize(out.len() + padded - body.len(), 0);
-    out.extend_from_slice(&total.to_le_bytes());
-    Ok(())
+    std::fs::write(path, out)
 }
 
 /// Converts an Ethernet II frame (optionally VLAN-tagged: strip tags) into the payload for
