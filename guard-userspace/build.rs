@@ -1,6 +1,7 @@
 //! Builds the XDP program (guard-ebpf) with nightly for bpfel-unknown-none and leaves the object
-//! in OUT_DIR, where src/ebpf.rs embeds it. Fails with a pointer to `cargo xtask setup` when the
-//! eBPF toolchain is missing, instead of a linker error deep in a nested cargo.
+//! in OUT_DIR, where src/filter.rs embeds it (`OBJECT`). Fails with a pointer to
+//! `cargo xtask setup` when the eBPF toolchain is missing, instead of a linker error deep in a
+//! nested cargo.
 use std::{env, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};

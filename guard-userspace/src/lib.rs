@@ -9,8 +9,12 @@
 //! - [`memory`]: the kernel memory of the maps;
 //! - [`pins`]: the pinned state under bpffs, one directory per interface;
 //! - [`state`]: runtime rule edits and daemon records in the state directory;
+//! - [`batch`]: batched map syscalls (`BPF_MAP_*_BATCH`) for large rule sets;
 //! - [`daemon`]: `sipguard run`;
-//! - [`capture`]: pcap/pcapng reading for `sipguard replay`.
+//! - [`events`]: drop events from the ring buffer, as JSON lines and on the events socket;
+//! - [`metrics`]: the Prometheus `/metrics` endpoint;
+//! - [`cli`]: the verbs that work on the pinned state (`rules`, `stats`, `status`, `detach`);
+//! - [`capture`]: pcap/pcapng reading, and [`replay`]: `sipguard replay`.
 
 pub mod batch;
 pub mod capture;

@@ -6,6 +6,7 @@
 //!   eth1/                        0700
 //!     prog  link                 0600
 //!     SG_RULES_A SG_RULES_B SG_RULE_STATS SG_COUNTERS SG_CONFIG SG_SIP_PORTS   0600
+//!     SG_CALLS SG_SOURCES SG_EVENTS                                            0600
 //! ```
 
 use std::{
