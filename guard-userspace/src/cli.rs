@@ -58,26 +58,6 @@ pub fn live_settings(config: &Config, ports: Vec<u16>) -> Settings {
     }
 }
 
-/// The live rule set of `maps` (prefix and action; no comments: the kernel keeps none).
-fn live_rule_set(maps: &Maps) -> Result<RuleSet> {
-    Ok(maps
-        .rules()?
-        .into_iter()
-        .filter_map(|r| {
-            let action = Action::from_u8(r.value.action)?;
-            Some((
-                r.prefix,
-                RuleEntry {
-                    action,
-                    comment: None,
-                    country: None,
-                    source: Source::Runtime,
-                },
-            ))
-        })
-        .collect())
-}
-
 /// An edit of the rule set: applied to the overlay and to the live set, then committed to
 /// every interface. Validation happens before anything is written.
 pub enum Edit {
@@ -236,7 +216,7 @@ fn stage_edit(maps: &mut Maps, delta: &Delta) -> Result<crate::maps::Pending> {
     }
     let mut settings = live_settings(&maps.config()?, maps.sip_ports()?);
     settings.max_rules = maps.capacity();
-    let mut rules = live_rule_set(maps)?;
+    let mut rules = maps.rule_set()?;
     for (p, a) in &delta.set {
         rules.insert(
             p.clone(),

@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::{
     maps::{Maps, MapsError, PINNED_MAPS, SIZED_BY_MAX_RULES},
     memory::{MapMemory, MemoryError},
-    rules::{Rule, RuleEntry, RuleSet, Source},
+    rules::{Rule, RuleSet},
     settings::{Settings, SettingsError},
 };
 
@@ -157,23 +157,7 @@ impl Filter {
 
     /// Applies settings (keeping the live rules), atomically.
     pub fn apply_settings(&mut self, settings: &Settings) -> Result<(), FilterError> {
-        let rules: RuleSet = self
-            .maps
-            .rules()?
-            .into_iter()
-            .filter_map(|r| {
-                let action = guard_common::Action::from_u8(r.value.action)?;
-                Some((
-                    r.prefix,
-                    RuleEntry {
-                        action,
-                        comment: None,
-                        country: None,
-                        source: Source::Runtime,
-                    },
-                ))
-            })
-            .collect();
+        let rules = self.maps.rule_set()?;
         self.maps.commit(settings, &rules)?;
         Ok(())
     }
@@ -191,16 +175,20 @@ impl Filter {
         Ok(())
     }
 
-    /// Kernel memory of every map the filter program uses (see [`crate::memory`]).
-    pub fn kernel_memory(&self) -> Result<Vec<MapMemory>, FilterError> {
-        let info = self
-            .xdp(programs::FILTER)?
+    /// The kernel's information about the filter program.
+    fn info(&self) -> Result<aya::programs::ProgramInfo, FilterError> {
+        self.xdp(programs::FILTER)?
             .info()
             .map_err(|source| FilterError::Program {
                 name: programs::FILTER,
                 action: "read info",
                 source,
-            })?;
+            })
+    }
+
+    /// Kernel memory of every map the filter program uses (see [`crate::memory`]).
+    pub fn kernel_memory(&self) -> Result<Vec<MapMemory>, FilterError> {
+        let info = self.info()?;
         let ids = info
             .map_ids()
             .map_err(|source| FilterError::Program {
@@ -232,14 +220,7 @@ impl Filter {
 
     /// The verifier's processed-instruction count for the filter program (kernel 5.16+).
     pub fn verified_insns(&self) -> Result<Option<u32>, FilterError> {
-        let info = self
-            .xdp(programs::FILTER)?
-            .info()
-            .map_err(|source| FilterError::Program {
-                name: programs::FILTER,
-                action: "read info",
-                source,
-            })?;
+        let info = self.info()?;
         Ok(info.verified_instruction_count())
     }
 

@@ -490,6 +490,25 @@ impl Maps {
         self.trie_rules(self.active_slot()?)
     }
 
+    /// The live rules as a rule set: prefix and action only (the kernel keeps no comments or
+    /// countries), marked as runtime rules.
+    pub fn rule_set(&self) -> Result<RuleSet, MapsError> {
+        Ok(self
+            .rules()?
+            .into_iter()
+            .filter_map(|r| {
+                let action = guard_common::Action::from_u8(r.value.action)?;
+                let entry = crate::rules::RuleEntry {
+                    action,
+                    comment: None,
+                    country: None,
+                    source: crate::rules::Source::Runtime,
+                };
+                Some((r.prefix, entry))
+            })
+            .collect())
+    }
+
     /// Longest-prefix lookup of a number key in the live trie (what the program does).
     pub fn lookup(&self, key: &guard_common::LookupKey) -> Result<Option<RuleValue>, MapsError> {
         let slot = self.active_slot()? as usize;
