@@ -5,6 +5,7 @@
 //! eBPF object (where a panic would be a verifier rejection) and into the host binary.
 #![no_std]
 
+pub mod counters;
 pub mod headers;
 pub mod maps;
 pub mod number;
@@ -14,5 +15,5 @@ pub mod swar;
 
 pub use headers::{HDR_MAX_STEPS, HDR_WINDOW, HeaderScanner, Headers, scan_headers};
 pub use maps::*;
-pub use number::{Domain, IntlPrefix, IntlPrefixes, LookupKey, Number};
+pub use number::{Dialled, Domain, IntlPrefix, IntlPrefixes, LookupKey, Number};
 pub use sip::{ByteSource, MAX_STEPS, Parsed, Scanner, WINDOW, parse, parse_payload};

@@ -5,6 +5,9 @@
 //! features (per-destination call limits, source policies, call counting) can be added without
 //! changing the meaning of what is already there.
 
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub use crate::counters::{Counter, RuleCounter, RuleCounters};
 use crate::number::{IntlPrefixes, KEY_DATA_LEN, LookupKey};
 
 /// Map names (BPF object names are at most 15 bytes). The pinned maps keep these names.
@@ -66,6 +69,9 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in discriminant order.
+    pub const ALL: [Action; 3] = [Action::Block, Action::Allow, Action::Monitor];
+
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Block),
@@ -74,7 +80,118 @@ impl Action {
             _ => None,
         }
     }
+
+    /// The name used in config files, the CLI and output: `block`, `allow` or `monitor`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Block => "block",
+            Action::Allow => "allow",
+            Action::Monitor => "monitor",
+        }
+    }
 }
+
+impl core::fmt::Display for Action {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl core::str::FromStr for Action {
+    type Err = ParseActionError;
+
+    /// Parses [`Action::as_str`]'s names (exactly; no case folding).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "block" => Ok(Action::Block),
+            "allow" => Ok(Action::Allow),
+            "monitor" => Ok(Action::Monitor),
+            other => Err(ParseActionError {
+                input: Quoted::new(other),
+            }),
+        }
+    }
+}
+
+/// Most bytes of a rejected input a parse error keeps (it allocates nothing).
+pub const PARSE_ERROR_QUOTE_MAX: usize = 48;
+
+/// The start of a rejected input, kept by value so that the error needs no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Quoted {
+    buf: [u8; PARSE_ERROR_QUOTE_MAX],
+    len: u8,
+    /// The input was longer than `buf`.
+    cut: bool,
+}
+
+impl Quoted {
+    fn new(s: &str) -> Self {
+        let mut len = if s.len() < PARSE_ERROR_QUOTE_MAX {
+            s.len()
+        } else {
+            PARSE_ERROR_QUOTE_MAX
+        };
+        while len > 0 && !s.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut buf = [0u8; PARSE_ERROR_QUOTE_MAX];
+        if let (Some(dst), Some(src)) = (buf.get_mut(..len), s.as_bytes().get(..len)) {
+            dst.copy_from_slice(src);
+        }
+        Self {
+            buf,
+            len: len as u8,
+            cut: len < s.len(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        let b = self.buf.get(..self.len as usize).unwrap_or(&[]);
+        core::str::from_utf8(b).unwrap_or("")
+    }
+}
+
+impl core::fmt::Display for Quoted {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())?;
+        if self.cut {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Debug for Quoted {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// `"…".parse::<Action>()` failed: "unknown action `drop` (expected block, allow or monitor)".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseActionError {
+    input: Quoted,
+}
+
+impl ParseActionError {
+    /// The rejected input (its first [`PARSE_ERROR_QUOTE_MAX`] bytes at most).
+    pub fn input(&self) -> &str {
+        self.input.as_str()
+    }
+}
+
+impl core::fmt::Display for ParseActionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "unknown action `{}` (expected block, allow or monitor)",
+            self.input
+        )
+    }
+}
+
+impl core::error::Error for ParseActionError {}
 
 /// Value of the rule trie.
 #[repr(C)]
@@ -92,24 +209,6 @@ pub struct RuleValue {
     pub prefix_len: u16,
 }
 
-/// Per-rule counters (one per CPU; userspace sums them). Kept in a per-CPU hash keyed by the
-/// rule id, created by the program on the rule's first match, so that memory follows traffic.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RuleCounters {
-    /// INVITEs whose longest matching prefix was this rule.
-    pub matched: u64,
-    /// Of those, dropped.
-    pub dropped: u64,
-    /// Of those, passed but counted as would-drop (`monitor` action, or `monitor` mode).
-    pub would_drop: u64,
-    /// New calls among them: initial INVITEs whose Call-ID was not seen recently (a
-    /// retransmission counts as a packet, not as a call).
-    pub calls: u64,
-    /// In-dialog re-INVITEs (a To tag), counted apart from calls.
-    pub reinvites: u64,
-}
-
 /// Global mode.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +217,74 @@ pub enum Mode {
     /// Never drop; count would-drops.
     Monitor = 1,
 }
+
+impl Mode {
+    /// Every mode, in discriminant order.
+    pub const ALL: [Mode; 2] = [Mode::Enforce, Mode::Monitor];
+
+    /// The mode stored in [`Config::mode`].
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Enforce),
+            1 => Some(Self::Monitor),
+            _ => None,
+        }
+    }
+
+    /// The name used in config files, the CLI and output: `enforce` or `monitor`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+impl core::fmt::Display for Mode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl core::str::FromStr for Mode {
+    type Err = ParseModeError;
+
+    /// Parses [`Mode::as_str`]'s names (exactly; no case folding).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enforce" => Ok(Mode::Enforce),
+            "monitor" => Ok(Mode::Monitor),
+            other => Err(ParseModeError {
+                input: Quoted::new(other),
+            }),
+        }
+    }
+}
+
+/// `"…".parse::<Mode>()` failed: "unknown mode `x` (expected enforce or monitor)".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseModeError {
+    input: Quoted,
+}
+
+impl ParseModeError {
+    /// The rejected input (its first [`PARSE_ERROR_QUOTE_MAX`] bytes at most).
+    pub fn input(&self) -> &str {
+        self.input.as_str()
+    }
+}
+
+impl core::fmt::Display for ParseModeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "unknown mode `{}` (expected enforce or monitor)",
+            self.input
+        )
+    }
+}
+
+impl core::error::Error for ParseModeError {}
 
 /// Global settings. Userspace writes a whole new copy into the inactive slot of the config
 /// array (and the whole new rule set into the rule trie of the same index), then flips
@@ -185,106 +352,8 @@ impl Config {
     }
 }
 
-/// Global counters: indices into the per-CPU counter array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Counter {
-    /// Every frame the program saw.
-    Frames = 0,
-    /// UDP datagrams to a configured SIP port.
-    SipCandidates = 1,
-    /// SIP INVITE requests.
-    Invites = 2,
-    /// INVITEs whose Request-URI gave a number.
-    NumbersParsed = 3,
-    /// INVITEs dropped.
-    Dropped = 4,
-    /// INVITEs passed because their longest match was an `allow` rule.
-    AllowedByException = 5,
-    /// INVITEs that would have been dropped (monitor action or monitor mode).
-    WouldDrop = 6,
-    /// INVITEs whose Request-URI could not be parsed (unknown scheme, malformed line).
-    UnparsableUri = 7,
-    /// IPv4/IPv6 fragments other than the first (not inspected).
-    NonFirstFragments = 8,
-    /// Frames whose headers are cut short, or whose IP/UDP lengths claim more than the frame
-    /// holds (the claimed length is never trusted beyond the frame).
-    Truncated = 9,
-    /// INVITEs with a Request-URI that has no number (`sip:alice@...`).
-    NoNumber = 10,
-    /// INVITEs whose user part ran past the inspected window (matched on its leading digits).
-    NumberIncomplete = 11,
-    /// Frames that are not IPv4/IPv6 or not UDP.
-    NotUdp = 12,
-    /// IPv6 packets with more extension headers than the program walks (passed).
-    Ipv6ExtLimit = 13,
-    /// New calls (initial INVITEs) that matched a rule.
-    Calls = 14,
-    /// Matched INVITEs whose Call-ID was seen recently: retransmissions.
-    Retransmissions = 15,
-    /// Matched in-dialog re-INVITEs (To tag).
-    Reinvites = 16,
-    /// Matched INVITEs without a Call-ID in the inspected headers (each counted as a call).
-    NoCallId = 17,
-    /// Drop / would-drop events sent to userspace.
-    EventsSent = 18,
-    /// Events not sent: over the rate budget or the ring buffer was full.
-    EventsSuppressed = 19,
-}
-
 /// Size of the global counter array (room for later counters).
 pub const COUNTER_SLOTS: u32 = 32;
-
-impl Counter {
-    pub const ALL: [Counter; 20] = [
-        Counter::Frames,
-        Counter::SipCandidates,
-        Counter::Invites,
-        Counter::NumbersParsed,
-        Counter::Dropped,
-        Counter::AllowedByException,
-        Counter::WouldDrop,
-        Counter::UnparsableUri,
-        Counter::NonFirstFragments,
-        Counter::Truncated,
-        Counter::NoNumber,
-        Counter::NumberIncomplete,
-        Counter::NotUdp,
-        Counter::Ipv6ExtLimit,
-        Counter::Calls,
-        Counter::Retransmissions,
-        Counter::Reinvites,
-        Counter::NoCallId,
-        Counter::EventsSent,
-        Counter::EventsSuppressed,
-    ];
-
-    /// Stable snake_case name, used in CLI output and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::Frames => "frames",
-            Counter::SipCandidates => "sip_candidates",
-            Counter::Invites => "invites",
-            Counter::NumbersParsed => "numbers_parsed",
-            Counter::Dropped => "dropped",
-            Counter::AllowedByException => "allowed_by_exception",
-            Counter::WouldDrop => "would_drop",
-            Counter::UnparsableUri => "unparsable_uri",
-            Counter::NonFirstFragments => "non_first_fragments",
-            Counter::Truncated => "truncated",
-            Counter::NoNumber => "no_number",
-            Counter::NumberIncomplete => "number_incomplete",
-            Counter::NotUdp => "not_udp",
-            Counter::Ipv6ExtLimit => "ipv6_ext_limit",
-            Counter::Calls => "calls",
-            Counter::Retransmissions => "retransmissions",
-            Counter::Reinvites => "reinvites",
-            Counter::NoCallId => "no_call_id",
-            Counter::EventsSent => "events_sent",
-            Counter::EventsSuppressed => "events_suppressed",
-        }
-    }
-}
 
 /// All global counters in one per-CPU value, so the program does one lookup per frame.
 #[repr(C)]
@@ -301,6 +370,35 @@ impl GlobalCounters {
         if i < COUNTER_SLOTS as usize {
             self.counters[i] += 1;
         }
+    }
+
+    /// The value of `which`.
+    pub fn get(&self, which: Counter) -> u64 {
+        self.counters.get(which as usize).copied().unwrap_or(0)
+    }
+}
+
+impl core::ops::AddAssign for GlobalCounters {
+    /// Sums slot by slot (wrapping), e.g. the per-CPU copies.
+    fn add_assign(&mut self, rhs: Self) {
+        for (a, b) in self.counters.iter_mut().zip(rhs.counters) {
+            *a = a.wrapping_add(b);
+        }
+    }
+}
+
+impl core::iter::Sum for GlobalCounters {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |mut acc, c| {
+            acc += c;
+            acc
+        })
+    }
+}
+
+impl<'a> core::iter::Sum<&'a GlobalCounters> for GlobalCounters {
+    fn sum<I: Iterator<Item = &'a Self>>(iter: I) -> Self {
+        iter.copied().sum()
     }
 }
 
@@ -325,6 +423,29 @@ pub struct Endpoint {
     pub _pad: u8,
 }
 
+impl Endpoint {
+    /// An endpoint for `ip`:`port`, laid out as the program writes it.
+    pub fn from_ip(ip: IpAddr, port: u16) -> Self {
+        let (addr, family) = addr_words(ip);
+        Self {
+            addr,
+            port,
+            family,
+            _pad: 0,
+        }
+    }
+
+    /// The address: IPv4 if `family` is 4, else IPv6.
+    pub fn ip(&self) -> IpAddr {
+        words_ip(self.family as u32, &self.addr)
+    }
+
+    /// The address and port.
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip(), self.port)
+    }
+}
+
 /// Key of [`names::SOURCES`]: a source address per rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -334,6 +455,57 @@ pub struct SourceKey {
     pub family: u32,
     /// As in [`Endpoint::addr`].
     pub addr: [u32; 4],
+}
+
+impl SourceKey {
+    /// The key of `ip`'s entry under rule `rule_id`, laid out as the program writes it.
+    pub fn new(rule_id: u32, ip: IpAddr) -> Self {
+        let (addr, family) = addr_words(ip);
+        Self {
+            rule_id,
+            family: family as u32,
+            addr,
+        }
+    }
+
+    /// The source address: IPv4 if `family` is 4, else IPv6.
+    pub fn ip(&self) -> IpAddr {
+        words_ip(self.family, &self.addr)
+    }
+}
+
+/// `ip` as [`Endpoint::addr`]-style words, and its family (4 or 6).
+fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+    let mut bytes = [0u8; 16];
+    let family = match ip {
+        IpAddr::V4(v4) => {
+            if let Some(b) = bytes.first_chunk_mut::<4>() {
+                *b = v4.octets();
+            }
+            4
+        }
+        IpAddr::V6(v6) => {
+            bytes = v6.octets();
+            6
+        }
+    };
+    let mut addr = [0u32; 4];
+    for (w, chunk) in addr.iter_mut().zip(bytes.chunks_exact(4)) {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(chunk);
+        *w = u32::from_ne_bytes(b);
+    }
+    (addr, family)
+}
+
+/// The address in [`Endpoint::addr`]-style words of `family` (4; anything else is IPv6).
+fn words_ip(family: u32, addr: &[u32; 4]) -> IpAddr {
+    let b = addr_bytes(addr);
+    if family == 4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(b))
+    }
 }
 
 /// The address bytes of an [`Endpoint::addr`]-style word array.
@@ -353,6 +525,36 @@ pub struct SourceStats {
     pub calls: u64,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+}
+
+impl core::ops::AddAssign for SourceStats {
+    /// Merges two views of one source (e.g. from two rules or two reads): packets and calls
+    /// add, `first_seen_ns` is the earlier non-zero time, `last_seen_ns` the later.
+    fn add_assign(&mut self, rhs: Self) {
+        self.packets = self.packets.wrapping_add(rhs.packets);
+        self.calls = self.calls.wrapping_add(rhs.calls);
+        self.first_seen_ns = match (self.first_seen_ns, rhs.first_seen_ns) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+        self.last_seen_ns = self.last_seen_ns.max(rhs.last_seen_ns);
+    }
+}
+
+impl core::iter::Sum for SourceStats {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |mut acc, c| {
+            acc += c;
+            acc
+        })
+    }
+}
+
+impl<'a> core::iter::Sum<&'a SourceStats> for SourceStats {
+    fn sum<I: Iterator<Item = &'a Self>>(iter: I) -> Self {
+        iter.copied().sum()
+    }
 }
 
 /// Value of [`names::CALLS`] (keyed by the Call-ID hash).
@@ -390,6 +592,25 @@ pub struct Event {
     /// [`EVENT_DROP`] or [`EVENT_WOULD_DROP`].
     pub verdict: u8,
     pub _pad: [u8; 6],
+}
+
+impl Event {
+    /// The normalised number the event carries.
+    pub fn number(&self) -> crate::number::Number {
+        crate::number::Number {
+            hi: self.number_hi,
+            lo: self.number_lo,
+            len: self.number_len,
+            plus: false,
+            overflow: false,
+        }
+    }
+
+    /// The number as dialled in its domain (`+232...` or the bare national digits); `None` if
+    /// the domain byte is not a [`crate::Domain`].
+    pub fn dialled(&self) -> Option<crate::number::Dialled> {
+        crate::number::Domain::from_u8(self.domain).map(|d| self.number().display(d))
+    }
 }
 
 /// Per-CPU token bucket for events.
@@ -430,4 +651,213 @@ mod pod {
     unsafe impl aya::Pod for CallSeen {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for TokenBucket {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    use std::{string::ToString, vec::Vec};
+
+    use super::*;
+    use crate::number::{Domain, Number};
+
+    #[test]
+    fn endpoint_ipv4_round_trips_and_matches_the_kernel_layout() {
+        let sa: SocketAddr = "203.0.113.7:5060".parse().unwrap();
+        let e = Endpoint::from_ip(sa.ip(), sa.port());
+        assert_eq!(e.family, 4);
+        assert_eq!(e.port, 5060);
+        // The program copies the address bytes, in network order, into the first word.
+        assert_eq!(e.addr, [u32::from_ne_bytes([203, 0, 113, 7]), 0, 0, 0]);
+        assert_eq!(&addr_bytes(&e.addr)[..4], &[203, 0, 113, 7]);
+        assert_eq!(e.ip(), IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)));
+        assert_eq!(e.socket_addr(), sa);
+        assert_eq!(e.socket_addr().to_string(), "203.0.113.7:5060");
+    }
+
+    #[test]
+    fn endpoint_ipv6_round_trips() {
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let e = Endpoint::from_ip(ip, 5061);
+        assert_eq!(e.family, 6);
+        assert_eq!(
+            addr_bytes(&e.addr),
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        assert_eq!(e.ip(), ip);
+        assert_eq!(e.socket_addr().to_string(), "[2001:db8::1]:5061");
+        // Not 4 means IPv6, as the program only writes 4 or 6.
+        assert_eq!(Endpoint::default().ip(), IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
+
+    #[test]
+    fn source_key_round_trips() {
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        let k = SourceKey::new(7, v4);
+        assert_eq!((k.rule_id, k.family), (7, 4));
+        assert_eq!(k.addr, Endpoint::from_ip(v4, 0).addr);
+        assert_eq!(k.ip(), v4);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let k = SourceKey::new(9, v6);
+        assert_eq!((k.rule_id, k.family), (9, 6));
+        assert_eq!(k.ip(), v6);
+    }
+
+    #[test]
+    fn global_counters_get_add_and_sum() {
+        let mut a = GlobalCounters::default();
+        a.bump(Counter::Frames);
+        a.bump(Counter::Frames);
+        a.bump(Counter::EventsSuppressed);
+        assert_eq!(a.get(Counter::Frames), 2);
+        assert_eq!(a.get(Counter::EventsSuppressed), 1);
+        assert_eq!(a.get(Counter::Dropped), 0);
+        let mut b = GlobalCounters::default();
+        b.bump(Counter::Frames);
+        b.bump(Counter::Dropped);
+        b.counters[31] = 5; // spare slots add too
+        let mut s = a;
+        s += b;
+        assert_eq!(s.get(Counter::Frames), 3);
+        assert_eq!(s.get(Counter::Dropped), 1);
+        assert_eq!(s.get(Counter::EventsSuppressed), 1);
+        assert_eq!(s.counters[31], 5);
+        assert_eq!([a, b].into_iter().sum::<GlobalCounters>(), s);
+        assert_eq!([a, b].iter().sum::<GlobalCounters>(), s);
+        for c in Counter::ALL {
+            assert_eq!(s.get(c), s.counters[c as usize]);
+        }
+    }
+
+    #[test]
+    fn source_stats_add_keeps_the_seen_window() {
+        let a = SourceStats {
+            packets: 3,
+            calls: 1,
+            first_seen_ns: 200,
+            last_seen_ns: 300,
+        };
+        let b = SourceStats {
+            packets: 4,
+            calls: 2,
+            first_seen_ns: 100,
+            last_seen_ns: 250,
+        };
+        let mut s = a;
+        s += b;
+        assert_eq!(
+            s,
+            SourceStats {
+                packets: 7,
+                calls: 3,
+                first_seen_ns: 100,
+                last_seen_ns: 300,
+            }
+        );
+        // An empty entry does not pull first_seen down to 0.
+        let mut z = SourceStats::default();
+        z += a;
+        assert_eq!(z, a);
+        let mut a2 = a;
+        a2 += SourceStats::default();
+        assert_eq!(a2, a);
+        assert_eq!([a, b].iter().sum::<SourceStats>(), s);
+        assert_eq!([a, b].into_iter().sum::<SourceStats>(), s);
+    }
+
+    #[test]
+    fn action_names_parse_and_display() {
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        assert_eq!(names, ["block", "allow", "monitor"]);
+        for a in Action::ALL {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+            assert_eq!(a.to_string(), a.as_str());
+            assert_eq!(Action::from_u8(a as u8), Some(a));
+        }
+        let e = "drop".parse::<Action>().unwrap_err();
+        assert_eq!(e.input(), "drop");
+        assert_eq!(
+            e.to_string(),
+            "unknown action `drop` (expected block, allow or monitor)"
+        );
+        assert_eq!(
+            "Block".parse::<Action>().unwrap_err().to_string(),
+            "unknown action `Block` (expected block, allow or monitor)"
+        );
+        assert_eq!(
+            "".parse::<Action>().unwrap_err().to_string(),
+            "unknown action `` (expected block, allow or monitor)"
+        );
+        assert_eq!(std::format!("{:>7}|", Action::Allow), "  allow|");
+    }
+
+    #[test]
+    fn mode_names_parse_and_display() {
+        let names: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(names, ["enforce", "monitor"]);
+        for m in Mode::ALL {
+            assert_eq!(m.as_str().parse::<Mode>(), Ok(m));
+            assert_eq!(m.to_string(), m.as_str());
+            assert_eq!(Mode::from_u32(m as u32), Some(m));
+        }
+        assert_eq!(Mode::from_u32(2), None);
+        let e = "x".parse::<Mode>().unwrap_err();
+        assert_eq!(e.input(), "x");
+        assert_eq!(
+            e.to_string(),
+            "unknown mode `x` (expected enforce or monitor)"
+        );
+        assert_eq!(
+            "enforcing".parse::<Mode>().unwrap_err().to_string(),
+            "unknown mode `enforcing` (expected enforce or monitor)"
+        );
+    }
+
+    #[test]
+    fn parse_errors_quote_long_input_without_allocating() {
+        let long = "é".repeat(40); // 80 bytes, two per char
+        let e = long.parse::<Mode>().unwrap_err();
+        assert_eq!(e.input(), "é".repeat(PARSE_ERROR_QUOTE_MAX / 2));
+        assert_eq!(
+            e.to_string(),
+            std::format!(
+                "unknown mode `{}…` (expected enforce or monitor)",
+                "é".repeat(PARSE_ERROR_QUOTE_MAX / 2)
+            )
+        );
+        // A cut never splits a character.
+        let odd = std::format!("a{long}");
+        let e = odd.parse::<Action>().unwrap_err();
+        assert_eq!(e.input().len(), PARSE_ERROR_QUOTE_MAX - 1);
+        assert!(e.input().starts_with("aé"));
+        let exact = "m".repeat(PARSE_ERROR_QUOTE_MAX);
+        let e = exact.parse::<Mode>().unwrap_err();
+        assert_eq!(e.input(), exact);
+        assert!(!e.to_string().contains('…'));
+    }
+
+    #[test]
+    fn event_number_and_dialled() {
+        let mut n = Number::default();
+        for d in [2, 3, 2, 7, 6] {
+            n.push(d);
+        }
+        let ev = Event {
+            number_hi: n.hi,
+            number_lo: n.lo,
+            number_len: n.len,
+            domain: Domain::International as u8,
+            ..Event::default()
+        };
+        assert_eq!(ev.number(), n);
+        assert_eq!(ev.dialled().unwrap().to_string(), "+23276");
+        let ev = Event {
+            domain: Domain::National as u8,
+            ..ev
+        };
+        assert_eq!(ev.dialled().unwrap().to_string(), "23276");
+        let ev = Event { domain: 0, ..ev };
+        assert_eq!(ev.dialled(), None);
+    }
 }

@@ -30,6 +30,17 @@ pub enum Domain {
     National = 2,
 }
 
+impl Domain {
+    /// The domain stored as `u8` (an LPM key's first byte, [`crate::Event::domain`]).
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::International),
+            2 => Some(Self::National),
+            _ => None,
+        }
+    }
+}
+
 /// Digits of a number, packed as nibbles. `len` counts the digits kept (at most `MAX_DIGITS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +81,26 @@ impl Number {
         }
         let word = if i < 16 { self.hi } else { self.lo };
         Some(((word >> (60 - 4 * (i % 16))) & 0x0f) as u8)
+    }
+
+    /// The digit values (0..=9) kept, first digit first.
+    pub fn digits(&self) -> impl Iterator<Item = u8> + use<> {
+        let n = *self;
+        let len = if (n.len as usize) < MAX_DIGITS {
+            n.len as usize
+        } else {
+            MAX_DIGITS
+        };
+        (0..len).filter_map(move |i| n.digit(i))
+    }
+
+    /// The number as dialled in `domain`: `+23276123456` for [`Domain::International`], the bare
+    /// digits for [`Domain::National`]. Host-side (formatting); the program never calls it.
+    pub fn display(&self, domain: Domain) -> Dialled {
+        Dialled {
+            domain,
+            number: *self,
+        }
     }
 
     /// Appends `other`'s digits (keeping at most `MAX_DIGITS`). Loop-free: a 128-bit shift done
@@ -150,6 +181,27 @@ impl Number {
     }
 }
 
+/// A [`Number`] in its [`Domain`], displayed as a rule prefix is written: `+` and the digits
+/// for international numbers, the bare digits for national ones. See [`Number::display`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dialled {
+    pub domain: Domain,
+    pub number: Number,
+}
+
+impl core::fmt::Display for Dialled {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use core::fmt::Write as _;
+        if self.domain == Domain::International {
+            f.write_char('+')?;
+        }
+        for d in self.number.digits() {
+            f.write_char(char::from(b'0' + d))?;
+        }
+        Ok(())
+    }
+}
+
 /// One international dialling prefix, such as `00` or `011`, packed like `Number::hi`'s top bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,6 +232,18 @@ impl IntlPrefix {
         })
     }
 
+    /// The digit values (0..=9), first digit first: the inverse of [`IntlPrefix::from_digits`].
+    /// Empty for an empty slot.
+    pub fn digits(&self) -> impl Iterator<Item = u8> + use<> {
+        let packed = self.packed;
+        let len = if self.len < MAX_INTL_PREFIX_DIGITS as u32 {
+            self.len
+        } else {
+            MAX_INTL_PREFIX_DIGITS as u32
+        };
+        (0..len).map(move |i| ((packed >> (28 - 4 * i)) & 0x0f) as u8)
+    }
+
     #[inline(always)]
     fn matches(&self, n: &Number) -> bool {
         if self.len == 0 || self.len > MAX_INTL_PREFIX_DIGITS as u32 || (n.len as u32) < self.len {
@@ -187,6 +251,17 @@ impl IntlPrefix {
         }
         let mask = !u32::MAX.checked_shr(4 * self.len).unwrap_or(0);
         (n.lead() ^ self.packed) & mask == 0
+    }
+}
+
+/// Prints the digit string (`011`), as [`IntlPrefix::from_digits`] reads it.
+impl core::fmt::Display for IntlPrefix {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use core::fmt::Write as _;
+        for d in self.digits() {
+            f.write_char(char::from(b'0' + d))?;
+        }
+        Ok(())
     }
 }
 
@@ -210,6 +285,11 @@ impl IntlPrefixes {
             len: 3,
         };
         p
+    }
+
+    /// The used slots (`len > 0`), in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = IntlPrefix> + use<> {
+        self.slots.into_iter().filter(|p| p.len > 0)
     }
 
     /// Normalises a dialled number: `+` numbers and numbers that start with a configured
@@ -255,6 +335,11 @@ pub struct LookupKey {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::{string::ToString, vec::Vec};
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn num(s: &str) -> Number {
@@ -344,5 +429,83 @@ mod tests {
         assert_eq!(k.data[0], 1);
         assert_eq!(k.data[1], 0x23);
         assert_eq!(k.data[2], 0x20);
+    }
+
+    #[test]
+    fn digits_iterate_digit_values() {
+        let n = num("0123456789012345678901");
+        let d: Vec<u8> = n.digits().collect();
+        assert_eq!(
+            d,
+            [
+                0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1
+            ]
+        );
+        assert_eq!(Number::default().digits().count(), 0);
+        let long = num("0123456789012345678901234567890123");
+        assert_eq!(long.digits().count(), MAX_DIGITS);
+        assert_eq!(long.digits().last(), Some(9));
+    }
+
+    #[test]
+    fn display_marks_international_numbers() {
+        let n = num("23276123456");
+        assert_eq!(n.display(Domain::International).to_string(), "+23276123456");
+        assert_eq!(n.display(Domain::National).to_string(), "23276123456");
+        assert_eq!(
+            Number::default().display(Domain::International).to_string(),
+            "+"
+        );
+        // What normalize produced is what is shown: the prefix is gone.
+        let (d, s) = IntlPrefixes::default_set().normalize(&num("00232761"));
+        assert_eq!(s.display(d).to_string(), "+232761");
+        let (d, s) = IntlPrefixes::default_set().normalize(&num("0990123"));
+        assert_eq!(s.display(d).to_string(), "0990123");
+    }
+
+    #[test]
+    fn domain_from_u8() {
+        assert_eq!(Domain::from_u8(1), Some(Domain::International));
+        assert_eq!(Domain::from_u8(2), Some(Domain::National));
+        assert_eq!(Domain::from_u8(0), None);
+        assert_eq!(Domain::from_u8(3), None);
+    }
+
+    #[test]
+    fn intl_prefix_digits_and_display() {
+        let p = IntlPrefix::from_digits("0011").unwrap();
+        assert_eq!(p.digits().collect::<Vec<_>>(), [0, 0, 1, 1]);
+        assert_eq!(p.to_string(), "0011");
+        assert_eq!(
+            IntlPrefix::from_digits("12345678").unwrap().to_string(),
+            "12345678"
+        );
+        assert_eq!(IntlPrefix::default().to_string(), "");
+        let set = IntlPrefixes::default_set();
+        let shown: Vec<_> = set.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown, ["00", "011"]);
+        let mut sparse = IntlPrefixes::default();
+        sparse.slots[3] = IntlPrefix::from_digits("010").unwrap();
+        let shown: Vec<_> = sparse.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown, ["010"]);
+        assert_eq!(IntlPrefixes::default().iter().count(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn intl_prefix_round_trips(s in "[0-9]{1,8}") {
+            let p = IntlPrefix::from_digits(&s).unwrap();
+            prop_assert_eq!(p.to_string(), s.clone());
+            prop_assert_eq!(IntlPrefix::from_digits(&p.to_string()), Some(p));
+        }
+
+        #[test]
+        fn digits_round_trip_through_display(s in "[0-9]{0,30}") {
+            let n = num(&s);
+            let shown: std::string::String = n.digits().map(|d| char::from(b'0' + d)).collect();
+            prop_assert_eq!(&shown, &s);
+            prop_assert_eq!(n.display(Domain::National).to_string(), s.clone());
+            prop_assert_eq!(n.display(Domain::International).to_string(), std::format!("+{s}"));
+        }
     }
 }

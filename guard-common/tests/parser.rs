@@ -265,13 +265,11 @@ fn prefixes(intl_prefixes: &[&str]) -> IntlPrefixes {
 }
 
 fn digits_of(n: &Number) -> String {
-    let mut s = String::new();
-    let mut i = 0;
-    while let Some(d) = n.digit(i) {
-        assert!(d <= 9, "nibble {d} is not a digit");
-        s.push((b'0' + d) as char);
-        i += 1;
-    }
+    let s = n.display(Domain::National).to_string();
+    assert!(
+        s.bytes().all(|b| b.is_ascii_digit()),
+        "{s:?}: a nibble is not a digit"
+    );
     assert_eq!(s.len(), n.len as usize);
     s
 }

@@ -33,7 +33,7 @@ pub fn host_verdict(payload: &[u8], settings: &Settings, rules: &[Rule]) -> (Ver
         return (Verdict::Pass, None);
     };
     let (domain, n) = config.intl_prefixes.normalize(&number);
-    let digits: Vec<u8> = (0..n.len as usize).filter_map(|i| n.digit(i)).collect();
+    let digits: Vec<u8> = n.digits().collect();
     let best = rules
         .iter()
         .filter(|r| r.prefix.domain == domain && digits.starts_with(&r.prefix.digits))
@@ -50,8 +50,5 @@ pub fn host_verdict(payload: &[u8], settings: &Settings, rules: &[Rule]) -> (Ver
 /// Global counters as a name → value list, for messages.
 pub fn counter_snapshot(f: &Filter) -> Vec<(Counter, u64)> {
     let g = f.global_counters().expect("read counters");
-    Counter::ALL
-        .iter()
-        .map(|&c| (c, g.counters[c as usize]))
-        .collect()
+    Counter::ALL.iter().map(|&c| (c, g.get(c))).collect()
 }

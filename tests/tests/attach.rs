@@ -215,7 +215,7 @@ fn native_xdp_on_veth_drops_blocked_invites_only() {
     assert!(lost.is_empty(), "allowed datagrams were lost: {lost:?}");
 
     let after = filter.global_counters().expect("counters");
-    let delta = |c: Counter| after.counters[c as usize] - before.counters[c as usize];
+    let delta = |c: Counter| after.get(c) - before.get(c);
     let sl = filter.rule_counters(SL).expect("rule counters");
     assert_eq!(delta(Counter::Dropped), blocked, "global dropped counter");
     assert_eq!(sl.dropped - sl0.dropped, blocked, "Sierra Leone rule drops");

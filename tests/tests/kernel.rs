@@ -38,7 +38,7 @@ fn check(f: &Filter, case: &Case) -> Vec<String> {
         .into_iter()
         .filter(|c| !fixtures::CALL_COUNTERS.contains(c))
     {
-        let got = g1.counters[c as usize] - g0.counters[c as usize];
+        let got = g1.get(c) - g0.get(c);
         let want = expected.get(&c).copied().unwrap_or(0);
         if got != want {
             errs.push(format!(

@@ -4,7 +4,6 @@
 
 use std::{fs, path::Path};
 
-use guard_common::Action;
 use sipguard::Verdict;
 use sipguard_tests::{
     fixtures::{self, Case, Setup},
@@ -17,18 +16,11 @@ fn config_for(setup: Setup) -> String {
     let s = setup.settings();
     let mut out = format!(
         "[settings]\nsip_ports = {:?}\ninternational_prefixes = {:?}\nmode = \"{}\"\n",
-        s.sip_ports,
-        s.intl_prefixes,
-        sipguard::settings::mode_name(s.mode)
+        s.sip_ports, s.intl_prefixes, s.mode
     );
     for &(prefix, action, _) in fixtures::RULES {
-        let a = match action {
-            Action::Block => "block",
-            Action::Allow => "allow",
-            Action::Monitor => "monitor",
-        };
         out.push_str(&format!(
-            "\n[[rule]]\nprefix = \"{prefix}\"\naction = \"{a}\"\n"
+            "\n[[rule]]\nprefix = \"{prefix}\"\naction = \"{action}\"\n"
         ));
     }
     out
