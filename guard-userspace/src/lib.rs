@@ -1,52 +1,36 @@
 //! sipguard userspace: loads the XDP program, programs its maps, and reads its counters.
 //!
-//! - [`rules`]: the rule model (prefix, action, id) and its validation;
-//! - [`settings`]: global settings (SIP ports, international prefixes, mode);
-//! - [`config`]: the TOML config file, validated with file:line errors;
-//! - [`country`]: ISO countries to calling-code prefixes (libphonenumber data);
-//! - [`maps`]: the filter's maps, atomic commits of rules and settings, counters;
-//! - [`filter`]: the loaded program and its maps;
-//! - [`memory`]: the kernel memory of the maps;
-//! - [`pins`]: the pinned state under bpffs, one directory per interface;
-//! - [`state`]: runtime rule edits and daemon records in the state directory;
-//! - [`batch`]: batched map syscalls (`BPF_MAP_*_BATCH`) for large rule sets;
+//! The modules are layers; a module imports only from the layers below it:
+//!
+//! ```text
+//! cli                 one file per verb; renders the report
+//! daemon              `sipguard run`: attach, reload, events, metrics, kernel log
+//! report    replay    the typed rows every view reads; captures through a private filter
+//! kernel    config    filter, maps, pins, raw syscalls | config file, runtime edits, state dir
+//! model               rules, settings, countries, times
+//! ```
+//!
+//! - [`model`]: the rule model (prefix, action, origin), settings, countries, time formats;
+//! - [`config`]: the TOML config file (validated with file:line errors, owning the events and
+//!   metrics settings) and the state directory (runtime edits, daemon record, lock);
+//! - [`kernel`]: the loaded filter, its maps (atomic commits, counters), the pins under bpffs,
+//!   the maps' kernel memory, and the raw `bpf(2)` and other system calls ([`kernel::sys`]);
+//! - [`report`]: rules, settings, counters and sources read into typed rows, and their
+//!   Prometheus form; drop events decoded;
+//! - [`replay`]: pcap/pcapng reading and `sipguard replay`;
 //! - [`daemon`]: `sipguard run`;
-//! - [`events`]: drop events from the ring buffer, as JSON lines and on the events socket;
-//! - [`metrics`]: the Prometheus `/metrics` endpoint;
-//! - [`cli`]: the verbs that work on the pinned state (`rules`, `stats`, `status`, `detach`);
-//! - [`capture`]: pcap/pcapng reading, and [`replay`]: `sipguard replay`.
+//! - [`cli`]: the command line.
 
-pub mod batch;
-pub mod capture;
 pub mod cli;
 pub mod config;
-pub mod country;
 pub mod daemon;
-pub mod events;
-pub mod filter;
-pub mod maps;
-pub mod memory;
-pub mod metrics;
-pub mod pins;
+pub mod kernel;
+pub mod model;
 pub mod replay;
-pub mod rules;
-pub mod settings;
-pub mod state;
+pub mod report;
 
-pub use filter::{Filter, FilterError, Verdict};
-pub use rules::{Prefix, Rule, RuleError};
-pub use settings::{Settings, SettingsError};
-
-/// Whether we run as root (effective uid 0).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The interface index of `name`, if it exists.
-pub fn if_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: NUL-terminated name; the call only reads it.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
-}
+pub use kernel::{Filter, FilterError, Verdict};
+pub use model::{
+    rules::{Prefix, Rule, RuleError},
+    settings::{Settings, SettingsError},
+};

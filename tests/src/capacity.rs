@@ -12,9 +12,9 @@ use std::{
 use guard_common::Action;
 use sipguard::{
     Filter, Prefix, Settings,
-    pins::PinRoot,
-    rules::{RuleEntry, RuleSet, Source},
-    state::StateDir,
+    config::state::StateDir,
+    kernel::pins::PinRoot,
+    model::rules::{Origin, Rule, RuleSet},
 };
 
 use crate::{harness::sipguard_bin, packet::Pkt};
@@ -59,14 +59,9 @@ pub fn rule_set(n: usize) -> RuleSet {
     out
 }
 
-/// A runtime rule entry.
-pub fn entry(action: Action) -> RuleEntry {
-    RuleEntry {
-        action,
-        comment: None,
-        country: None,
-        source: Source::Runtime,
-    }
+/// A runtime rule.
+pub fn entry(action: Action) -> Rule {
+    Rule::new(action, Origin::Runtime)
 }
 
 /// An IPv4 frame with an INVITE to a number under `prefix` (`+3399` -> `sip:+339912345@...`).

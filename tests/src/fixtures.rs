@@ -3,9 +3,12 @@
 //! The kernel tests run every row through the loaded program; the benchmark picks rows by name.
 
 use guard_common::{Action, Counter, Mode};
-use sipguard::{Rule, Settings, Verdict};
+use sipguard::{Settings, Verdict};
 
-use crate::packet::{Ext, Pkt, invite, request};
+use crate::{
+    TestRule,
+    packet::{Ext, Pkt, invite, request},
+};
 
 /// The rules every fixture runs against: (prefix, action, id).
 pub const RULES: &[(&str, Action, u32)] = &[
@@ -36,10 +39,10 @@ pub const UK: u32 = 3;
 pub const PREMIUM: u32 = 4;
 pub const JM: u32 = 5;
 
-pub fn rules() -> Vec<Rule> {
+pub fn rules() -> Vec<TestRule> {
     RULES
         .iter()
-        .map(|&(p, a, id)| Rule::new(p, a, id).expect("fixture rule"))
+        .map(|&(p, a, id)| TestRule::new(p, a, id).expect("fixture rule"))
         .collect()
 }
 

@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, time::Instant};
 
 use guard_common::Action;
-use sipguard::{Filter, Prefix, Rule, Verdict, maps::Maps, rules::RuleSet};
+use sipguard::{Filter, Prefix, Verdict, kernel::maps::Maps, model::rules::RuleSet};
 use sipguard_tests::{
     capacity::{PinnedFilter, entry, invite_under, rule_set},
     fixtures::Setup,
@@ -140,7 +140,7 @@ fn assert_tries_equal(pf: &PinnedFilter, n: usize, what: &str) -> Vec<u32> {
     assert_eq!(a.len(), n, "{what}");
     assert!(a == b, "{what}: the two tries differ");
     assert_eq!(maps.rule_count().unwrap(), n, "{what}");
-    let ids: Vec<u32> = a.iter().map(|r| r.value.id).collect();
+    let ids: Vec<u32> = a.values().map(|v| v.id).collect();
     let unique: BTreeSet<u32> = ids.iter().copied().collect();
     assert_eq!(unique.len(), n, "{what}: ids are not unique");
     ids
@@ -241,7 +241,7 @@ fn one_rule_into_200k_is_a_delta_enforced_at_once_and_untouched_counters_survive
 
     // A commit that stopped half-way (live, standby not synced): the next edit repairs it
     // with a full sync.
-    let delta = sipguard::maps::Delta {
+    let delta = sipguard::kernel::maps::Delta {
         set: vec![("+33988".parse().unwrap(), Action::Block)],
         remove: Vec::new(),
     };
@@ -278,7 +278,7 @@ fn fixed_rule_ids_are_not_bounded_by_the_map_size() {
     let settings = Setup::Default.settings();
     let mut f = Filter::load(&settings).expect("load");
     let id = 5_000_000;
-    f.insert_rule(&Rule::new("+232", Action::Block, id).unwrap())
+    f.insert_rule(&"+232".parse().unwrap(), Action::Block, id)
         .unwrap();
     let frame = invite_under(&"+2327".parse().unwrap());
     assert_eq!(f.test_run(&frame).unwrap(), Verdict::Drop);

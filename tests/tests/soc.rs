@@ -333,6 +333,7 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
     drop(uas);
     assert_eq!(run.calls.len(), 240);
 
+    let stats_before = sg.stats();
     let resp = scrape(&topo.router);
     let body = resp.split("\r\n\r\n").nth(1).expect("body");
     let scrape =
@@ -350,21 +351,65 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
             })
             .unwrap_or_else(|| panic!("no {name}{{prefix={prefix}}} in\n{body}"))
     };
+    // Metrics = stats: every counter field of every `stats --json` row has its series
+    // (`sipguard_rule_<field>_total`, same prefix, action and country labels) with the same
+    // value (the calls have ended, so no rule counter moves), and every global counter is
+    // `sipguard_<name>_total`.
     let stats = sg.stats();
-    for r in stats["rules"].as_array().unwrap() {
+    let number = |s: &prometheus_parse::Sample| match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        _ => f64::NAN,
+    };
+    let rules = stats["rules"].as_array().unwrap();
+    assert!(rules.len() >= 5, "{stats}");
+    let mut checked = 0;
+    for r in rules {
         let p = r["prefix"].as_str().unwrap();
-        for (metric, field) in [
-            ("sipguard_rule_matched_packets_total", "matched"),
-            ("sipguard_rule_dropped_packets_total", "dropped"),
-            ("sipguard_rule_would_drop_packets_total", "would_drop"),
-            ("sipguard_rule_calls_total", "calls"),
-        ] {
+        for (field, v) in r.as_object().unwrap() {
+            let Some(v) = v.as_u64() else { continue };
+            if field == "id" {
+                continue;
+            }
+            let metric = format!("sipguard_rule_{field}_total");
+            let sample = scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == metric && s.labels.get("prefix") == Some(p))
+                .unwrap_or_else(|| panic!("stats field {field} of {p} has no {metric}:\n{body}"));
+            assert_eq!(number(sample), v as f64, "{metric} {p}");
             assert_eq!(
-                value(metric, p),
-                r[field].as_u64().unwrap() as f64,
+                sample.labels.get("action"),
+                r["action"].as_str(),
                 "{metric} {p}"
             );
+            assert_eq!(
+                sample.labels.get("country"),
+                r["country"].as_str(),
+                "{metric} {p}"
+            );
+            checked += 1;
         }
+    }
+    assert_eq!(checked, rules.len() * 5, "five counters per rule");
+    let global = stats["global"].as_object().unwrap();
+    assert_eq!(global.len(), 20, "{stats}");
+    for (name, v) in global {
+        let metric = format!("sipguard_{name}_total");
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric)
+            .unwrap_or_else(|| panic!("stats global {name} has no {metric}:\n{body}"));
+        // Frames that are not SIP (neighbour discovery) may arrive between the reads: the
+        // scrape lies between the `stats` before and after it.
+        let before = stats_before["global"][name.as_str()].as_u64().unwrap() as f64;
+        let m = number(sample);
+        assert!(
+            before <= m && m <= v.as_u64().unwrap() as f64,
+            "{metric}: {before} <= {m} <= {v}"
+        );
     }
     // Calls vs packets from sipp's own trace: each blocked call is one call, three INVITEs.
     // (No +23222 exception in this run: every +232 destination of the mix is blocked.)
@@ -377,7 +422,7 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
         .sum();
     assert_eq!(value("sipguard_rule_calls_total", "+232"), sl_calls);
     assert_eq!(
-        value("sipguard_rule_dropped_packets_total", "+232"),
+        value("sipguard_rule_dropped_total", "+232"),
         sl_packets as f64
     );
     assert!(sl_packets as f64 > sl_calls);
@@ -385,8 +430,7 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
         .samples
         .iter()
         .find(|s| {
-            s.metric == "sipguard_rule_dropped_packets_total"
-                && s.labels.get("prefix") == Some("+232")
+            s.metric == "sipguard_rule_dropped_total" && s.labels.get("prefix") == Some("+232")
         })
         .unwrap();
     assert_eq!(sample.labels.get("country"), Some("Sierra Leone"));
@@ -395,7 +439,9 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
     for global in [
         "sipguard_frames_total",
         "sipguard_invites_total",
-        "sipguard_parse_failures_total",
+        "sipguard_unparsable_uri_total",
+        "sipguard_truncated_total",
+        "sipguard_max_rules",
         "sipguard_non_first_fragments_total",
         "sipguard_events_suppressed_total",
         "sipguard_rules_loaded",
@@ -474,7 +520,7 @@ fn events_carry_vlan_addresses_and_the_normalised_number() {
         .rules()
         .unwrap()
         .into_iter()
-        .map(|r| (r.value.id, r.prefix))
+        .map(|(prefix, v)| (v.id, prefix))
         .collect();
     let frame = Pkt::v6(&request_with_call_id(
         "INVITE",
@@ -485,7 +531,7 @@ fn events_carry_vlan_addresses_and_the_normalised_number() {
     .build();
     assert_eq!(f.test_run(&frame).unwrap(), sipguard::Verdict::Drop);
     let item = ring.next().expect("one event for the new call");
-    let e = sipguard::events::decode(&item, "test", &by_id).expect("decodes");
+    let e = sipguard::report::event::decode(&item, "test", &by_id).expect("decodes");
     drop(item);
     assert_eq!(e.verdict, "drop");
     assert_eq!(e.number, "+23276123456", "normalised: 00 stripped");

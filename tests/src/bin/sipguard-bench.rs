@@ -13,11 +13,15 @@ use std::{
 use anyhow::{Context as _, bail};
 use guard_common::{Action, programs};
 use sipguard::{
-    Filter, Prefix, Rule, Settings, Verdict,
-    maps::{Maps, wait_for_readers},
-    memory::{MapMemory, possible_cpus},
+    Filter, Prefix, Settings, Verdict,
+    kernel::{
+        maps::Maps,
+        memory::{MapMemory, possible_cpus},
+        sys::wait_for_readers,
+    },
 };
 use sipguard_tests::{
+    TestRule,
     capacity::{PinnedFilter, Rng, invite_under, rule_set},
     fixtures::{BLOCKED_URI, Setup, case_named},
     load,
@@ -42,10 +46,10 @@ const ROWS: &[(&str, &str, Verdict)] = &[
 
 /// 250 country-code style rules: +232 block with its +23222 exception, then 248 other 3-digit
 /// codes (never a prefix of the allowed destination +33...).
-fn country_rules() -> Vec<Rule> {
+fn country_rules() -> Vec<TestRule> {
     let mut rules = vec![
-        Rule::new("+232", Action::Block, 0).unwrap(),
-        Rule::new("+23222", Action::Allow, 1).unwrap(),
+        TestRule::new("+232", Action::Block, 0).unwrap(),
+        TestRule::new("+23222", Action::Allow, 1).unwrap(),
     ];
     let mut code = 200u32;
     while rules.len() < 250 {
@@ -55,7 +59,7 @@ fn country_rules() -> Vec<Rule> {
             } else {
                 Action::Block
             };
-            rules.push(Rule::new(&format!("+{code}"), action, rules.len() as u32).unwrap());
+            rules.push(TestRule::new(&format!("+{code}"), action, rules.len() as u32).unwrap());
         }
         code += 1;
     }
@@ -64,7 +68,7 @@ fn country_rules() -> Vec<Rule> {
 
 /// The country rules plus operator prefixes up to `total`: random 6- to 9-digit prefixes under
 /// random country codes, skipping anything under +33 (the allowed destination).
-fn operator_rules(total: usize) -> Vec<Rule> {
+fn operator_rules(total: usize) -> Vec<TestRule> {
     let mut rules = country_rules();
     let mut seen: std::collections::BTreeSet<String> =
         rules.iter().map(|r| r.prefix.to_string()).collect();
@@ -79,7 +83,7 @@ fn operator_rules(total: usize) -> Vec<Rule> {
         if p.starts_with("+33") || !seen.insert(p.clone()) {
             continue;
         }
-        rules.push(Rule::new(&p, Action::Block, rules.len() as u32).unwrap());
+        rules.push(TestRule::new(&p, Action::Block, rules.len() as u32).unwrap());
     }
     rules
 }

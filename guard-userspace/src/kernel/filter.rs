@@ -4,16 +4,21 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::lpm_trie::Key,
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
+#[cfg(any(test, feature = "test-util"))]
+use guard_common::Action;
 use guard_common::{Counter, GlobalCounters, RuleCounters, maps::names, programs};
 use thiserror::Error;
 
-use crate::{
-    maps::{Maps, MapsError, PINNED_MAPS, SIZED_BY_MAX_RULES},
-    memory::{MapMemory, MemoryError},
-    rules::{Rule, RuleSet},
+use super::{
+    maps::{AUX_PINNED, Maps, MapsError, PINNED_MAPS, SIZED_BY_MAX_RULES},
+    memory::{self, MapMemory, MemoryError},
+};
+#[cfg(any(test, feature = "test-util"))]
+use crate::model::rules::Prefix;
+use crate::model::{
+    rules::RuleSet,
     settings::{Settings, SettingsError},
 };
 
@@ -93,10 +98,10 @@ impl Filter {
     /// next.
     pub fn load_pinned(dir: &Path, max_rules: u32) -> Result<Self, FilterError> {
         // Counters pinned by an older version (a per-CPU array) move into the new hash.
-        let legacy = crate::maps::take_legacy_stats(dir)?;
+        let legacy = super::maps::take_legacy_stats(dir)?;
         let paths: Vec<(&'static str, std::path::PathBuf)> = PINNED_MAPS
             .iter()
-            .chain(crate::maps::AUX_PINNED.iter())
+            .chain(AUX_PINNED.iter())
             .map(|&n| (n, dir.join(n)))
             .collect();
         let mut loader = EbpfLoader::new();
@@ -156,22 +161,29 @@ impl Filter {
     }
 
     /// Applies settings (keeping the live rules), atomically.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn apply_settings(&mut self, settings: &Settings) -> Result<(), FilterError> {
         let rules = self.maps.rule_set()?;
         self.maps.commit(settings, &rules)?;
         Ok(())
     }
 
-    /// Inserts or replaces the rule for `rule.prefix` with an explicit counter id (any u32),
+    /// Inserts or replaces the rule for `prefix` with an explicit counter id (any u32),
     /// straight into the live trie. For tests and benchmarks that need fixed ids; operators'
     /// changes go through [`Maps::commit`], which is atomic and assigns ids itself. The next
     /// commit is a full one (the other trie no longer matches).
-    pub fn insert_rule(&mut self, rule: &Rule) -> Result<(), FilterError> {
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn insert_rule(
+        &mut self,
+        prefix: &Prefix,
+        action: Action,
+        id: u32,
+    ) -> Result<(), FilterError> {
         let slot = self.maps.active_slot()? as usize;
-        let key = rule.prefix.key();
-        let value = crate::maps::rule_value(&rule.prefix, rule.id, rule.action);
-        self.maps
-            .insert_live(slot, &Key::new(key.prefix_len, key.data), value)?;
+        let key = prefix.key();
+        let value = super::maps::rule_value(prefix, id, action);
+        let key = aya::maps::lpm_trie::Key::new(key.prefix_len, key.data);
+        self.maps.insert_live(slot, &key, value)?;
         Ok(())
     }
 
@@ -186,7 +198,7 @@ impl Filter {
             })
     }
 
-    /// Kernel memory of every map the filter program uses (see [`crate::memory`]).
+    /// Kernel memory of every map the filter program uses (see [`crate::kernel::memory`]).
     pub fn kernel_memory(&self) -> Result<Vec<MapMemory>, FilterError> {
         let info = self.info()?;
         let ids = info
@@ -198,7 +210,7 @@ impl Filter {
             })?
             .unwrap_or_default();
         let stats = self.maps.stats_ids()?.len() as u64;
-        Ok(crate::memory::of_maps(&ids, |name| {
+        Ok(memory::of_maps(&ids, |name| {
             (name == names::RULE_STATS).then_some(stats)
         })?)
     }

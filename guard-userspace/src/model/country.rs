@@ -26,12 +26,15 @@ use std::{
     sync::OnceLock,
 };
 
+use guard_common::Domain;
 use phonenumber::metadata::DATABASE;
 use regex_syntax::{
     ParserBuilder,
     hir::{Class, Hir, HirKind, Literal},
 };
 use thiserror::Error;
+
+use super::rules::Prefix;
 
 /// Upper bound on the number of prefixes one leading-digits pattern may expand to (also bounds
 /// every intermediate set while expanding).
@@ -188,6 +191,26 @@ pub fn expand(alpha2: &str) -> Result<Country, CountryError> {
     Ok(country(
         national.iter().map(|n| format!("{code}{n}")).collect(),
     ))
+}
+
+/// The label of a rule prefix: its country (or network) name, `all international` for `+`,
+/// `national dial string` for a prefix without `+`.
+pub fn prefix_label(p: &Prefix) -> String {
+    match p.domain {
+        Domain::International if !p.digits.is_empty() => {
+            label_for_prefix(&p.digit_string()).unwrap_or_default()
+        }
+        Domain::International => "all international".into(),
+        Domain::National => "national dial string".into(),
+    }
+}
+
+/// The country label of a rule: the name of the country it was written for (`country = "JM"`),
+/// else its prefix's label. Every view (stats, rules list, metrics) shows this one.
+pub fn rule_label(country: Option<&str>, p: &Prefix) -> String {
+    country
+        .map(|cc| expand(cc).map_or(cc.to_string(), |c| c.name))
+        .unwrap_or_else(|| prefix_label(p))
 }
 
 /// A display label for international prefix digits (no `+`; a single leading `+` is tolerated).

@@ -28,15 +28,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use guard_common::Action;
 use serde::Deserialize;
 use thiserror::Error;
 use toml::Spanned;
 
-use crate::{
+use crate::model::{
     country,
-    rules::{Prefix, RuleEntry, RuleSet, Source, parse_action},
-    settings::{Settings, parse_mode},
+    rules::{Origin, Prefix, Rule, RuleSet},
+    settings::Settings,
 };
 
 /// Where `sipguard run` looks when `--config` is not given.
@@ -45,16 +44,28 @@ pub const DEFAULT_PATH: &str = "/etc/sipguard/sipguard.toml";
 /// The shipped default config (blocks +232, +870, +881, +882, +883, +979; monitors the rest of
 /// international traffic). `sipguard run` uses it when no --config is given and
 /// [`DEFAULT_PATH`] does not exist.
-pub const EMBEDDED: &str = include_str!("../defaults/sipguard.toml");
+pub const EMBEDDED: &str = include_str!("../../defaults/sipguard.toml");
+
+/// Default `[metrics] listen` address: loopback only, unless the operator says otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9960";
+
+/// `[events]`: where drop events go, besides `sipguard events`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventOutputs {
+    /// A JSON-lines file, appended to.
+    pub file: Option<PathBuf>,
+    /// JSON lines on stdout (the journal, under systemd).
+    pub stdout: bool,
+}
 
 /// What `sipguard run` reads: a file, or the embedded default.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConfigSource {
+pub enum ConfigLocation {
     File(PathBuf),
     Embedded,
 }
 
-impl ConfigSource {
+impl ConfigLocation {
     /// `--config FILE` if given, else [`DEFAULT_PATH`] if it exists, else the embedded default.
     pub fn resolve(explicit: Option<&Path>) -> Self {
         match explicit {
@@ -80,7 +91,7 @@ impl ConfigSource {
     }
 }
 
-impl fmt::Display for ConfigSource {
+impl fmt::Display for ConfigLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::File(p) => write!(f, "{}", p.display()),
@@ -134,7 +145,7 @@ pub struct ConfigFile {
     /// Whether the file had a `[settings]` table (import files must not).
     pub has_settings: bool,
     /// `[events]`: where drop events go (besides `sipguard events`).
-    pub events: crate::events::Outputs,
+    pub events: EventOutputs,
     /// `[metrics] listen`: the Prometheus endpoint, `None` when "off".
     pub metrics: Option<std::net::SocketAddr>,
 }
@@ -304,7 +315,10 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             }
         }
         if let Some(m) = mode {
-            settings.mode = parse_mode(m.get_ref()).map_err(|e| at(m.span(), e.to_string()))?;
+            settings.mode = m
+                .get_ref()
+                .parse()
+                .map_err(|e: guard_common::ParseModeError| at(m.span(), e.to_string()))?;
         }
         if let Some(f) = fm {
             fail_mode = match f.get_ref().as_str() {
@@ -328,14 +342,14 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
 
     let events = raw
         .events
-        .map(|e| crate::events::Outputs {
+        .map(|e| EventOutputs {
             file: e.file.map(PathBuf::from),
             stdout: e.stdout.unwrap_or(false),
         })
         .unwrap_or_default();
     let metrics = match raw.metrics.and_then(|m| m.listen) {
         None => Some(
-            crate::metrics::DEFAULT_LISTEN
+            DEFAULT_METRICS_LISTEN
                 .parse()
                 .expect("the default listen address parses"),
         ),
@@ -364,7 +378,10 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             comment,
         } = r.into_inner();
         let action = match action {
-            Some(a) => parse_action(a.get_ref()).map_err(|e| at(a.span(), e.to_string()))?,
+            Some(a) => a
+                .get_ref()
+                .parse()
+                .map_err(|e: guard_common::ParseActionError| at(a.span(), e.to_string()))?,
             None => {
                 return Err(at(
                     span,
@@ -409,8 +426,8 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
                         line,
                         message: format!(
                             "rule conflict: {prefix} is `{}` here but `{}` at line {}",
-                            crate::rules::action_name(action),
-                            crate::rules::action_name(old.action),
+                            action.as_str(),
+                            old.action.as_str(),
                             defined_at[&prefix]
                         ),
                     });
@@ -420,11 +437,11 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             defined_at.insert(prefix.clone(), line);
             rules.insert(
                 prefix,
-                RuleEntry {
+                Rule {
                     action,
                     comment: comment.clone(),
                     country: country_code.clone(),
-                    source: Source::Config,
+                    origin: Origin::Config,
                 },
             );
         }
@@ -479,13 +496,10 @@ impl LineIndex {
     }
 }
 
-/// Shorthand used by callers that print the action of a rule.
-pub fn action_str(a: Action) -> &'static str {
-    crate::rules::action_name(a)
-}
-
 #[cfg(test)]
 mod tests {
+    use guard_common::Action;
+
     use super::*;
 
     fn p(text: &str) -> Result<ConfigFile, ConfigError> {
@@ -532,7 +546,7 @@ action = "block"
 
     #[test]
     fn the_shipped_default_blocks_the_fraud_destinations_and_monitors_the_rest() {
-        let c = ConfigSource::Embedded.load().unwrap();
+        let c = ConfigLocation::Embedded.load().unwrap();
         for p in ["+232", "+870", "+881", "+882", "+883", "+979"] {
             let e = &c.rules[&p.parse::<Prefix>().unwrap()];
             assert_eq!(e.action, Action::Block, "{p}");

@@ -16,8 +16,6 @@ pub enum SettingsError {
     BadIntlPrefix(String),
     #[error("{0} international prefixes given; at most {MAX_INTL_PREFIXES} are supported")]
     TooManyIntlPrefixes(usize),
-    #[error("unknown mode `{0}` (expected enforce or monitor)")]
-    UnknownMode(String),
     #[error("max_rules: {0} is out of range (1 to {MAX_RULES_LIMIT})")]
     MaxRules(u64),
 }
@@ -55,22 +53,28 @@ impl Default for Settings {
     }
 }
 
-pub fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Enforce => "enforce",
-        Mode::Monitor => "monitor",
-    }
-}
-
-pub fn parse_mode(s: &str) -> Result<Mode, SettingsError> {
-    match s {
-        "enforce" => Ok(Mode::Enforce),
-        "monitor" => Ok(Mode::Monitor),
-        other => Err(SettingsError::UnknownMode(other.to_string())),
-    }
-}
-
 impl Settings {
+    /// The settings a live kernel config (and the port list) stand for: the inverse of
+    /// [`Settings::to_config`]. `max_rules` is the default; the caller knows the maps' size.
+    pub fn live(config: &Config, sip_ports: Vec<u16>) -> Self {
+        Self {
+            sip_ports,
+            intl_prefixes: config
+                .intl_prefixes
+                .slots
+                .iter()
+                .filter(|s| s.len > 0)
+                .map(|s| s.to_string())
+                .collect(),
+            mode: Mode::from_u32(config.mode).unwrap_or(Mode::Enforce),
+            kernel_debug_log: config.flags & guard_common::CONFIG_FLAG_DEBUG_LOG != 0,
+            track_calls: config.flags & guard_common::CONFIG_FLAG_NO_CALLS == 0,
+            event_rate: config.event_rate,
+            event_burst: config.event_burst,
+            max_rules: MAX_RULES,
+        }
+    }
+
     /// Checks everything and builds the kernel config. Nothing is applied if this fails.
     pub fn to_config(&self) -> Result<Config, SettingsError> {
         if self.sip_ports.is_empty() {

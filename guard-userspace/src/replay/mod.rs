@@ -6,13 +6,15 @@
 use std::{collections::BTreeMap, io::Write as _, path::Path};
 
 use anyhow::{Context as _, Result};
-use guard_common::{Action, Counter, Domain, Parsed, parse_payload};
+use guard_common::{Action, Counter, Parsed, parse_payload};
 use serde_json::json;
 
+pub mod capture;
+
 use crate::{
-    capture, config,
-    filter::{Filter, Verdict},
-    rules::{Prefix, action_name},
+    config,
+    kernel::filter::{Filter, Verdict},
+    model::rules::Prefix,
 };
 
 /// What the host sees in a frame, for display: UDP destination port and payload.
@@ -84,7 +86,7 @@ pub fn run(config_path: &Path, capture_path: &Path, json_out: bool) -> Result<bo
         .maps
         .rules()?
         .into_iter()
-        .map(|r| (r.value.id, r.prefix))
+        .map(|(p, v)| (v.id, p))
         .collect();
 
     let mut out = std::io::stdout().lock();
@@ -105,19 +107,12 @@ pub fn run(config_path: &Path, capture_path: &Path, json_out: bool) -> Result<bo
             && let Parsed::Number { number: n, .. } = parse_payload(p)
         {
             let (domain, norm) = intl.normalize(&n);
-            let digits: String = (0..norm.len as usize)
-                .filter_map(|i| norm.digit(i))
-                .map(|d| char::from(b'0' + d))
-                .collect();
-            number = Some(match domain {
-                Domain::International => format!("+{digits}"),
-                Domain::National => digits,
-            });
+            number = Some(norm.display(domain).to_string());
             if let Some(v) = filter.maps.lookup(&norm.key(domain))? {
                 rule = by_id.get(&v.id).map(|p| {
                     (
                         p.to_string(),
-                        Action::from_u8(v.action).map_or("?", action_name),
+                        Action::from_u8(v.action).map_or("?", Action::as_str),
                     )
                 });
             }

@@ -12,20 +12,18 @@
 use std::{
     ffi::CString,
     fs, io,
-    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    os::{fd::AsFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
 
-use crate::maps::PINNED_MAPS;
+use super::{maps::PINNED_MAPS, sys};
 
 /// Default pin root.
 pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/sipguard";
 /// Where bpffs is mounted when it is not.
 pub const BPFFS: &str = "/sys/fs/bpf";
-/// `statfs` magic of bpffs (include/uapi/linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Pin names of the program and link inside an interface directory.
 pub const PROG_PIN: &str = "prog";
@@ -92,6 +90,18 @@ impl PinRoot {
         self.root.join(iface)
     }
 
+    /// Whether `iface`'s XDP link is pinned.
+    pub fn is_attached(&self, iface: &str) -> bool {
+        self.iface_dir(iface).join(LINK_PIN).exists()
+    }
+
+    /// The kernel's id of `iface`'s pinned program, if it is pinned.
+    pub fn program_id(&self, iface: &str) -> Option<u32> {
+        aya::programs::ProgramInfo::from_pin(self.iface_dir(iface).join(PROG_PIN))
+            .ok()
+            .map(|i| i.id())
+    }
+
     /// Interfaces with pinned state (directories that hold a link or maps), sorted.
     pub fn ifaces(&self) -> Vec<String> {
         let Ok(entries) = fs::read_dir(&self.root) else {
@@ -154,7 +164,7 @@ impl PinRoot {
         let mut names = vec![PROG_PIN, LINK_PIN];
         if !keep_maps {
             names.extend(PINNED_MAPS);
-            names.extend(crate::maps::AUX_PINNED);
+            names.extend(super::maps::AUX_PINNED);
         }
         for name in names {
             let p = dir.join(name);
@@ -178,17 +188,6 @@ pub fn secure(path: &Path) -> Result<(), PinsError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path, "chmod 0600"))
 }
 
-fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
 /// The deepest existing ancestor of `path` (itself included).
 fn existing_ancestor(path: &Path) -> Option<&Path> {
     path.ancestors().find(|p| p.exists())
@@ -197,20 +196,14 @@ fn existing_ancestor(path: &Path) -> Option<&Path> {
 /// Mounts bpffs at /sys/fs/bpf when `root` lies below it and it is not mounted.
 pub fn ensure_bpffs(root: &Path) -> Result<(), PinsError> {
     let probe = existing_ancestor(root).unwrap_or(Path::new("/"));
-    if is_bpffs(probe) {
+    if sys::is_bpffs(probe) {
         return Ok(());
     }
-    if root.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
-        let (src, dst, ty) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-        // SAFETY: plain mount(2) with NUL-terminated constant strings.
-        let rc =
-            unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
-        if rc != 0 {
-            return Err(PinsError::Mount {
-                path: BPFFS.into(),
-                source: io::Error::last_os_error(),
-            });
-        }
+    if root.starts_with(BPFFS) && !sys::is_bpffs(Path::new(BPFFS)) {
+        sys::mount_bpffs().map_err(|source| PinsError::Mount {
+            path: BPFFS.into(),
+            source,
+        })?;
         tracing::info!("mounted bpffs at {BPFFS}");
         return Ok(());
     }
@@ -226,50 +219,13 @@ pub fn detach_link(path: &Path) -> Result<(), PinsError> {
         path: path.display().to_string(),
         source: io::Error::other(e),
     })?;
-    let fd = obj_get(&c).map_err(|source| PinsError::Detach {
+    let fd = sys::obj_get(&c).map_err(|source| PinsError::Detach {
         path: path.display().to_string(),
         source,
     })?;
-    // union bpf_attr { struct { __u32 link_fd; } link_detach; } — BPF_LINK_DETACH = 34.
-    let mut attr = [0u32; 16];
-    attr[0] = fd.as_raw_fd() as u32;
-    // SAFETY: bpf(2) with a zero-padded attr buffer larger than the link_detach member.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            34,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc != 0 {
-        return Err(PinsError::Detach {
-            path: path.display().to_string(),
-            source: io::Error::last_os_error(),
-        });
-    }
+    sys::link_detach(fd.as_fd()).map_err(|source| PinsError::Detach {
+        path: path.display().to_string(),
+        source,
+    })?;
     fs::remove_file(path).map_err(io_err(path, "unpin"))
-}
-
-/// BPF_OBJ_GET on a pin path.
-fn obj_get(path: &CString) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd as _;
-    // union bpf_attr { struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; } } —
-    // BPF_OBJ_GET = 7.
-    let mut attr = [0u64; 8];
-    attr[0] = path.as_ptr() as u64;
-    // SAFETY: bpf(2) reads the NUL-terminated path we own for the duration of the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            7,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that nobody else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(rc as i32) })
 }

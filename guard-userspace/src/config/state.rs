@@ -24,7 +24,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::rules::{Prefix, RuleEntry, RuleSet, Source};
+use crate::model::rules::{Origin, Prefix, Rule, RuleSet};
 
 /// Default state directory.
 pub const DEFAULT_DIR: &str = "/var/lib/sipguard";
@@ -67,7 +67,7 @@ pub struct Overlay {
 #[serde(deny_unknown_fields)]
 pub struct OverlayRule {
     pub prefix: Prefix,
-    #[serde(with = "crate::rules::action_serde")]
+    #[serde(with = "crate::model::rules::action_serde")]
     pub action: guard_common::Action,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
@@ -77,7 +77,7 @@ pub struct OverlayRule {
 
 impl Overlay {
     /// Records a runtime add (which also cancels an earlier runtime delete of that prefix).
-    pub fn add(&mut self, prefix: Prefix, entry: &RuleEntry) {
+    pub fn add(&mut self, prefix: Prefix, entry: &Rule) {
         self.deleted.remove(&prefix);
         self.rule.retain(|r| r.prefix != prefix);
         self.rule.push(OverlayRule {
@@ -105,11 +105,11 @@ impl Overlay {
         for r in &self.rule {
             out.insert(
                 r.prefix.clone(),
-                RuleEntry {
+                Rule {
                     action: r.action,
                     comment: r.comment.clone(),
                     country: r.country.clone(),
-                    source: Source::Runtime,
+                    origin: Origin::Runtime,
                 },
             );
         }
@@ -226,7 +226,7 @@ impl StateDir {
         match self.read_opt("rules.json")? {
             None => Ok(RuleSet::new()),
             Some((path, text)) => {
-                let v: BTreeMap<Prefix, RuleEntry> =
+                let v: BTreeMap<Prefix, Rule> =
                     serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
                         path: path.display().to_string(),
                         reason: e.to_string(),
@@ -236,9 +236,7 @@ impl StateDir {
         }
     }
 
-    /// Writes `rules.json`: one rule per line (a million rules make a 60 MB file; pretty
-    /// printing would double it and the time to write it).
-    /// Comments, countries and sources of the live rules: the last commit's, with the runtime
+    /// Comments, countries and origins of the live rules: the last commit's, with the runtime
     /// edits made since then over them.
     pub fn rule_meta(&self) -> RuleSet {
         let mut meta = self.committed().unwrap_or_default();
@@ -246,11 +244,11 @@ impl StateDir {
             for r in o.rule {
                 meta.insert(
                     r.prefix,
-                    RuleEntry {
+                    Rule {
                         action: r.action,
                         comment: r.comment,
                         country: r.country,
-                        source: Source::Runtime,
+                        origin: Origin::Runtime,
                     },
                 );
             }
@@ -258,6 +256,8 @@ impl StateDir {
         meta
     }
 
+    /// Writes `rules.json`: one rule per line (a million rules make a 60 MB file; pretty
+    /// printing would double it and the time to write it).
     pub fn save_committed(&self, rules: &RuleSet) -> Result<(), StateError> {
         let corrupt = |e: serde_json::Error| StateError::Corrupt {
             path: self.path("rules.json").display().to_string(),
@@ -354,31 +354,26 @@ mod tests {
     use super::*;
     use guard_common::Action;
 
-    fn entry(action: Action, source: Source) -> RuleEntry {
-        RuleEntry {
-            action,
-            comment: None,
-            country: None,
-            source,
-        }
+    fn entry(action: Action, origin: Origin) -> Rule {
+        Rule::new(action, origin)
     }
 
     #[test]
     fn overlay_adds_replaces_and_deletes_over_config() {
         let p = |s: &str| s.parse::<Prefix>().unwrap();
         let config: RuleSet = [
-            (p("+232"), entry(Action::Block, Source::Config)),
-            (p("+44"), entry(Action::Monitor, Source::Config)),
-            (p("+881"), entry(Action::Block, Source::Config)),
+            (p("+232"), entry(Action::Block, Origin::Config)),
+            (p("+44"), entry(Action::Monitor, Origin::Config)),
+            (p("+881"), entry(Action::Block, Origin::Config)),
         ]
         .into_iter()
         .collect();
         let mut o = Overlay::default();
-        o.add(p("+44"), &entry(Action::Block, Source::Runtime));
-        o.add(p("+99"), &entry(Action::Block, Source::Runtime));
+        o.add(p("+44"), &entry(Action::Block, Origin::Runtime));
+        o.add(p("+99"), &entry(Action::Block, Origin::Runtime));
         o.delete(p("+881"));
         o.delete(p("+99"));
-        o.add(p("+99"), &entry(Action::Allow, Source::Runtime));
+        o.add(p("+99"), &entry(Action::Allow, Origin::Runtime));
         let out = o.apply(&config);
         // rules.json round trip, one rule per line.
         let dir0 = std::env::temp_dir().join(format!("sg-committed-{}", std::process::id()));
@@ -390,9 +385,9 @@ mod tests {
         st0.save_committed(&RuleSet::new()).unwrap();
         assert!(st0.committed().unwrap().is_empty());
         let _ = fs::remove_dir_all(&dir0);
-        assert_eq!(out[&p("+232")].source, Source::Config);
+        assert_eq!(out[&p("+232")].origin, Origin::Config);
         assert_eq!(out[&p("+44")].action, Action::Block);
-        assert_eq!(out[&p("+44")].source, Source::Runtime);
+        assert_eq!(out[&p("+44")].origin, Origin::Runtime);
         assert!(!out.contains_key(&p("+881")));
         assert_eq!(out[&p("+99")].action, Action::Allow);
         // Round trip through the file format.

@@ -1,4 +1,4 @@
-//! Rules: a destination prefix, an action and an id.
+//! Rules: a destination prefix, an action, and where the rule came from.
 //!
 //! A prefix with `+` (`+232`, or `+` alone for "every international number") matches
 //! international numbers; a prefix without `+` (`0120`) matches national dial strings as dialled.
@@ -23,8 +23,6 @@ pub enum RuleError {
     },
     #[error("prefix `{prefix}` has {len} digits; at most {MAX_DIGITS} fit a rule key")]
     TooLong { prefix: String, len: usize },
-    #[error("unknown action `{0}` (expected block, allow or monitor)")]
-    UnknownAction(String),
 }
 
 /// A validated destination prefix.
@@ -134,56 +132,30 @@ impl<'de> Deserialize<'de> for Prefix {
     }
 }
 
-/// Parses `block`, `allow` or `monitor`.
-pub fn parse_action(s: &str) -> Result<Action, RuleError> {
-    match s {
-        "block" => Ok(Action::Block),
-        "allow" => Ok(Action::Allow),
-        "monitor" => Ok(Action::Monitor),
-        other => Err(RuleError::UnknownAction(other.to_string())),
-    }
-}
-
-pub fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Block => "block",
-        Action::Allow => "allow",
-        Action::Monitor => "monitor",
-    }
-}
-
-/// One rule. `id` indexes the per-rule counters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
-    pub prefix: Prefix,
-    pub action: Action,
-    pub id: u32,
-}
-
-impl Rule {
-    /// `Rule::new("+232", Action::Block, 7)`.
-    pub fn new(prefix: &str, action: Action, id: u32) -> Result<Self, RuleError> {
-        Ok(Self {
-            prefix: prefix.parse()?,
-            action,
-            id,
-        })
-    }
-}
-
-/// Where a rule comes from.
+/// Where a rule comes from: its origin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub enum Origin {
     /// The config file.
     Config,
     /// A runtime edit (`sipguard rules add` / `import`), kept in the state directory.
     Runtime,
 }
 
-/// A rule as the operator wrote it: everything but the counter id, which the map layer assigns.
+impl Origin {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Runtime => "runtime",
+        }
+    }
+}
+
+/// A rule as the operator wrote it, keyed by its [`Prefix`] in a [`RuleSet`]: everything but
+/// the counter id, which the kernel layer assigns (the kernel's form is
+/// [`guard_common::RuleValue`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleEntry {
+pub struct Rule {
     #[serde(with = "action_serde")]
     pub action: Action,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,11 +163,25 @@ pub struct RuleEntry {
     /// ISO 3166 alpha-2 code, for rules written as `country = "SL"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
-    pub source: Source,
+    /// `source` in state files written before the field was renamed.
+    #[serde(alias = "source")]
+    pub origin: Origin,
+}
+
+impl Rule {
+    /// A rule with no comment and no country.
+    pub fn new(action: Action, origin: Origin) -> Self {
+        Self {
+            action,
+            comment: None,
+            country: None,
+            origin,
+        }
+    }
 }
 
 /// The full rule set: one entry per prefix, so conflicts cannot exist once it is built.
-pub type RuleSet = BTreeMap<Prefix, RuleEntry>;
+pub type RuleSet = BTreeMap<Prefix, Rule>;
 
 /// `action = "block"` in serde form.
 pub mod action_serde {
@@ -203,12 +189,12 @@ pub mod action_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(a: &Action, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(super::action_name(*a))
+        s.serialize_str(a.as_str())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
         let s = String::deserialize(d)?;
-        super::parse_action(&s).map_err(serde::de::Error::custom)
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -277,8 +263,8 @@ mod tests {
         );
         assert!(format!("+{}", "1".repeat(30)).parse::<Prefix>().is_ok());
         assert_eq!(
-            parse_action("drop"),
-            Err(RuleError::UnknownAction("drop".into()))
+            "drop".parse::<Action>().unwrap_err().to_string(),
+            "unknown action `drop` (expected block, allow or monitor)"
         );
     }
 }

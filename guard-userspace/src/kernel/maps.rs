@@ -22,7 +22,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     os::fd::AsFd as _,
     path::Path,
-    time::Duration,
 };
 
 use aya::{
@@ -38,9 +37,9 @@ use guard_common::{
 };
 use thiserror::Error;
 
-use crate::{
-    batch,
-    rules::{Prefix, RuleSet},
+use super::sys::{self, wait_for_readers};
+use crate::model::{
+    rules::{Origin, Prefix, Rule, RuleSet},
     settings::{Settings, SettingsError},
 };
 
@@ -128,13 +127,6 @@ fn not_found(e: &MapError) -> bool {
 
 type Trie = LpmTrie<MapData, RuleKeyData, RuleValue>;
 type Stats = PerCpuHashMap<MapData, u32, RuleCounters>;
-
-/// A rule as it is in the kernel: prefix, action and counter id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveRule {
-    pub prefix: Prefix,
-    pub value: RuleValue,
-}
 
 /// What a commit changed, for logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -232,18 +224,6 @@ impl Pending {
     /// Whether the standby trie needs any write (without one, no grace period is needed).
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
-    }
-}
-
-/// Waits for an RCU grace period: every XDP program run that started before (and so may still
-/// read the trie that was live before a switch) has finished. `membarrier(MEMBARRIER_CMD_GLOBAL)`
-/// is `synchronize_rcu()` in the kernel; where it is refused (nohz_full), a generous sleep.
-pub fn wait_for_readers() {
-    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-    // SAFETY: membarrier(2) takes no pointers.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -404,7 +384,7 @@ impl Maps {
     pub fn sip_ports(&self) -> Result<Vec<u16>, MapsError> {
         // One batch syscall for the 65,536 entries where the kernel has it.
         let fd = self.ports.map().fd().as_fd();
-        match batch::lookup_all::<u32, u8>(fd) {
+        match sys::lookup_all::<u32, u8>(fd) {
             Ok(all) => {
                 return Ok(all
                     .into_iter()
@@ -412,7 +392,7 @@ impl Maps {
                     .map(|(port, _)| port as u16)
                     .collect());
             }
-            Err(e) if batch::unsupported(&e) => {}
+            Err(e) if sys::unsupported(&e) => {}
             Err(e) => {
                 return Err(map_err(names::SIP_PORTS, "read ports")(syscall_err(
                     "BPF_MAP_LOOKUP_BATCH",
@@ -435,7 +415,7 @@ impl Maps {
         let name = names::RULES[slot as usize & 1];
         let trie = &self.rules[slot as usize & 1];
         let valid = |k: &TrieKey| Prefix::from_key(k.prefix_len, &k.data).is_some();
-        match batch::lookup_all::<Key<RuleKeyData>, RuleValue>(trie.map().fd().as_fd()) {
+        match sys::lookup_all::<Key<RuleKeyData>, RuleValue>(trie.map().fd().as_fd()) {
             Ok(all) => {
                 return Ok(all
                     .into_iter()
@@ -443,7 +423,7 @@ impl Maps {
                     .filter(|(k, _)| valid(k))
                     .collect());
             }
-            Err(e) if batch::unsupported(&e) => {}
+            Err(e) if sys::unsupported(&e) => {}
             Err(e) => {
                 return Err(map_err(name, "read rules")(syscall_err(
                     "BPF_MAP_LOOKUP_BATCH",
@@ -469,24 +449,17 @@ impl Maps {
         Ok(out)
     }
 
-    /// The rules in trie `slot` (0 or 1), live or standby, sorted by prefix.
-    pub fn trie_rules(&self, slot: u32) -> Result<Vec<LiveRule>, MapsError> {
-        let mut out: Vec<LiveRule> = self
+    /// The rules in trie `slot` (0 or 1), live or standby, as the kernel holds them.
+    pub fn trie_rules(&self, slot: u32) -> Result<BTreeMap<Prefix, RuleValue>, MapsError> {
+        Ok(self
             .trie_entries(slot)?
             .into_iter()
-            .filter_map(|(k, value)| {
-                Some(LiveRule {
-                    prefix: k.prefix()?,
-                    value,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.prefix.cmp(&b.prefix));
-        Ok(out)
+            .filter_map(|(k, value)| Some((k.prefix()?, value)))
+            .collect())
     }
 
-    /// The live rules, sorted by prefix.
-    pub fn rules(&self) -> Result<Vec<LiveRule>, MapsError> {
+    /// The live rules, as the kernel holds them.
+    pub fn rules(&self) -> Result<BTreeMap<Prefix, RuleValue>, MapsError> {
         self.trie_rules(self.active_slot()?)
     }
 
@@ -496,15 +469,9 @@ impl Maps {
         Ok(self
             .rules()?
             .into_iter()
-            .filter_map(|r| {
-                let action = guard_common::Action::from_u8(r.value.action)?;
-                let entry = crate::rules::RuleEntry {
-                    action,
-                    comment: None,
-                    country: None,
-                    source: crate::rules::Source::Runtime,
-                };
-                Some((r.prefix, entry))
+            .filter_map(|(prefix, v)| {
+                let action = Action::from_u8(v.action)?;
+                Some((prefix, Rule::new(action, Origin::Runtime)))
             })
             .collect())
     }
@@ -545,16 +512,13 @@ impl Maps {
         match self.exact_in(live, prefix)? {
             Ok(v) => Ok(v),
             // Values of an older version: ask the trie itself (slow, but correct).
-            Err(()) => Ok(self
-                .rules()?
-                .into_iter()
-                .find(|r| &r.prefix == prefix)
-                .map(|r| r.value)),
+            Err(()) => Ok(self.rules()?.remove(prefix)),
         }
     }
 
     /// Writes one rule straight into trie `slot` (see `Filter::insert_rule`). The other trie
     /// no longer matches it, so its slot is marked unknown: the next commit syncs both.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn insert_live(
         &mut self,
         slot: usize,
@@ -607,11 +571,11 @@ impl Maps {
         let trie = &mut self.rules[slot as usize & 1];
         let mut removed = 0;
         if use_batch {
-            let (n, e) = batch::delete(trie.map().fd().as_fd(), &removes);
+            let (n, e) = sys::delete(trie.map().fd().as_fd(), &removes);
             removed = n;
             match e {
                 None => {}
-                Some(e) if n == 0 && batch::unsupported(&e) => use_batch = false,
+                Some(e) if n == 0 && sys::unsupported(&e) => use_batch = false,
                 Some(e) => {
                     let key = TrieKey::from(removes[n]);
                     return Err(map_err(name, format!("remove {key}"))(syscall_err(
@@ -633,11 +597,11 @@ impl Maps {
         }
         let mut set = 0;
         if use_batch {
-            let (n, e) = batch::update(trie.map().fd().as_fd(), &sets, &values);
+            let (n, e) = sys::update(trie.map().fd().as_fd(), &sets, &values);
             set = n;
             match e {
                 None => {}
-                Some(e) if n == 0 && batch::unsupported(&e) => use_batch = false,
+                Some(e) if n == 0 && sys::unsupported(&e) => use_batch = false,
                 Some(e) => {
                     return Err(insert_err(&sets[n], syscall_err("BPF_MAP_UPDATE_BATCH", e)));
                 }
@@ -1004,13 +968,7 @@ impl Maps {
             .counters
             .get(&0, 0)
             .map_err(map_err(names::COUNTERS, "read"))?;
-        let mut sum = GlobalCounters::default();
-        for cpu in per_cpu.iter() {
-            for (s, v) in sum.counters.iter_mut().zip(cpu.counters.iter()) {
-                *s += v;
-            }
-        }
-        Ok(sum)
+        Ok(per_cpu.iter().sum())
     }
 
     /// Every (rule, source) entry of the sources map.
@@ -1113,6 +1071,7 @@ pub fn take_legacy_stats(dir: &Path) -> Result<Vec<(u32, PerCpuValues<RuleCounte
 }
 
 /// The trie value of rule `prefix`.
+#[cfg(any(test, feature = "test-util"))]
 pub fn rule_value(prefix: &Prefix, id: u32, action: Action) -> RuleValue {
     TrieKey::of(prefix).value(id, action)
 }
@@ -1123,22 +1082,7 @@ fn next_generation(a: u32, b: u32) -> u32 {
 }
 
 fn sum_counters(per_cpu: &PerCpuValues<RuleCounters>) -> RuleCounters {
-    per_cpu.iter().fold(RuleCounters::default(), |a, c| {
-        let RuleCounters {
-            matched,
-            dropped,
-            would_drop,
-            calls,
-            reinvites,
-        } = *c;
-        RuleCounters {
-            matched: a.matched + matched,
-            dropped: a.dropped + dropped,
-            would_drop: a.would_drop + would_drop,
-            calls: a.calls + calls,
-            reinvites: a.reinvites + reinvites,
-        }
-    })
+    per_cpu.iter().sum()
 }
 
 #[cfg(test)]

@@ -1,0 +1,197 @@
+//! The command line: one file per verb. The top layer: verbs read the [`report`](crate::report)
+//! and render it, edit through the [`kernel`](crate::kernel) and [`config`](crate::config)
+//! layers, and `run` starts the [`daemon`](crate::daemon). Rendering is separate from reading,
+//! so every table and JSON form is tested without root.
+
+pub mod classify;
+pub mod default_config;
+pub mod detach;
+pub mod events;
+pub mod replay;
+pub mod rules;
+pub mod run;
+pub mod stats;
+pub mod status;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use guard_common::Action;
+
+use crate::{
+    config::state::{self, StateDir},
+    kernel::{
+        pins::{self, PinRoot},
+        sys,
+    },
+};
+
+/// Where the pinned state and the state directory are.
+pub struct Ctx {
+    pub pins: PinRoot,
+    pub state: StateDir,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "sipguard",
+    version,
+    about = "XDP filter against SIP toll fraud"
+)]
+pub struct Cli {
+    /// Where the pinned program, links and maps live (one directory per interface).
+    #[arg(long, global = true, env = "SIPGUARD_PIN_ROOT", default_value = pins::DEFAULT_ROOT)]
+    pub pin_root: PathBuf,
+    /// Runtime rule edits, the daemon record and the lock.
+    #[arg(long, global = true, env = "SIPGUARD_STATE_DIR", default_value = state::DEFAULT_DIR)]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Subcommand)]
+pub enum Verb {
+    /// Load, attach and pin the filter, apply the config, and keep it applied.
+    Run(run::RunArgs),
+    /// List or edit the live rules (effective at once; kept across reloads and restarts).
+    Rules {
+        #[command(subcommand)]
+        verb: rules::RulesVerb,
+    },
+    /// Per-rule and global counters, sorted by drops.
+    Stats(stats::StatsArgs),
+    /// Drop events of the running daemon (the recent ones; --follow keeps streaming).
+    Events {
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interfaces, XDP mode, program id, rule count, mode, config, daemon.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the filter from an interface.
+    Detach {
+        #[arg(long)]
+        iface: String,
+        /// Keep the maps (rules and counters) pinned for a later `run`.
+        #[arg(long)]
+        keep_maps: bool,
+    },
+    /// Run a pcap/pcapng capture through a private instance loaded with a config file.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        capture: PathBuf,
+    },
+    /// Print the built-in default config (a starting point for /etc/sipguard/sipguard.toml).
+    DefaultConfig,
+    /// Show how a SIP request line is parsed and normalised (no kernel needed).
+    Classify {
+        /// The request line, e.g. "INVITE sip:0023276123456@pbx SIP/2.0".
+        line: String,
+        /// International dialling prefixes (default: 00 011).
+        #[arg(long = "intl-prefix")]
+        intl_prefixes: Vec<String>,
+    },
+}
+
+impl Verb {
+    /// Whether the verb works without root (no kernel, no pins).
+    fn needs_root(&self) -> bool {
+        !matches!(self, Verb::Classify { .. } | Verb::DefaultConfig)
+    }
+}
+
+/// `--action block|allow|monitor`.
+fn action_arg(s: &str) -> Result<Action, String> {
+    s.parse::<Action>().map_err(|e| e.to_string())
+}
+
+/// Runs the verb of `cli`.
+pub fn dispatch(cli: Cli) -> Result<()> {
+    let ctx = Ctx {
+        pins: PinRoot::new(cli.pin_root),
+        state: StateDir::new(cli.state_dir),
+    };
+    if cli.verb.needs_root() && !sys::is_root() {
+        bail!(
+            "this verb needs root (CAP_BPF and CAP_NET_ADMIN to open the pinned maps or load the program)"
+        );
+    }
+    match cli.verb {
+        Verb::Run(args) => run::run(ctx, args),
+        Verb::Rules { verb } => rules::run(&ctx, verb),
+        Verb::Stats(args) => stats::run(&ctx, args),
+        Verb::Status { json } => status::run(&ctx, json),
+        Verb::Events { follow, json } => events::run(&ctx, follow, json),
+        Verb::Detach { iface, keep_maps } => detach::run(&ctx, &iface, keep_maps),
+        Verb::Replay {
+            config,
+            json,
+            capture,
+        } => replay::run(&config, &capture, json),
+        Verb::Classify {
+            line,
+            intl_prefixes,
+        } => classify::run(&line, intl_prefixes),
+        Verb::DefaultConfig => default_config::run(),
+    }
+}
+
+/// `s`, cut to `n` characters with an ellipsis.
+pub fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_arguments_name_the_problem() {
+        let err = |args: &[&str]| {
+            Cli::try_parse_from(args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let e = err(&["sipguard", "rules", "add", "+232", "--action", "drop"]);
+        assert!(
+            e.contains("unknown action `drop` (expected block, allow or monitor)"),
+            "{e}"
+        );
+        let e = err(&["sipguard", "rules", "add", "+23a", "--action", "block"]);
+        assert!(e.contains("`a` at position 4 is not a digit"), "{e}");
+        let e = err(&["sipguard", "rules", "del", "+1x"]);
+        assert!(e.contains("`x` at position 3 is not a digit"), "{e}");
+        let e = err(&["sipguard", "stats", "--watch", "0"]);
+        assert!(e.contains("0 is not in 1.."), "{e}");
+        let e = err(&["sipguard", "stats", "--rule", "+232"]);
+        assert!(e.contains("--sources"), "{e}");
+    }
+
+    #[test]
+    fn truncation_keeps_short_strings_and_marks_cut_ones() {
+        assert_eq!(truncate("Sierra Leone", 28), "Sierra Leone");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+}

@@ -1,0 +1,7 @@
+//! The model: rules, settings, countries and the formats every view shares. The bottom layer:
+//! it imports nothing from the rest of the crate.
+
+pub mod country;
+pub mod rules;
+pub mod settings;
+pub mod time;
