@@ -18,6 +18,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
         "-D",
         "warnings",
     ]))?;
+    // The shipped binary alone: the tests crate turns on guard-userspace's `test-util` feature
+    // in the workspace run, which would hide code that builds only with it.
+    let shipped = util::status(util::cargo().args([
+        "clippy",
+        "-p",
+        "guard-userspace",
+        "--bins",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The XDP program: its own target and nightly's build-std, as guard-userspace/build.rs
     // builds it.
     let kernel = util::status(
@@ -45,15 +57,20 @@ pub fn run() -> anyhow::Result<ExitCode> {
     if !clippy.success() {
         eprintln!("clippy failed ({clippy})");
     }
+    if !shipped.success() {
+        eprintln!("clippy on the shipped guard-userspace (no test-util) failed ({shipped})");
+    }
     if !kernel.success() {
         eprintln!("clippy on guard-ebpf failed ({kernel})");
     }
     if !fmt.success() {
         eprintln!("rustfmt check failed ({fmt}); run `cargo fmt --all`");
     }
-    Ok(if clippy.success() && kernel.success() && fmt.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if clippy.success() && shipped.success() && kernel.success() && fmt.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }

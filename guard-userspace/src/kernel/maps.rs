@@ -357,6 +357,7 @@ impl Maps {
     }
 
     /// Whether both tries are known to hold the same rule set (so edits can be deltas).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn tries_in_sync(&self) -> Result<bool, MapsError> {
         Ok(self.in_sync()?.is_some())
     }
@@ -1071,7 +1072,6 @@ pub fn take_legacy_stats(dir: &Path) -> Result<Vec<(u32, PerCpuValues<RuleCounte
 }
 
 /// The trie value of rule `prefix`.
-#[cfg(any(test, feature = "test-util"))]
 pub fn rule_value(prefix: &Prefix, id: u32, action: Action) -> RuleValue {
     TrieKey::of(prefix).value(id, action)
 }
