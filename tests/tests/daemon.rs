@@ -424,3 +424,65 @@ fn fail_mode_detach_and_the_kernel_debug_log() {
         "the filter is gone"
     );
 }
+
+#[test]
+fn repeating_a_config_rule_keeps_it_the_configs_and_unreachable_rules_are_named() {
+    let pair = VethPair::new("vr");
+    let mut sg = Instance::new("repeat");
+    let with_intl = |extra: &str| {
+        format!(
+            "{}\n[[rule]]\nprefix = \"0101\"\naction = \"block\"\n{extra}",
+            BASE_CONFIG.replace(
+                "sip_ports = [5060]",
+                "sip_ports = [5060]\ninternational_prefixes = [\"00\", \"010\"]"
+            )
+        )
+    };
+    let cfg = sg.write("sipguard.toml", &with_intl(""));
+    sg.start(&pair.rx, &[&pair.rx_if], &cfg, &["--xdp-mode", "native"]);
+    // 0101 is read as +1 under the international prefix 010: the daemon names it.
+    sg.wait_log("national rule 0101 can never match", 1);
+
+    // A runtime add of the config's own rule changes nothing and says so.
+    let out = sg.ok(&["rules", "add", "+232", "--action", "block"]);
+    assert!(
+        out.contains("already present (config, same action): +232; nothing was changed"),
+        "{out}"
+    );
+    let list = sg.ok(&["rules", "list", "--json"]);
+    let sl: serde_json::Value = list
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["prefix"] == "+232")
+        .unwrap();
+    assert_eq!(sl["origin"], "config", "{list}");
+    // So a later change of the config file still applies to it.
+    let cfg2 = with_intl("").replace(
+        "prefix = \"+232\"\naction = \"block\"",
+        "prefix = \"+232\"\naction = \"monitor\"",
+    );
+    sg.write("sipguard.toml", &cfg2);
+    sg.signal(libc::SIGHUP);
+    sg.wait_log("reloaded", 1);
+    assert!(
+        sg.rules().contains(&("+232".into(), "monitor".into())),
+        "{:?}",
+        sg.rules()
+    );
+
+    // A mixed add: the new rule is added, the repeated one reported.
+    let out = sg.ok(&["rules", "add", "--country", "JM", "--action", "block"]);
+    assert!(
+        out.contains("already present (config, same action): +1658 +1876"),
+        "{out}"
+    );
+    // An unreachable national rule added at runtime gets a warning naming it.
+    let r = sg.cli(&["rules", "add", "01012", "--action", "block"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("warning: national rule 01012 can never match: dial strings that start with the international prefix 010"),
+        "{}",
+        r.stderr
+    );
+}

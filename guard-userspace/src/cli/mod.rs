@@ -124,6 +124,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             "this verb needs root (CAP_BPF and CAP_NET_ADMIN to open the pinned maps or load the program)"
         );
     }
+    if !matches!(cli.verb, Verb::Run(_)) {
+        sys::default_sigpipe();
+    }
     match cli.verb {
         Verb::Run(args) => run::run(ctx, args),
         Verb::Rules { verb } => rules::run(&ctx, verb),

@@ -165,11 +165,16 @@ pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
     }
     let (_, first) = &all_maps[0];
     let mut overlay: Overlay = ctx.state.overlay()?;
+    // Rules of an add that are live already, with the same action, from the config.
+    let mut present: Vec<Prefix> = Vec::new();
     let (summary, delta) = match &edit {
         Edit::Add {
             rules: new,
             replace,
         } => {
+            // Where a live rule comes from: runtime edits are in the overlay, the rest is the
+            // config file's.
+            let runtime: BTreeSet<&Prefix> = overlay.rule.iter().map(|r| &r.prefix).collect();
             let mut conflicts = Vec::new();
             let mut added = 0usize;
             for (p, e) in new {
@@ -177,14 +182,16 @@ pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
                     Some(v) if v.action != e.action as u8 && !replace => {
                         conflicts.push((p, v.action, e.action))
                     }
+                    // The config's own rule, repeated: it stays the config's, so that later
+                    // changes of the config file still apply to it.
+                    Some(v) if v.action == e.action as u8 && !runtime.contains(p) => {
+                        present.push(p.clone())
+                    }
                     Some(_) => {}
                     None => added += 1,
                 }
             }
             if !conflicts.is_empty() {
-                // Where a live rule comes from: runtime edits are in the overlay, the rest is
-                // the config file's.
-                let runtime: BTreeSet<&Prefix> = overlay.rule.iter().map(|r| &r.prefix).collect();
                 let text: Vec<String> = conflicts
                     .iter()
                     .map(|(p, old, new)| {
@@ -215,18 +222,39 @@ pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
                     .context(format!("interface {iface}")));
                 }
             }
-            let shown: Vec<String> = new.keys().map(|p| p.to_string()).collect();
-            let summary = format!(
-                "added {} rule(s): {}",
-                new.len(),
-                if shown.len() > 8 {
-                    format!("{} ...", shown[..8].join(" "))
-                } else {
-                    shown.join(" ")
+            let set: Vec<(Prefix, Action)> = new
+                .iter()
+                .filter(|(p, _)| !present.contains(p))
+                .map(|(p, e)| (p.clone(), e.action))
+                .collect();
+            let mut summary = String::new();
+            if !set.is_empty() {
+                summary = format!(
+                    "added {} rule(s): {}",
+                    set.len(),
+                    list(set.iter().map(|(p, _)| p))
+                );
+            }
+            if !present.is_empty() {
+                if !summary.is_empty() {
+                    summary.push_str("; ");
                 }
-            );
+                summary.push_str(&format!(
+                    "already present (config, same action): {}",
+                    list(present.iter())
+                ));
+            }
+            if set.is_empty() {
+                return Ok(format!("{summary}; nothing was changed"));
+            }
+            let live = Settings::live(&first.config()?, Vec::new());
+            for (p, _) in &set {
+                if let Some(w) = live.unreachable(p) {
+                    eprintln!("warning: {w}");
+                }
+            }
             let delta = Delta {
-                set: new.iter().map(|(p, e)| (p.clone(), e.action)).collect(),
+                set,
                 remove: Vec::new(),
             };
             (summary, delta)
@@ -273,7 +301,9 @@ pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
     match edit {
         Edit::Add { rules: new, .. } => {
             for (p, e) in new {
-                overlay.add(p, &e);
+                if !present.contains(&p) {
+                    overlay.add(p, &e);
+                }
             }
         }
         Edit::Del(prefix) => overlay.delete(prefix),
@@ -286,6 +316,16 @@ pub fn edit_rules(ctx: &Ctx, edit: Edit) -> Result<String> {
         "rules edit: live, standby tries synced, state files written"
     );
     Ok(summary)
+}
+
+/// Up to eight prefixes, for a summary line.
+fn list<'a>(prefixes: impl Iterator<Item = &'a Prefix>) -> String {
+    let shown: Vec<String> = prefixes.map(|p| p.to_string()).collect();
+    if shown.len() > 8 {
+        format!("{} ... ({} in all)", shown[..8].join(" "), shown.len())
+    } else {
+        shown.join(" ")
+    }
 }
 
 /// Makes `delta` live on one interface: as a delta when both tries are known to be in sync,

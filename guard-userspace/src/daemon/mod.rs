@@ -131,6 +131,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         let _lock = opts.state.lock()?;
         let overlay = opts.state.overlay()?;
         let rules = overlay.apply(&cfg.rules);
+        for w in cfg.settings.unreachable_rules(&rules) {
+            warn!("{w}");
+        }
         for iface in &opts.ifaces {
             let had_state = opts.pins.iface_dir(iface).join(PINNED_MAPS[0]).exists();
             let attached = attach::attach_iface(&opts, iface, &cfg, &rules);
@@ -282,6 +285,9 @@ fn reload(opts: &RunOptions, guarded: &mut [Guarded]) -> Result<(usize, FailMode
     let cfg = source.load()?;
     let _lock = opts.state.lock()?;
     let rules = opts.state.overlay()?.apply(&cfg.rules);
+    for w in cfg.settings.unreachable_rules(&rules) {
+        warn!("{w}");
+    }
     for g in guarded.iter_mut() {
         attach::warn_capacity(&g.iface, &g.filter.maps, cfg.settings.max_rules);
         let r = g

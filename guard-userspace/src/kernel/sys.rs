@@ -268,3 +268,11 @@ pub fn if_index(name: &str) -> Option<u32> {
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (idx != 0).then_some(idx)
 }
+
+/// Restores the default action of SIGPIPE (Rust ignores it): a verb whose output goes to a
+/// pipe that closes early (`| head`) ends quietly, as every Unix tool does, instead of failing
+/// with "Broken pipe". Not for the daemon, whose sockets must not kill it.
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with a constant disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}

@@ -1,10 +1,12 @@
 //! Global settings: SIP ports, international dialling prefixes, and the mode.
 
 use guard_common::{
-    Config, IntlPrefix, IntlPrefixes, MAX_RULES, MAX_RULES_LIMIT, Mode,
+    Config, Domain, IntlPrefix, IntlPrefixes, MAX_RULES, MAX_RULES_LIMIT, Mode,
     number::{MAX_INTL_PREFIX_DIGITS, MAX_INTL_PREFIXES},
 };
 use thiserror::Error;
+
+use super::rules::{Prefix, RuleSet};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SettingsError {
@@ -75,6 +77,30 @@ impl Settings {
         }
     }
 
+    /// Why a national rule `prefix` can never match under these international prefixes: every
+    /// dial string that starts with it starts with an international prefix, so the filter reads
+    /// it as an international number. `None` for a rule that can match.
+    pub fn unreachable(&self, prefix: &Prefix) -> Option<String> {
+        if prefix.domain != Domain::National {
+            return None;
+        }
+        let digits = prefix.digit_string();
+        let intl = self
+            .intl_prefixes
+            .iter()
+            .filter(|i| digits.starts_with(i.as_str()))
+            .max_by_key(|i| i.len())?;
+        Some(format!(
+            "national rule {prefix} can never match: dial strings that start with the international prefix {intl} are read as international numbers (write the rule as +{})",
+            &digits[intl.len()..]
+        ))
+    }
+
+    /// [`Settings::unreachable`] for every rule of `rules`.
+    pub fn unreachable_rules(&self, rules: &RuleSet) -> Vec<String> {
+        rules.keys().filter_map(|p| self.unreachable(p)).collect()
+    }
+
     /// Checks everything and builds the kernel config. Nothing is applied if this fails.
     pub fn to_config(&self) -> Result<Config, SettingsError> {
         if self.sip_ports.is_empty() {
@@ -104,5 +130,51 @@ impl Settings {
         config.event_rate = self.event_rate;
         config.event_burst = self.event_burst;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_national_rule_behind_an_international_prefix_is_named() {
+        let s = Settings {
+            intl_prefixes: vec!["010".into(), "00".into()],
+            ..Settings::default()
+        };
+        let p = |t: &str| t.parse::<Prefix>().unwrap();
+        assert_eq!(
+            s.unreachable(&p("0101")).as_deref(),
+            Some(
+                "national rule 0101 can never match: dial strings that start with the international prefix 010 are read as international numbers (write the rule as +1)"
+            )
+        );
+        assert!(
+            s.unreachable(&p("0012"))
+                .unwrap()
+                .ends_with("(write the rule as +12)")
+        );
+        // `0` also catches national dial strings such as 0120...: it can match.
+        assert_eq!(s.unreachable(&p("0")), None);
+        assert_eq!(s.unreachable(&p("0120")), None);
+        assert_eq!(s.unreachable(&p("+232")), None);
+        let rules = RuleSet::from([
+            (
+                p("0101"),
+                crate::model::rules::Rule::new(
+                    guard_common::Action::Block,
+                    crate::model::rules::Origin::Config,
+                ),
+            ),
+            (
+                p("0990"),
+                crate::model::rules::Rule::new(
+                    guard_common::Action::Block,
+                    crate::model::rules::Origin::Config,
+                ),
+            ),
+        ]);
+        assert_eq!(s.unreachable_rules(&rules).len(), 1);
     }
 }
