@@ -2,12 +2,16 @@
 //! of the same XDP program (BPF_PROG_TEST_RUN), with the rules and settings of FILE. The live
 //! pins are never touched. The verdict is the kernel's; the method and number shown next to it
 //! come from the shared guard-common parser, and the rule from a lookup in the instance's trie.
+//!
+//! [`run`] returns typed results ([`Replay`]); `cli::replay` renders them.
 
-use std::{collections::BTreeMap, io::Write as _, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
+use etherparse::{
+    IpNumber, Ipv6ExtensionSlice, LaxLinkExtSlice, LaxNetSlice, LaxSlicedPacket, UdpSlice,
+};
 use guard_common::{Action, Counter, Parsed, parse_payload};
-use serde_json::json;
 
 pub mod capture;
 
@@ -17,49 +21,104 @@ use crate::{
     model::rules::Prefix,
 };
 
-/// What the host sees in a frame, for display: UDP destination port and payload.
+/// One frame of the capture as replay saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameResult {
+    /// Frame number in the capture, from 1.
+    pub number: u64,
+    /// The program's verdict.
+    pub verdict: Verdict,
+    /// The request method, for a frame the program took as a SIP candidate.
+    pub method: Option<String>,
+    /// The dialled number after normalisation, as [`guard_common::Number::display`] shows it.
+    pub number_dialled: Option<String>,
+    /// The rule the number matched, and its action.
+    pub rule: Option<(Prefix, Action)>,
+    /// For a frame cut short by the capture's snap length: bytes captured, bytes on the wire.
+    pub snapped: Option<(usize, usize)>,
+}
+
+/// Totals over a replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub frames: u64,
+    pub dropped: u64,
+    pub passed: u64,
+    /// Drops per matched rule (the prefix as written), in prefix-string order.
+    pub dropped_by_rule: BTreeMap<String, u64>,
+}
+
+impl Summary {
+    /// The totals of `frames`.
+    pub fn of(frames: &[FrameResult]) -> Self {
+        let mut s = Summary {
+            frames: frames.len() as u64,
+            ..Summary::default()
+        };
+        for f in frames {
+            match f.verdict {
+                Verdict::Drop => {
+                    s.dropped += 1;
+                    if let Some((p, _)) = &f.rule {
+                        *s.dropped_by_rule.entry(p.to_string()).or_default() += 1;
+                    }
+                }
+                Verdict::Pass => s.passed += 1,
+                Verdict::Other(_) => {}
+            }
+        }
+        s
+    }
+}
+
+/// A whole replay: every frame in capture order, and the totals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replay {
+    pub frames: Vec<FrameResult>,
+    pub summary: Summary,
+}
+
+/// What the host sees in a frame, for display: UDP destination port and payload (the bytes the
+/// frame holds when an IP or UDP length claims more). The same headers as the XDP program:
+/// Ethernet II, at most two VLAN tags, IPv4 or IPv6 with extension headers, UDP; a non-first
+/// fragment has no UDP header.
 fn udp_payload(frame: &[u8]) -> Option<(u16, &[u8])> {
-    let be16 = |o: usize| Some(u16::from_be_bytes([*frame.get(o)?, *frame.get(o + 1)?]));
-    let mut off = 12;
-    let mut et = be16(off)?;
-    off += 2;
-    let mut tags = 0;
-    while (et == 0x8100 || et == 0x88a8) && tags < 2 {
-        et = be16(off + 2)?;
-        off += 4;
-        tags += 1;
-    }
-    let (mut next, mut cur) = match et {
-        0x0800 => {
-            let ihl = ((*frame.get(off)? & 0x0f) as usize) * 4;
-            (*frame.get(off + 9)?, off + ihl)
-        }
-        0x86dd => (*frame.get(off + 6)?, off + 40),
-        _ => return None,
-    };
-    for _ in 0..6 {
-        match next {
-            17 => break,
-            0 | 43 | 60 => {
-                let (nh, len) = (*frame.get(cur)?, *frame.get(cur + 1)?);
-                next = nh;
-                cur += (len as usize + 1) * 8;
-            }
-            44 => {
-                next = *frame.get(cur)?;
-                cur += 8;
-            }
-            _ => return None,
-        }
-    }
-    if next != 17 {
+    let p = LaxSlicedPacket::from_ethernet(frame).ok()?;
+    if p.link_exts.len() > 2
+        || p.link_exts
+            .iter()
+            .any(|e| !matches!(e, LaxLinkExtSlice::Vlan(_)))
+    {
         return None;
     }
-    let dport = be16(cur + 2)?;
-    let udp_len = be16(cur + 4)? as usize;
-    let start = cur + 8;
-    let end = (cur + udp_len.max(8)).min(frame.len());
-    Some((dport, frame.get(start..end.max(start))?))
+    let ip = match p.net? {
+        LaxNetSlice::Ipv4(ip) => {
+            if ip.header().fragments_offset().value() != 0
+                || ip.header().protocol() != IpNumber::UDP
+            {
+                return None;
+            }
+            ip.payload().clone()
+        }
+        LaxNetSlice::Ipv6(ip) => {
+            for ext in ip.extensions().clone() {
+                match ext {
+                    Ipv6ExtensionSlice::Fragment(f) if f.fragment_offset().value() != 0 => {
+                        return None;
+                    }
+                    Ipv6ExtensionSlice::Authentication(_) => return None,
+                    _ => {}
+                }
+            }
+            ip.payload().clone()
+        }
+        LaxNetSlice::Arp(_) => return None,
+    };
+    if ip.ip_number != IpNumber::UDP {
+        return None;
+    }
+    let udp = UdpSlice::from_slice_lax(ip.payload).ok()?;
+    Some((udp.destination_port(), udp.payload()))
 }
 
 /// The request method (first token after keep-alive CRLFs), if the payload looks like SIP.
@@ -73,7 +132,9 @@ fn method(payload: &[u8]) -> Option<String> {
     (!tok.is_empty() && tok.bytes().all(|b| b.is_ascii_graphic())).then(|| tok.to_string())
 }
 
-pub fn run(config_path: &Path, capture_path: &Path, json_out: bool) -> Result<bool> {
+/// Every frame of the capture at `capture_path` through a private filter instance loaded with
+/// the rules and settings of the config at `config_path`.
+pub fn run(config_path: &Path, capture_path: &Path) -> Result<Replay> {
     let cfg = config::load(config_path)?;
     let frames = capture::read_frames(capture_path)?;
     let mut filter = Filter::load(&cfg.settings).context("loading a private filter instance")?;
@@ -89,9 +150,7 @@ pub fn run(config_path: &Path, capture_path: &Path, json_out: bool) -> Result<bo
         .map(|(p, v)| (v.id, p))
         .collect();
 
-    let mut out = std::io::stdout().lock();
-    let (mut dropped, mut passed) = (0u64, 0u64);
-    let mut per_rule: BTreeMap<String, u64> = BTreeMap::new();
+    let mut results = Vec::with_capacity(frames.len());
     for f in &frames {
         let before = filter.global_counters()?;
         let verdict = filter
@@ -100,89 +159,246 @@ pub fn run(config_path: &Path, capture_path: &Path, json_out: bool) -> Result<bo
         let after = filter.global_counters()?;
         let moved = |c: Counter| after.counters[c as usize] > before.counters[c as usize];
         let payload = udp_payload(&f.data).filter(|_| moved(Counter::SipCandidates));
-        let method = payload.and_then(|(_, p)| method(p));
-        let mut number = None;
-        let mut rule = None;
+        let mut result = FrameResult {
+            number: f.number,
+            verdict,
+            method: payload.and_then(|(_, p)| method(p)),
+            number_dialled: None,
+            rule: None,
+            snapped: f.snapped.then(|| (f.data.len(), f.original_len as usize)),
+        };
         if let Some((_, p)) = payload
             && let Parsed::Number { number: n, .. } = parse_payload(p)
         {
             let (domain, norm) = intl.normalize(&n);
-            number = Some(norm.display(domain).to_string());
+            result.number_dialled = Some(norm.display(domain).to_string());
             if let Some(v) = filter.maps.lookup(&norm.key(domain))? {
-                rule = by_id.get(&v.id).map(|p| {
-                    (
-                        p.to_string(),
-                        Action::from_u8(v.action).map_or("?", Action::as_str),
-                    )
-                });
+                // The trie was just loaded from validated rules: every action byte decodes.
+                result.rule = by_id
+                    .get(&v.id)
+                    .zip(Action::from_u8(v.action))
+                    .map(|(p, a)| (p.clone(), a));
             }
         }
-        let verdict_s = match verdict {
-            Verdict::Drop => {
-                dropped += 1;
-                if let Some((p, _)) = &rule {
-                    *per_rule.entry(p.clone()).or_default() += 1;
-                }
-                "drop"
-            }
-            Verdict::Pass => {
-                passed += 1;
-                "pass"
-            }
-            Verdict::Other(_) => "other",
+        results.push(result);
+    }
+    let summary = Summary::of(&results);
+    Ok(Replay {
+        frames: results,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{
+        IpFragOffset, IpHeaders, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
+        Ipv6RawExtHeader, PacketBuilder, VlanId,
+    };
+
+    use super::*;
+
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const SIP: &[u8] = b"INVITE sip:+23276123456@example.net SIP/2.0\r\n\r\n";
+
+    fn ipv4_frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
+            .udp(5070, 5060)
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    }
+
+    fn ipv6_header() -> Ipv6Header {
+        Ipv6Header {
+            hop_limit: 64,
+            source: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            destination: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            ..Default::default()
+        }
+    }
+
+    /// IPv6 with a hop-by-hop header and a fragment header at `offset` (8-byte units).
+    fn ipv6_fragment_frame(offset: u16, payload: &[u8]) -> Vec<u8> {
+        let exts = Ipv6Extensions {
+            hop_by_hop_options: Some(
+                Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap(),
+            ),
+            fragment: Some(Ipv6FragmentHeader::new(
+                IpNumber::UDP,
+                IpFragOffset::try_new(offset).unwrap(),
+                true,
+                0x1234,
+            )),
+            ..Default::default()
         };
-        if json_out {
-            let mut v = json!({ "frame": f.number, "verdict": verdict_s });
-            if let Some(m) = &method {
-                v["method"] = json!(m);
-            }
-            if let Some(n) = &number {
-                v["number"] = json!(n);
-            }
-            if let Some((p, a)) = &rule {
-                v["rule"] = json!(p);
-                v["action"] = json!(a);
-            }
-            if f.snapped {
-                v["snapped"] = json!(true);
-            }
-            writeln!(out, "{v}")?;
-        } else {
-            let mut line = format!("frame {:>6}  {:<4}", f.number, verdict_s);
-            if let Some(m) = &method {
-                line.push_str(&format!("  {m}"));
-            }
-            if let Some(n) = &number {
-                line.push_str(&format!("  {n}"));
-            }
-            if let Some((p, a)) = &rule {
-                line.push_str(&format!("  rule {p} ({a})"));
-            }
-            if f.snapped {
-                line.push_str(&format!(
-                    "  [snapped: {} of {} bytes]",
-                    f.data.len(),
-                    f.original_len
-                ));
-            }
-            writeln!(out, "{line}")?;
-        }
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ip(IpHeaders::Ipv6(ipv6_header(), exts))
+            .udp(5070, 5061)
+            .write(&mut out, payload)
+            .unwrap();
+        out
     }
-    if json_out {
-        writeln!(
-            out,
-            "{}",
-            json!({"summary": {"frames": frames.len(), "dropped": dropped, "passed": passed, "dropped_by_rule": per_rule}})
-        )?;
-    } else {
-        writeln!(
-            out,
-            "summary: {} frames, {dropped} dropped, {passed} passed",
-            frames.len()
-        )?;
-        for (p, n) in &per_rule {
-            writeln!(out, "  {p}: {n} dropped")?;
-        }
+
+    #[test]
+    fn ipv4_payload() {
+        let frame = ipv4_frame(SIP);
+        assert_eq!(udp_payload(&frame), Some((5060, SIP)));
     }
-    Ok(true)
+
+    #[test]
+    fn ipv4_with_options_payload() {
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [192, 0, 2, 1], [192, 0, 2, 2]).unwrap();
+        ip.set_options(&[1, 1, 1, 1, 1, 1, 1, 0]).unwrap();
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .udp(5070, 5060)
+            .write(&mut frame, SIP)
+            .unwrap();
+        assert_eq!(frame[14] & 0x0f, 7, "IHL with 8 bytes of options");
+        assert_eq!(udp_payload(&frame), Some((5060, SIP)));
+    }
+
+    #[test]
+    fn ipv6_hop_by_hop_and_first_fragment_payload() {
+        let frame = ipv6_fragment_frame(0, SIP);
+        assert_eq!(frame[14 + 6], 0, "hop-by-hop first");
+        assert_eq!(udp_payload(&frame), Some((5061, SIP)));
+    }
+
+    #[test]
+    fn non_first_fragments_have_no_payload() {
+        assert_eq!(udp_payload(&ipv6_fragment_frame(185, SIP)), None);
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [192, 0, 2, 1], [192, 0, 2, 2]).unwrap();
+        ip.fragment_offset = IpFragOffset::try_new(185).unwrap();
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .udp(5070, 5060)
+            .write(&mut frame, SIP)
+            .unwrap();
+        assert_eq!(udp_payload(&frame), None);
+    }
+
+    #[test]
+    fn double_vlan_payload() {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .double_vlan(VlanId::try_new(100).unwrap(), VlanId::try_new(200).unwrap())
+            .ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
+            .udp(5070, 5060)
+            .write(&mut frame, SIP)
+            .unwrap();
+        assert_eq!(&frame[12..14], &[0x88, 0xa8], "802.1ad outer tag");
+        assert_eq!(&frame[16..18], &[0x81, 0x00], "802.1Q inner tag");
+        assert_eq!(udp_payload(&frame), Some((5060, SIP)));
+    }
+
+    #[test]
+    fn three_vlan_tags_are_more_than_the_program_takes() {
+        let frame = ipv4_frame(SIP);
+        let tag = [0x81, 0x00, 0x00, 0x0a];
+        let mut tagged = frame[..12].to_vec();
+        for _ in 0..3 {
+            tagged.extend_from_slice(&tag);
+        }
+        tagged.extend_from_slice(&frame[12..]);
+        assert_eq!(udp_payload(&tagged), None);
+        // Two are fine.
+        let mut two = frame[..12].to_vec();
+        two.extend_from_slice(&tag);
+        two.extend_from_slice(&tag);
+        two.extend_from_slice(&frame[12..]);
+        assert_eq!(udp_payload(&two), Some((5060, SIP)));
+    }
+
+    #[test]
+    fn truncated_payload_is_the_bytes_present() {
+        let frame = ipv4_frame(SIP);
+        let cut = &frame[..frame.len() - 10];
+        assert_eq!(udp_payload(cut), Some((5060, &SIP[..SIP.len() - 10])));
+        // Only the UDP header left.
+        assert_eq!(udp_payload(&frame[..14 + 20 + 8]), Some((5060, &[][..])));
+        // Not even that.
+        assert_eq!(udp_payload(&frame[..14 + 20 + 4]), None);
+    }
+
+    #[test]
+    fn udp_length_bounds_the_payload() {
+        // A UDP length shorter than the datagram: only what it claims.
+        let mut frame = ipv4_frame(SIP);
+        let udp_len = (8 + 6) as u16;
+        frame[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&udp_len.to_be_bytes());
+        assert_eq!(udp_payload(&frame), Some((5060, &SIP[..6])));
+    }
+
+    #[test]
+    fn non_udp_and_garbage_have_no_payload() {
+        let mut tcp = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
+            .tcp(5070, 5060, 1, 1024)
+            .write(&mut tcp, SIP)
+            .unwrap();
+        assert_eq!(udp_payload(&tcp), None);
+        let mut arp = ipv4_frame(SIP);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(udp_payload(&arp), None);
+        assert_eq!(udp_payload(&[]), None);
+        assert_eq!(udp_payload(&[0xff; 13]), None);
+        assert_eq!(udp_payload(&[0xa5; 200]), None);
+        let mut bad_version = ipv4_frame(SIP);
+        bad_version[14] = 0x35;
+        assert_eq!(udp_payload(&bad_version), None);
+    }
+
+    #[test]
+    fn method_is_the_first_token() {
+        assert_eq!(method(SIP).as_deref(), Some("INVITE"));
+        assert_eq!(method(b"\r\n\r\nBYE sip:x SIP/2.0").as_deref(), Some("BYE"));
+        assert_eq!(method(b"OPTIONS").as_deref(), Some("OPTIONS"));
+        assert_eq!(method(b"SIP/2.0 200 OK\r\n").as_deref(), Some("SIP/2.0"));
+        // At most 32 bytes of it.
+        let long = [b'A'; 40];
+        assert_eq!(method(&long), Some("A".repeat(32)));
+        assert_eq!(method(b""), None);
+        assert_eq!(method(b"\r\n\r\n"), None);
+        assert_eq!(method(b" INVITE"), None);
+        assert_eq!(method(b"INV\x01TE sip:x"), None);
+        assert_eq!(method(b"\xc3\xa9t\xc3\xa9 x"), None);
+    }
+
+    #[test]
+    fn summary_counts_verdicts_and_drops_per_rule() {
+        let frame = |number, verdict, rule: Option<&str>| FrameResult {
+            number,
+            verdict,
+            method: None,
+            number_dialled: None,
+            rule: rule.map(|p| (p.parse().unwrap(), Action::Block)),
+            snapped: None,
+        };
+        let s = Summary::of(&[
+            frame(1, Verdict::Drop, Some("+232")),
+            frame(2, Verdict::Pass, Some("+232")),
+            frame(3, Verdict::Drop, Some("+232")),
+            frame(4, Verdict::Drop, Some("0900")),
+            frame(5, Verdict::Other(7), None),
+            frame(6, Verdict::Drop, None),
+        ]);
+        assert_eq!(
+            s,
+            Summary {
+                frames: 6,
+                dropped: 4,
+                passed: 1,
+                dropped_by_rule: [("+232".to_string(), 2), ("0900".to_string(), 1)].into(),
+            }
+        );
+    }
 }
