@@ -1071,7 +1071,6 @@ pub fn take_legacy_stats(dir: &Path) -> Result<Vec<(u32, PerCpuValues<RuleCounte
 }
 
 /// The trie value of rule `prefix`.
-#[cfg(any(test, feature = "test-util"))]
 pub fn rule_value(prefix: &Prefix, id: u32, action: Action) -> RuleValue {
     TrieKey::of(prefix).value(id, action)
 }
