@@ -24,11 +24,17 @@
 use std::{
     collections::BTreeMap,
     fmt, fs,
-    ops::Range,
+    marker::PhantomData,
+    net::SocketAddr,
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
-use serde::Deserialize;
+use guard_common::{Action, Mode};
+use serde::{
+    Deserialize, Deserializer,
+    de::{self, Visitor},
+};
 use thiserror::Error;
 use toml::Spanned;
 
@@ -50,11 +56,13 @@ pub const EMBEDDED: &str = include_str!("../../defaults/sipguard.toml");
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9960";
 
 /// `[events]`: where drop events go, besides `sipguard events`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventOutputs {
     /// A JSON-lines file, appended to.
     pub file: Option<PathBuf>,
     /// JSON lines on stdout (the journal, under systemd).
+    #[serde(default)]
     pub stdout: bool,
 }
 
@@ -116,14 +124,28 @@ pub enum ConfigError {
 }
 
 /// What SIGTERM does to the attached program.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum FailMode {
     /// Leave the pinned program attached: a restart or an upgrade leaves no gap.
     #[default]
     Keep,
     /// Detach and remove the pins.
     Detach,
+}
+
+impl TryFrom<String> for FailMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "keep" => Ok(Self::Keep),
+            "detach" => Ok(Self::Detach),
+            other => Err(format!(
+                "unknown fail_mode `{other}` (expected keep or detach)"
+            )),
+        }
+    }
 }
 
 impl fmt::Display for FailMode {
@@ -147,28 +169,22 @@ pub struct ConfigFile {
     /// `[events]`: where drop events go (besides `sipguard events`).
     pub events: EventOutputs,
     /// `[metrics] listen`: the Prometheus endpoint, `None` when "off".
-    pub metrics: Option<std::net::SocketAddr>,
+    pub metrics: Option<SocketAddr>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEvents {
-    file: Option<String>,
-    stdout: Option<bool>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMetrics {
-    listen: Option<Spanned<String>>,
-}
+// The file as serde reads it. Every value has a type that checks it as it is read, so a bad
+// value is reported with its own message at its own line; `parse` checks only what involves
+// more than one value. A type read as an array element checks inside its visitor (see
+// `IntElement`); the others may check after reading, as `try_from` does.
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
-    settings: Option<Spanned<RawSettings>>,
-    events: Option<RawEvents>,
-    metrics: Option<RawMetrics>,
+    settings: Option<RawSettings>,
+    #[serde(default)]
+    events: EventOutputs,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
 }
@@ -176,24 +192,267 @@ struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
-    sip_ports: Option<Spanned<Vec<Spanned<i64>>>>,
-    international_prefixes: Option<Spanned<Vec<Spanned<String>>>>,
-    mode: Option<Spanned<String>>,
-    fail_mode: Option<Spanned<String>>,
+    sip_ports: Option<SipPorts>,
+    international_prefixes: Option<IntlPrefixList>,
+    mode: Option<Parsed<Mode>>,
+    fail_mode: Option<FailMode>,
     kernel_debug_log: Option<bool>,
     track_calls: Option<bool>,
-    event_rate: Option<Spanned<i64>>,
-    event_burst: Option<Spanned<i64>>,
-    max_rules: Option<Spanned<i64>>,
+    event_rate: Option<Bounded<EventRate>>,
+    event_burst: Option<Bounded<EventBurst>>,
+    max_rules: Option<Bounded<MaxRules>>,
+}
+
+impl RawSettings {
+    /// The settings, with the default for every field not given.
+    fn into_settings(self) -> (Settings, FailMode) {
+        let d = Settings::default();
+        let settings = Settings {
+            sip_ports: self.sip_ports.map_or(d.sip_ports, |p| p.0),
+            intl_prefixes: self.international_prefixes.map_or(d.intl_prefixes, |p| p.0),
+            mode: self.mode.map_or(d.mode, |m| m.0),
+            kernel_debug_log: self.kernel_debug_log.unwrap_or(d.kernel_debug_log),
+            track_calls: self.track_calls.unwrap_or(d.track_calls),
+            event_rate: self.event_rate.map_or(d.event_rate, |n| n.0),
+            event_burst: self.event_burst.map_or(d.event_burst, |n| n.0),
+            max_rules: self.max_rules.map_or(d.max_rules, |n| n.0),
+        };
+        (settings, self.fail_mode.unwrap_or_default())
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    listen: MetricsListen,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
-    prefix: Option<Spanned<String>>,
-    country: Option<Spanned<String>>,
-    action: Option<Spanned<String>>,
+    prefix: Option<Prefix>,
+    country: Option<Spanned<CountryPrefixes>>,
+    action: Option<Parsed<Action>>,
     comment: Option<String>,
+}
+
+/// A value read from a TOML string by its `FromStr` (for guard-common's `Mode` and `Action`),
+/// whose error message becomes the config error.
+struct Parsed<T>(T);
+
+impl<'de, T: FromStr<Err: fmt::Display>> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map(Parsed)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// An integer setting's name and range, for [`Bounded`].
+trait Limits {
+    const FIELD: &'static str;
+    const MIN: u32;
+    const MAX: u32;
+}
+
+/// An integer setting within `L`'s range: "max_rules: 0 is out of range (1 to 4000000)".
+struct Bounded<L>(u32, PhantomData<L>);
+
+impl<'de, L: Limits> Deserialize<'de> for Bounded<L> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match u32::try_from(n) {
+            Ok(v) if (L::MIN..=L::MAX).contains(&v) => Ok(Self(v, PhantomData)),
+            _ => Err(de::Error::custom(format_args!(
+                "{}: {n} is out of range ({} to {})",
+                L::FIELD,
+                L::MIN,
+                L::MAX
+            ))),
+        }
+    }
+}
+
+enum MaxRules {}
+impl Limits for MaxRules {
+    const FIELD: &'static str = "max_rules";
+    const MIN: u32 = 1;
+    const MAX: u32 = guard_common::MAX_RULES_LIMIT;
+}
+
+enum EventRate {}
+impl Limits for EventRate {
+    const FIELD: &'static str = "event_rate";
+    const MIN: u32 = 0;
+    const MAX: u32 = 1_000_000;
+}
+
+enum EventBurst {}
+impl Limits for EventBurst {
+    const FIELD: &'static str = "event_burst";
+    const MIN: u32 = 0;
+    const MAX: u32 = 1_000_000;
+}
+
+/// One of `sip_ports`. Checked inside the deserializer (see [`IntElement`]).
+struct Port(u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_i64(IntElement(
+            "a UDP port number",
+            |n: i64| match u16::try_from(n) {
+                Ok(p) if p != 0 => Ok(Self(p)),
+                _ => Err(format!("sip_ports: {n} is not a UDP port (1 to 65535)")),
+            },
+        ))
+    }
+}
+
+/// `sip_ports`: at least one.
+#[derive(Deserialize)]
+#[serde(try_from = "Vec<Port>")]
+struct SipPorts(Vec<u16>);
+
+impl TryFrom<Vec<Port>> for SipPorts {
+    type Error = &'static str;
+
+    fn try_from(ports: Vec<Port>) -> Result<Self, Self::Error> {
+        if ports.is_empty() {
+            return Err("sip_ports is empty: at least one SIP port is needed");
+        }
+        Ok(Self(ports.into_iter().map(|p| p.0).collect()))
+    }
+}
+
+/// One of `international_prefixes`: 1 to `MAX_INTL_PREFIX_DIGITS` digits. Checked inside the
+/// deserializer (see [`IntElement`]).
+struct IntlPrefixText(String);
+
+impl<'de> Deserialize<'de> for IntlPrefixText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrElement("a string of digits", |p: &str| {
+            match guard_common::IntlPrefix::from_digits(p) {
+                Some(_) => Ok(Self(p.to_string())),
+                None => Err(format!(
+                    "international prefix `{p}` must be 1 to {} digits",
+                    guard_common::number::MAX_INTL_PREFIX_DIGITS
+                )),
+            }
+        }))
+    }
+}
+
+/// A visitor that checks an integer array element while toml's deserializer for that element
+/// runs (what it expects, and the check); [`StrElement`] for strings.
+///
+/// toml gives an error the span of the value being read only while that value's deserializer
+/// runs. An error raised after it returns (as with `try_from`) takes the span of the enclosing
+/// table entry: right for a table value, but for an array element that is the whole array, and
+/// the line would be the array's first, not the element's.
+struct IntElement<F>(&'static str, F);
+
+impl<'de, T, F: FnOnce(i64) -> Result<T, String>> Visitor<'de> for IntElement<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        (self.1)(n).map_err(E::custom)
+    }
+}
+
+/// [`IntElement`] for a string array element.
+struct StrElement<F>(&'static str, F);
+
+impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for StrElement<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0)
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.1)(s).map_err(E::custom)
+    }
+}
+
+/// `international_prefixes`: at most `MAX_INTL_PREFIXES`.
+#[derive(Deserialize)]
+#[serde(try_from = "Vec<IntlPrefixText>")]
+struct IntlPrefixList(Vec<String>);
+
+impl TryFrom<Vec<IntlPrefixText>> for IntlPrefixList {
+    type Error = String;
+
+    fn try_from(prefixes: Vec<IntlPrefixText>) -> Result<Self, String> {
+        let max = guard_common::number::MAX_INTL_PREFIXES;
+        if prefixes.len() > max {
+            return Err(format!(
+                "international_prefixes: {} given, at most {max} are supported",
+                prefixes.len()
+            ));
+        }
+        Ok(Self(prefixes.into_iter().map(|p| p.0).collect()))
+    }
+}
+
+/// `[metrics] listen`: `"off"` (`None`) or `IP:PORT`.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct MetricsListen(Option<SocketAddr>);
+
+impl Default for MetricsListen {
+    fn default() -> Self {
+        Self(Some(
+            DEFAULT_METRICS_LISTEN
+                .parse()
+                .expect("the default listen address parses"),
+        ))
+    }
+}
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse().map(|a| Self(Some(a))).map_err(|_| {
+            format!("metrics listen address `{s}` is not IP:PORT (e.g. 127.0.0.1:9960) or \"off\"")
+        })
+    }
+}
+
+/// A rule's `country`: the ISO 3166 code, expanded to its calling prefixes as it is read.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct CountryPrefixes {
+    alpha2: String,
+    prefixes: Vec<Prefix>,
+}
+
+impl TryFrom<String> for CountryPrefixes {
+    type Error = String;
+
+    fn try_from(code: String) -> Result<Self, String> {
+        let expanded = country::expand(&code).map_err(|e| e.to_string())?;
+        let prefixes = expanded
+            .prefixes
+            .iter()
+            .map(|d| format!("+{d}").parse::<Prefix>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            alpha2: expanded.alpha2,
+            prefixes,
+        })
+    }
 }
 
 /// Reads and validates `path`.
@@ -206,231 +465,83 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
 }
 
 /// Validates config text; `path` is only used in messages and kept in the result.
+///
+/// serde checks each value (see the types above); what is left here are the checks across
+/// values: a rule's prefix or country and its action, conflicts between rules, the rule count
+/// against `max_rules`, and the settings as a whole.
 pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     let shown = path.display().to_string();
     let lines = LineIndex::new(text);
-    let at = |span: Range<usize>, message: String| ConfigError::At {
+    let at = |line: usize, message: String| ConfigError::At {
         path: shown.clone(),
-        line: lines.line_of(span.start),
+        line,
         message,
     };
-    let raw: RawFile = toml::from_str(text).map_err(|e| match e.span() {
-        Some(span) => at(span, e.message().trim().to_string()),
-        None => ConfigError::File {
-            path: shown.clone(),
-            message: e.message().trim().to_string(),
-        },
-    })?;
-
-    let mut settings = Settings::default();
-    let mut fail_mode = FailMode::default();
-    let has_settings = raw.settings.is_some();
-    if let Some(s) = raw.settings {
-        let RawSettings {
-            sip_ports,
-            international_prefixes,
-            mode,
-            fail_mode: fm,
-            kernel_debug_log,
-            track_calls,
-            event_rate,
-            event_burst,
-            max_rules,
-        } = s.into_inner();
-        if let Some(v) = max_rules {
-            let n = *v.get_ref();
-            let max = guard_common::MAX_RULES_LIMIT;
-            if !(1..=i64::from(max)).contains(&n) {
-                return Err(at(
-                    v.span(),
-                    format!("max_rules: {n} is out of range (1 to {max})"),
-                ));
-            }
-            settings.max_rules = n as u32;
-        }
-        for (name, v, slot) in [
-            ("event_rate", event_rate, &mut settings.event_rate),
-            ("event_burst", event_burst, &mut settings.event_burst),
-        ] {
-            if let Some(v) = v {
-                let n = *v.get_ref();
-                if !(0..=1_000_000).contains(&n) {
-                    return Err(at(
-                        v.span(),
-                        format!("{name}: {n} is out of range (0 to 1000000)"),
-                    ));
-                }
-                *slot = n as u32;
-            }
-        }
-        settings.track_calls = track_calls.unwrap_or(true);
-        if let Some(ports) = sip_ports {
-            let span = ports.span();
-            let ports = ports.into_inner();
-            if ports.is_empty() {
-                return Err(at(
-                    span,
-                    "sip_ports is empty: at least one SIP port is needed".into(),
-                ));
-            }
-            settings.sip_ports = Vec::new();
-            for p in ports {
-                let (span, v) = (p.span(), *p.get_ref());
-                if !(1..=65535).contains(&v) {
-                    return Err(at(
-                        span,
-                        format!("sip_ports: {v} is not a UDP port (1 to 65535)"),
-                    ));
-                }
-                settings.sip_ports.push(v as u16);
-            }
-        }
-        if let Some(prefixes) = international_prefixes {
-            let span = prefixes.span();
-            let prefixes = prefixes.into_inner();
-            let max = guard_common::number::MAX_INTL_PREFIXES;
-            if prefixes.len() > max {
-                return Err(at(
-                    span,
-                    format!(
-                        "international_prefixes: {} given, at most {max} are supported",
-                        prefixes.len()
-                    ),
-                ));
-            }
-            settings.intl_prefixes = Vec::new();
-            for p in prefixes {
-                let span = p.span();
-                let p = p.into_inner();
-                if guard_common::IntlPrefix::from_digits(&p).is_none() {
-                    return Err(at(
-                        span,
-                        format!(
-                            "international prefix `{p}` must be 1 to {} digits",
-                            guard_common::number::MAX_INTL_PREFIX_DIGITS
-                        ),
-                    ));
-                }
-                settings.intl_prefixes.push(p);
-            }
-        }
-        if let Some(m) = mode {
-            settings.mode = m
-                .get_ref()
-                .parse()
-                .map_err(|e: guard_common::ParseModeError| at(m.span(), e.to_string()))?;
-        }
-        if let Some(f) = fm {
-            fail_mode = match f.get_ref().as_str() {
-                "keep" => FailMode::Keep,
-                "detach" => FailMode::Detach,
-                other => {
-                    return Err(at(
-                        f.span(),
-                        format!("unknown fail_mode `{other}` (expected keep or detach)"),
-                    ));
-                }
-            };
-        }
-        settings.kernel_debug_log = kernel_debug_log.unwrap_or(false);
-    }
-    // Anything the kernel config would refuse, refused here with the file's name.
-    settings.to_config().map_err(|e| ConfigError::File {
+    let whole = |message: String| ConfigError::File {
         path: shown.clone(),
-        message: e.to_string(),
+        message,
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => at(lines.line_of(span.start), message),
+            None => whole(message),
+        }
     })?;
 
-    let events = raw
-        .events
-        .map(|e| EventOutputs {
-            file: e.file.map(PathBuf::from),
-            stdout: e.stdout.unwrap_or(false),
-        })
+    let has_settings = raw.settings.is_some();
+    let (settings, fail_mode) = raw
+        .settings
+        .map(RawSettings::into_settings)
         .unwrap_or_default();
-    let metrics = match raw.metrics.and_then(|m| m.listen) {
-        None => Some(
-            DEFAULT_METRICS_LISTEN
-                .parse()
-                .expect("the default listen address parses"),
-        ),
-        Some(l) if l.get_ref() == "off" => None,
-        Some(l) => Some(l.get_ref().parse().map_err(|_| {
-            at(
-                l.span(),
-                format!(
-                    "metrics listen address `{}` is not IP:PORT (e.g. 127.0.0.1:9960) or \"off\"",
-                    l.get_ref()
-                ),
-            )
-        })?),
-    };
+    // Anything the kernel config would refuse, refused here with the file's name.
+    settings.to_config().map_err(|e| whole(e.to_string()))?;
 
     let mut rules = RuleSet::new();
     // Where each prefix was defined, for conflict messages.
     let mut defined_at: BTreeMap<Prefix, usize> = BTreeMap::new();
     for r in raw.rule {
-        let span = r.span();
-        let line = lines.line_of(span.start);
+        let line = lines.line_of(r.span().start);
         let RawRule {
             prefix,
             country,
             action,
             comment,
         } = r.into_inner();
-        let action = match action {
-            Some(a) => a
-                .get_ref()
-                .parse()
-                .map_err(|e: guard_common::ParseActionError| at(a.span(), e.to_string()))?,
-            None => {
-                return Err(at(
-                    span,
-                    "rule has no `action` (block, allow or monitor)".into(),
-                ));
-            }
+        let Some(Parsed(action)) = action else {
+            return Err(at(
+                line,
+                "rule has no `action` (block, allow or monitor)".into(),
+            ));
         };
-        let (prefixes, country_code): (Vec<Prefix>, Option<String>) = match (prefix, country) {
-            (Some(p), None) => {
-                let prefix = p
-                    .get_ref()
-                    .parse::<Prefix>()
-                    .map_err(|e| at(p.span(), e.to_string()))?;
-                (vec![prefix], None)
-            }
+        let (prefixes, country) = match (prefix, country) {
+            (Some(p), None) => (vec![p], None),
             (None, Some(c)) => {
-                let expanded =
-                    country::expand(c.get_ref()).map_err(|e| at(c.span(), e.to_string()))?;
-                let prefixes = expanded
-                    .prefixes
-                    .iter()
-                    .map(|d| format!("+{d}").parse::<Prefix>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| at(c.span(), e.to_string()))?;
-                (prefixes, Some(expanded.alpha2))
+                let c = c.into_inner();
+                (c.prefixes, Some(c.alpha2))
             }
             (Some(_), Some(c)) => {
                 return Err(at(
-                    c.span(),
+                    lines.line_of(c.span().start),
                     "a rule has either `prefix` or `country`, not both".into(),
                 ));
             }
             (None, None) => {
-                return Err(at(span, "rule has neither `prefix` nor `country`".into()));
+                return Err(at(line, "rule has neither `prefix` nor `country`".into()));
             }
         };
         for prefix in prefixes {
             if let Some(old) = rules.get(&prefix) {
                 if old.action != action {
-                    return Err(ConfigError::At {
-                        path: shown.clone(),
+                    return Err(at(
                         line,
-                        message: format!(
+                        format!(
                             "rule conflict: {prefix} is `{}` here but `{}` at line {}",
                             action.as_str(),
                             old.action.as_str(),
                             defined_at[&prefix]
                         ),
-                    });
+                    ));
                 }
                 continue;
             }
@@ -440,7 +551,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
                 Rule {
                     action,
                     comment: comment.clone(),
-                    country: country_code.clone(),
+                    country: country.clone(),
                     origin: Origin::Config,
                 },
             );
@@ -454,18 +565,15 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         guard_common::MAX_RULES_LIMIT
     };
     if rules.len() > limit as usize {
-        return Err(ConfigError::File {
-            path: shown,
-            message: format!(
-                "{} rules: the rule map holds at most {limit}{}",
-                rules.len(),
-                if has_settings {
-                    " (max_rules in [settings])"
-                } else {
-                    ""
-                }
-            ),
-        });
+        return Err(whole(format!(
+            "{} rules: the rule map holds at most {limit}{}",
+            rules.len(),
+            if has_settings {
+                " (max_rules in [settings])"
+            } else {
+                ""
+            }
+        )));
     }
     Ok(ConfigFile {
         path: path.to_path_buf(),
@@ -473,8 +581,8 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         fail_mode,
         rules,
         has_settings,
-        events,
-        metrics,
+        events: raw.events,
+        metrics: raw.metrics.listen.0,
     })
 }
 
@@ -657,6 +765,56 @@ action = "block"
                 "[settings]\nmax_rules = \"many\"\n",
                 "t.toml:2: invalid type",
             ),
+            (
+                "[settings]\nmax_rules = -1\n",
+                "t.toml:2: max_rules: -1 is out of range (1 to 4000000)",
+            ),
+            (
+                "[settings]\nevent_rate = 1000001\n",
+                "t.toml:2: event_rate: 1000001 is out of range (0 to 1000000)",
+            ),
+            (
+                "[settings]\nevent_burst = -5\n",
+                "t.toml:2: event_burst: -5 is out of range (0 to 1000000)",
+            ),
+            (
+                "[settings]\nsip_ports = [-1]\n",
+                "t.toml:2: sip_ports: -1 is not a UDP port (1 to 65535)",
+            ),
+            ("[settings]\nsip_ports = 5060\n", "t.toml:2: invalid type"),
+            (
+                "[settings]\ninternational_prefixes = [\"00\", \"011\", \"010\", \"0011\", \"001\"]\n",
+                "t.toml:2: international_prefixes: 5 given, at most 4 are supported",
+            ),
+            (
+                "[settings]\ninternational_prefixes = [\"123456789\"]\n",
+                "t.toml:2: international prefix `123456789` must be 1 to 8 digits",
+            ),
+            (
+                "[settings]\nfail_mode = \"crash\"\n",
+                "t.toml:2: unknown fail_mode `crash` (expected keep or detach)",
+            ),
+            (
+                "[settings]\ntrack_calls = \"yes\"\n",
+                "t.toml:2: invalid type",
+            ),
+            (
+                "[metrics]\nlisten = \"localhost\"\n",
+                "t.toml:2: metrics listen address `localhost` is not IP:PORT",
+            ),
+            ("[metrics]\nlisten = 9960\n", "t.toml:2: invalid type"),
+            (
+                "[events]\nstdout = true\nfiles = \"/tmp/e\"\n",
+                "t.toml:3: unknown field `files`",
+            ),
+            (
+                "[[rule]]\ncountry = \"J\"\naction = \"block\"\n",
+                "t.toml:2: country `J`: expected an ISO 3166-1 alpha-2 code",
+            ),
+            (
+                "[[rule]]\nprefix = \"+232\"\naction = \"block\"\ncomment = 7\n",
+                "t.toml:4: invalid type",
+            ),
         ];
         for (text, want) in cases {
             let got = err(text);
@@ -665,6 +823,111 @@ action = "block"
                 "for {text:?}\n got: {got}\nwant: {want}..."
             );
         }
+    }
+
+    /// Errors deep in a file name the line of the bad value itself, not of its table.
+    #[test]
+    fn errors_deep_in_the_file_name_the_value_line() {
+        let head = "# sipguard\n\n[settings]\nkernel_debug_log = false\nfail_mode = \"keep\"\n\n";
+        assert_eq!(head.lines().count(), 6);
+        let cases: &[(&str, &str)] = &[
+            ("max_rules = 0\n", "t.toml:7: max_rules: 0"),
+            (
+                "track_calls = true\n\nevent_rate = 2000000\n",
+                "t.toml:9: event_rate: 2000000",
+            ),
+            (
+                "sip_ports = [\n  5060,\n  70000,\n]\n",
+                "t.toml:9: sip_ports: 70000 is not a UDP port (1 to 65535)",
+            ),
+            (
+                "international_prefixes = [\n  \"00\",\n  \"0x\",\n]\n",
+                "t.toml:9: international prefix `0x`",
+            ),
+            ("\n\nmode = \"on\"\n", "t.toml:9: unknown mode `on`"),
+            (
+                "[[rule]]\nprefix = \"+232\"\naction = \"drop\"\n",
+                "t.toml:9: unknown action `drop`",
+            ),
+            (
+                "[[rule]]\naction = \"block\"\ncountry = \"ZZ\"\n",
+                "t.toml:9: unknown country `ZZ`",
+            ),
+            (
+                "[[rule]]\naction = \"block\"\nprefix = \"+1a\"\n",
+                "t.toml:9: prefix `+1a`",
+            ),
+            (
+                "[[rule]]\naction = \"block\"\nprefix = \"+1\"\ncountry = \"JM\"\n",
+                "t.toml:10: a rule has either `prefix` or `country`, not both",
+            ),
+            (
+                "[[rule]]\nprefix = \"+1\"\naction = \"block\"\n[[rule]]\nprefix = \"+2\"\n",
+                "t.toml:10: rule has no `action`",
+            ),
+            (
+                "[metrics]\n\nlisten = \"127.0.0.1\"\n",
+                "t.toml:9: metrics listen address `127.0.0.1`",
+            ),
+            (
+                "[[rule]]\nprefix = \"+1876\"\naction = \"allow\"\n\n[[rule]]\ncountry = \"JM\"\naction = \"block\"\n",
+                "t.toml:11: rule conflict: +1876 is `block` here but `allow` at line 7",
+            ),
+        ];
+        for (tail, want) in cases {
+            let text = format!("{head}{tail}");
+            let got = err(&text);
+            assert!(
+                got.starts_with(want),
+                "for {text:?}\n got: {got}\nwant: {want}..."
+            );
+        }
+    }
+
+    #[test]
+    fn events_and_metrics_settings() {
+        let c = p("").unwrap();
+        assert_eq!(c.events, EventOutputs::default());
+        assert_eq!(c.metrics, Some(DEFAULT_METRICS_LISTEN.parse().unwrap()));
+        let c = p(
+            "[events]\nfile = \"/var/log/sipguard.jsonl\"\nstdout = true\n[metrics]\nlisten = \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.events,
+            EventOutputs {
+                file: Some("/var/log/sipguard.jsonl".into()),
+                stdout: true
+            }
+        );
+        assert_eq!(c.metrics, None);
+        let c = p("[events]\n[metrics]\nlisten = \"[::1]:9000\"\n").unwrap();
+        assert_eq!(c.events, EventOutputs::default());
+        assert_eq!(c.metrics, Some("[::1]:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_setting_is_read() {
+        let c = p("[settings]\nsip_ports = [5060, 65535]\ninternational_prefixes = [\"00\", \"011\", \"010\", \"12345678\"]\nmode = \"monitor\"\nfail_mode = \"keep\"\nkernel_debug_log = true\ntrack_calls = false\nevent_rate = 0\nevent_burst = 1000000\nmax_rules = 4000000\n").unwrap();
+        assert_eq!(
+            c.settings,
+            Settings {
+                sip_ports: vec![5060, 65535],
+                intl_prefixes: vec!["00".into(), "011".into(), "010".into(), "12345678".into()],
+                mode: guard_common::Mode::Monitor,
+                kernel_debug_log: true,
+                track_calls: false,
+                event_rate: 0,
+                event_burst: 1_000_000,
+                max_rules: guard_common::MAX_RULES_LIMIT,
+            }
+        );
+        assert!(c.has_settings);
+        assert_eq!(c.fail_mode, FailMode::Keep);
+        // A [settings] table with nothing in it is all defaults.
+        let c = p("[settings]\n").unwrap();
+        assert_eq!(c.settings, Settings::default());
+        assert!(c.has_settings);
     }
 
     #[test]
