@@ -830,7 +830,10 @@ impl Maps {
                 Some(v) if v.action == *action as u8 => {}
                 Some(v) => {
                     report.changed += 1;
-                    ops.push((TrieKey::of(prefix), Some(rule_value(prefix, v.id, *action))));
+                    ops.push((
+                        TrieKey::of(prefix),
+                        Some(TrieKey::of(prefix).value(v.id, *action)),
+                    ));
                 }
                 None => {
                     report.added += 1;
@@ -875,7 +878,7 @@ impl Maps {
         for (i, (prefix, action)) in new_prefixes.into_iter().enumerate() {
             ops.push((
                 TrieKey::of(prefix),
-                Some(rule_value(prefix, first + i as u32, action)),
+                Some(TrieKey::of(prefix).value(first + i as u32, action)),
             ));
         }
         let generation = next_generation(generation, generation);
