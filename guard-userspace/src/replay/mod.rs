@@ -165,7 +165,7 @@ pub fn run(config_path: &Path, capture_path: &Path) -> Result<Replay> {
             method: payload.and_then(|(_, p)| method(p)),
             number_dialled: None,
             rule: None,
-            snapped: f.snapped.then(|| (f.data.len(), f.original_len as usize)),
+            snapped: f.snapped.then_some((f.data.len(), f.original_len as usize)),
         };
         if let Some((_, p)) = payload
             && let Parsed::Number { number: n, .. } = parse_payload(p)
@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn ipv4_with_options_payload() {
         let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [192, 0, 2, 1], [192, 0, 2, 2]).unwrap();
-        ip.set_options(&[1, 1, 1, 1, 1, 1, 1, 0]).unwrap();
+        ip.options = [1, 1, 1, 1, 1, 1, 1, 0].into();
         let mut frame = Vec::new();
         PacketBuilder::ethernet2(MAC_A, MAC_B)
             .ip(IpHeaders::Ipv4(ip, Default::default()))
