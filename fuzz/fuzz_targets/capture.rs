@@ -2,7 +2,7 @@
 //! in-memory form of `read_frames`): never panics; output is bounded by the input (at most one
 //! frame per 12 input bytes, each at most the input plus a synthesized 14-byte Ethernet header,
 //! numbered 1, 2, ...); every error names the file and then the problem. Run with `-max_len`
-//! (the xtask passes 64 KiB) so inputs, and what is allocated for them, stay bounded.
+//! (the xtask passes 16 KiB) so inputs, and what is allocated for them, stay bounded.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -3,9 +3,8 @@
 use guard_common::Number;
 use guard_common::number::MAX_DIGITS;
 
-/// A [`Number`] is well formed: at most `MAX_DIGITS` digits, each 0..=9, nibbles past `len`
-/// zero (so equal numbers compare equal and an LPM key carries no stray bits), and `overflow`
-/// only once the number is full.
+/// A [`Number`] is well formed: at most `MAX_DIGITS` digits, each 0..=9, and nibbles past `len`
+/// zero (so equal numbers compare equal and an LPM key carries no stray bits).
 pub fn check_number(n: &Number) {
     let len = n.len as usize;
     assert!(len <= MAX_DIGITS, "len {len} > {MAX_DIGITS}: {n:?}");
@@ -26,8 +25,17 @@ pub fn check_number(n: &Number) {
         0,
         "stray nibbles in lo past len {len}: {n:?}"
     );
+}
+
+/// A Number as read or built digit by digit: well formed, and `overflow` only once it is full
+/// (after `normalize` strips a prefix, an overflowed number is shorter).
+pub fn check_read_number(n: &Number) {
+    check_number(n);
     if n.overflow {
-        assert_eq!(len, MAX_DIGITS, "overflow before the number is full: {n:?}");
+        assert_eq!(
+            n.len as usize, MAX_DIGITS,
+            "overflow before the number is full: {n:?}"
+        );
     }
 }
 

@@ -89,7 +89,7 @@ fn longest_match(set: &IntlPrefixes, n: &Number) -> usize {
 fuzz_target!(|data: &[u8]| {
     let (set, rest) = prefixes(data);
     let n = number(rest);
-    common::check_number(&n);
+    common::check_read_number(&n);
 
     let (domain, out) = set.normalize(&n);
     common::check_number(&out);

@@ -35,7 +35,7 @@ fn stepped(src: &[u8]) -> (Parsed, bool) {
 
 fn check(p: &Parsed) {
     if let Parsed::Number { number, .. } = p {
-        common::check_number(number);
+        common::check_read_number(number);
         assert!(number.len > 0, "a Number result without digits: {p:?}");
     }
 }
