@@ -1,5 +1,5 @@
 //! `cargo xtask clippy`: clippy with warnings as errors on the host crates and on the kernel
-//! crate (nightly, for its BPF target), then rustfmt --check.
+//! crate (nightly, for its BPF target), then rustfmt --check (the workspace and the fuzz crate).
 
 use std::process::ExitCode;
 
@@ -54,6 +54,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
             .current_dir(util::workspace_root().join("guard-ebpf")),
     )?;
     let fmt = util::status(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz crate is its own workspace (see fuzz/Cargo.toml), so `--all` does not reach it.
+    let fuzz_fmt = util::status(util::cargo().args([
+        "fmt",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
+    let fmt_ok = fmt.success() && fuzz_fmt.success();
     if !clippy.success() {
         eprintln!("clippy failed ({clippy})");
     }
@@ -63,11 +72,13 @@ pub fn run() -> anyhow::Result<ExitCode> {
     if !kernel.success() {
         eprintln!("clippy on guard-ebpf failed ({kernel})");
     }
-    if !fmt.success() {
-        eprintln!("rustfmt check failed ({fmt}); run `cargo fmt --all`");
+    if !fmt_ok {
+        eprintln!(
+            "rustfmt check failed; run `cargo fmt --all && cargo fmt --manifest-path fuzz/Cargo.toml`"
+        );
     }
     Ok(
-        if clippy.success() && shipped.success() && kernel.success() && fmt.success() {
+        if clippy.success() && shipped.success() && kernel.success() && fmt_ok {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod clippy;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -48,6 +49,14 @@ enum Verb {
     Demo,
     /// Clippy (warnings are errors) on the host crates, then a rustfmt check.
     Clippy,
+    /// Run the cargo-fuzz targets in fuzz/ one after the other (nightly; installs cargo-fuzz).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets to run (default: all): uri_scanner, header_scanner, normalise, config, capture.
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +67,7 @@ fn main() -> ExitCode {
         Verb::Bench { args } => bench::run(&args),
         Verb::Demo => demo::run(),
         Verb::Clippy => clippy::run(),
+        Verb::Fuzz { time, targets } => fuzz::run(time, &targets),
     };
     result.unwrap_or_else(|e| {
         // `{:#}` prints the whole context chain on one line, without a backtrace.

@@ -1,8 +1,13 @@
 //! `cargo xtask test [-- ARGS]`: the one test command CI runs.
 //!
 //! Setup, a release build of guard-userspace, then a single `cargo test` over the host crates.
-//! Its stdout is streamed live and scanned for libtest's `test result:` lines; the last line we
-//! print is the summed `N passed, M failed, K skipped`, and cargo's exit status is handed on.
+//! Its stdout is streamed live and scanned for libtest's `test result:` lines; we print the summed
+//! `N passed, M failed, K skipped`, and cargo's exit status is handed on.
+//!
+//! Then a fuzz smoke: every cargo-fuzz target runs for [`FUZZ_SMOKE_SECS`] seconds (see
+//! [`crate::fuzz`]), and its own summary line `fuzz smoke: ...` is the last line; a crash fails
+//! the run. It is skipped when test arguments are given (a filtered run) or when
+//! `SIPGUARD_FUZZ_SMOKE=0`.
 
 use std::{
     ffi::OsString,
@@ -12,7 +17,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{build, setup, util};
+use crate::{build, fuzz, setup, util};
+
+/// Seconds each fuzz target runs in the smoke (5 targets: under a minute, plus the build).
+pub const FUZZ_SMOKE_SECS: u64 = 8;
 
 pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     setup::run(setup::Scope::Full)?;
@@ -70,11 +78,29 @@ pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
 
     let _ = out.flush();
     io::stderr().flush().ok();
-    println!(
+    let tests = format!(
         "{} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
-    Ok(util::exit_code(status))
+
+    let skip_smoke =
+        !args.is_empty() || std::env::var_os("SIPGUARD_FUZZ_SMOKE").is_some_and(|v| v == "0");
+    let smoke = if skip_smoke {
+        Ok("fuzz smoke: skipped (test arguments given, or SIPGUARD_FUZZ_SMOKE=0)".to_string())
+    } else {
+        fuzz::smoke(FUZZ_SMOKE_SECS)
+    };
+    println!("{tests}");
+    match smoke {
+        Ok(line) => {
+            println!("{line}");
+            Ok(util::exit_code(status))
+        }
+        Err(e) => {
+            println!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]

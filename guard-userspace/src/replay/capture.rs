@@ -299,7 +299,18 @@ impl State {
             } else {
                 pcap_parser::parse_block_le
             };
-            // Every block is at least 12 bytes long (the parser checks), so `rest` shrinks.
+            // Every block is at least 12 bytes long, so `rest` shrinks. pcap-parser 0.17 does not
+            // check that for a Process Information Block (it subtracts 12 from a length it only
+            // checks against 4: an overflow panic in debug builds), so it is checked here first.
+            if let Some(len) = self.block_len(rest)
+                && len < 12
+            {
+                return Err(CaptureError::Malformed {
+                    path: self.path.clone(),
+                    after: self.frames.len() as u64,
+                    detail: format!("block length {len}, less than the 12-byte minimum"),
+                });
+            }
             match parse_block(rest) {
                 Ok((after, block)) => {
                     rest = after;
@@ -413,6 +424,17 @@ impl State {
                 after: self.frames.len() as u64,
             }
         }
+    }
+
+    /// The total length field of the pcapng block at the start of `rest`, in the section's byte
+    /// order, when its first eight bytes are there.
+    fn block_len(&self, rest: &[u8]) -> Option<u32> {
+        let &len = rest.get(4..)?.first_chunk::<4>()?;
+        Some(if self.big_endian {
+            u32::from_be_bytes(len)
+        } else {
+            u32::from_le_bytes(len)
+        })
     }
 
     /// Whether the partial pcapng block `rest` is a packet block (Enhanced, Simple or obsolete
@@ -1127,6 +1149,25 @@ mod tests {
             err.to_string().starts_with("bad.pcapng:") && !err.to_string().contains('['),
             "{err}"
         );
+    }
+
+    #[test]
+    fn block_shorter_than_its_header_is_malformed() {
+        // Found by the `capture` fuzz target: a Process Information Block (0x80000001) with a
+        // length of 4 made pcap-parser 0.17 subtract 12 from 4.
+        for big_endian in [false, true] {
+            let mut file = Ng::new(big_endian).bytes();
+            let o = Order(big_endian);
+            o.u32(&mut file, 0x8000_0001);
+            o.u32(&mut file, 4);
+            file.extend_from_slice(&[0, 0xff]);
+            let err = parse_frames("pib.pcapng", &file).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "pib.pcapng: malformed pcapng block before the first frame (block length 4, less \
+                 than the 12-byte minimum)"
+            );
+        }
     }
 
     #[test]
