@@ -5,9 +5,9 @@
 //! `N passed, M failed, K skipped`, and cargo's exit status is handed on.
 //!
 //! Then a fuzz smoke: every cargo-fuzz target runs for [`FUZZ_SMOKE_SECS`] seconds (see
-//! [`crate::fuzz`]), and its own summary line `fuzz smoke: ...` is the last line; a crash fails
-//! the run. It is skipped when test arguments are given (a filtered run) or when
-//! `SIPGUARD_FUZZ_SMOKE=0`.
+//! [`crate::fuzz`]); its summary line `fuzz smoke: ...` comes just before the test summary,
+//! which stays the last line. A crash fails the run. The smoke is skipped when test arguments
+//! are given (a filtered run) or when `SIPGUARD_FUZZ_SMOKE=0`.
 
 use std::{
     ffi::OsString,
@@ -90,17 +90,23 @@ pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     } else {
         fuzz::smoke(FUZZ_SMOKE_SECS)
     };
-    println!("{tests}");
-    match smoke {
+    // The test runner's summary is the last line, after the smoke's own.
+    let smoke_ok = match &smoke {
         Ok(line) => {
             println!("{line}");
-            Ok(util::exit_code(status))
+            true
         }
         Err(e) => {
             println!("{e:#}");
-            Ok(ExitCode::FAILURE)
+            false
         }
-    }
+    };
+    println!("{tests}");
+    Ok(if smoke_ok {
+        util::exit_code(status)
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
