@@ -91,13 +91,14 @@ pub struct Frame {
     /// [`FRAME_TCP`], [`FRAME_FIRST_FRAGMENT`].
     pub flags: u8,
     /// Where the IP packet ends, clamped to the frame.
-    pub l3_end: u16,
+    pub l3_end: u32,
 }
 
-/// Layers 2 and 3 of the frame in `ctx`, and the destination port: a frame for the SIP stage
-/// (its transport header not parsed yet, see [`transport`]) or the reason to pass it.
-/// Inlined into the entry point, so verified once per header layout: it stays small, and what
-/// follows the port check runs in `sip::l4`, a BPF function of its own verified once.
+/// Layers 2 and 3 of the frame in `ctx`: a frame for the transport stage (`sip::l4`, which
+/// parses the UDP or TCP header with [`transport`]) or the reason to pass it. Inlined into the
+/// entry point, so verified once per header layout: what it does after the IP header is kept
+/// to a few branch-free stores, and everything else runs in the transport stage, a BPF function
+/// of its own that is verified once.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Frame, Skip> {
     let l2 = ethernet(ctx)?;
@@ -106,8 +107,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Skip> {
         ETH_P_IPV6 => ipv6(ctx, l2.off)?,
         _ => return Err(Skip::NotUdp),
     };
-    let tcp = ip.proto == IPPROTO_TCP;
-    let frame = Frame {
+    Ok(Frame {
         l3_off: l2.off as u16,
         l4_off: ip.l4_off as u16,
         payload_off: 0,
@@ -115,37 +115,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Skip> {
         vlan: l2.vlan,
         family: ip.family,
         lying_len: ip.lying_len,
-        flags: if tcp { FRAME_TCP } else { 0 }
-            | if ip.first_fragment {
-                FRAME_FIRST_FRAGMENT
-            } else {
-                0
-            },
-        l3_end: if ip.end > u16::MAX as usize {
-            u16::MAX
-        } else {
-            ip.end as u16
-        },
-    };
-    // The destination port, at the same place in UDP and TCP. A first fragment goes on even
-    // without one: `transport` tells a tiny one.
-    let hdr = if tcp { TCP_HDR_LEN } else { UdpHdr::LEN };
-    let ports = if ip.l4_off + hdr > ip.end {
-        None
-    } else {
-        ptr_at::<[u8; 4]>(ctx, ip.l4_off)
-    };
-    match ports {
-        // SAFETY: bounds-checked by ptr_at.
-        Some(p) if crate::maps::is_sip_port(unsafe { u16::from_be_bytes([(*p)[2], (*p)[3]]) }) => {
-            Ok(frame)
-        }
-        _ if ip.first_fragment && ports.is_none() => Ok(frame),
-        Some(_) if tcp => Err(Skip::TcpOther),
-        Some(_) => Err(Skip::NotSipPort),
-        None if tcp => Err(Skip::TcpOther),
-        None => Err(Skip::Truncated),
-    }
+        // Branch-free: bit 1 of the protocol number is set for TCP (6), clear for UDP (17).
+        flags: ((ip.proto >> 1) & 1) | (ip.first_fragment << 1),
+        l3_end: ip.end as u32,
+    })
 }
 
 /// The largest transport header offset `transport` accepts (the linear part of a frame is at
@@ -153,8 +126,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Skip> {
 /// scratch map).
 const MAX_L4_OFF: usize = 4096;
 
-/// The transport header of `frame` (from [`parse`], handed over through the scratch map): fills
-/// in where the payload is. UDP: the UDP length is never trusted beyond the IP packet. TCP: the
+/// The transport header of `frame` (from [`parse`], handed over through the scratch map): the
+/// destination port must be a SIP port; fills in where the payload is. UDP: the UDP length is never trusted beyond the IP packet. TCP: the
 /// payload follows the header and its options.
 #[inline(always)]
 pub fn transport(ctx: &XdpContext, frame: &mut Frame) -> Result<(), Skip> {
@@ -177,7 +150,17 @@ pub fn transport(ctx: &XdpContext, frame: &mut Frame) -> Result<(), Skip> {
     if l4 + hdr > end {
         return Err(cut);
     }
-    // The fixed TCP header covers the UDP header, but a UDP datagram may be shorter.
+    // The destination port is at the same place in both.
+    let ports: *const [u8; 4] = ptr_at(ctx, l4).ok_or(cut)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let dport = u16::from_be_bytes(unsafe { [(*ports)[2], (*ports)[3]] });
+    if !crate::maps::is_sip_port(dport) {
+        return Err(if tcp {
+            Skip::TcpOther
+        } else {
+            Skip::NotSipPort
+        });
+    }
     let (off, claimed) = if tcp {
         let h: *const [u8; TCP_HDR_LEN] = ptr_at(ctx, l4).ok_or(cut)?;
         // SAFETY: bounds-checked by ptr_at.
@@ -226,8 +209,8 @@ struct L3 {
     family: u8,
     /// IPPROTO_UDP or IPPROTO_TCP.
     proto: u8,
-    /// A first fragment: offset 0, more fragments follow.
-    first_fragment: bool,
+    /// 1 for a first fragment (offset 0, more fragments follow), else 0.
+    first_fragment: u8,
 }
 
 /// A bounds-checked pointer into the frame's linear part.
@@ -317,7 +300,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
         family: 4,
         proto: ip.proto,
         // MF (RFC 791): the flags are the top three bits of the 16-bit field.
-        first_fragment: ip.frags[0] & 0x20 != 0,
+        first_fragment: (ip.frags[0] >> 5) & 1,
     })
 }
 
@@ -338,7 +321,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
     } else {
         ip_end(ctx, cur, payload_len)
     };
-    let mut first_fragment = false;
+    let mut first_fragment = 0;
     let mut i = 0;
     while i < MAX_IPV6_EXT {
         match next {
@@ -358,7 +341,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
                     return Err(Skip::NonFirstFragment);
                 }
                 // The M flag (RFC 8200 §4.5).
-                first_fragment = h[3] & 1 != 0;
+                first_fragment = h[3] & 1;
                 next = h[0];
                 cur += 8;
             }

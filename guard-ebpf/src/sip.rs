@@ -169,11 +169,6 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
             );
         }
     }
-    // A first fragment that ends inside the Request-URI (not the window: the data) is as tiny
-    // as one that ends before it.
-    let cut_fragment = s.frame.flags & FRAME_FIRST_FRAGMENT != 0
-        && s.copied as usize == s.frame.payload_len as usize
-        && (s.frame.payload_len as usize) < WINDOW;
     match s.scanner.finish() {
         Parsed::NotInvite => XDP_PASS,
         Parsed::UnparsableUri => {
@@ -189,7 +184,7 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
         Parsed::Unresolved { .. } => {
             c.bump(Counter::Invites);
             c.bump(Counter::NumberIncomplete);
-            if cut_fragment {
+            if cut_fragment(s) {
                 return tiny_fragment(c);
             }
             verdict::unresolved(c)
@@ -197,15 +192,27 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
         Parsed::Number { number, complete } => {
             c.bump(Counter::Invites);
             c.bump(Counter::NumbersParsed);
+            // For the verdict, through the map value: `complete` itself is dead after the
+            // branch below, so both of its paths reach the verdict in one verifier state.
+            s.incomplete = !complete as u32;
             if !complete {
                 c.bump(Counter::NumberIncomplete);
-                if cut_fragment {
+                if cut_fragment(s) {
                     return tiny_fragment(c);
                 }
             }
-            verdict::decide(ctx, c, &number, complete)
+            verdict::decide(ctx, c, &number)
         }
     }
+}
+
+/// A first fragment whose data (not the window) ended inside the Request-URI: as tiny as one
+/// that ends before it.
+#[inline(always)]
+fn cut_fragment(s: &maps::Scratch) -> bool {
+    s.frame.flags & FRAME_FIRST_FRAGMENT != 0
+        && s.copied == s.frame.payload_len as u32
+        && (s.frame.payload_len as usize) < WINDOW
 }
 
 /// Bytes of keep-alives one `skip_step` call looks at.

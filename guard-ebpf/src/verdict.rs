@@ -26,21 +26,21 @@ use crate::{
     sip,
 };
 
-/// Decides an INVITE that dials `number`. When the number was not read to its end
-/// (`complete` false), its digits are a true prefix of it: a rule among them decides as usual,
+/// Decides an INVITE that dials `number`. When the number was not read to its end (the scratch
+/// map's `incomplete`), its digits are a true prefix of it: a rule among them decides as usual,
 /// and when none does, `incomplete_action` does.
 #[inline(always)]
-pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number, complete: bool) -> u32 {
+pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 {
     let Some((cfg, rules)) = maps::config() else {
         return XDP_PASS;
     };
     let (domain, normalized) = cfg.intl_prefixes.normalize(number);
     let lk = normalized.key(domain);
     let Some(rule) = rules.get(&Key::new(lk.prefix_len, lk.data)) else {
-        if !complete {
-            return incomplete(c, cfg);
-        }
-        return XDP_PASS;
+        return match maps::scratch() {
+            Some(s) if s.incomplete != 0 => incomplete(c, cfg),
+            _ => XDP_PASS,
+        };
     };
     let (id, action) = (rule.id, rule.action);
     if cfg.flags & CONFIG_FLAG_DEBUG_LOG != 0 {
