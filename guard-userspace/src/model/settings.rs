@@ -169,3 +169,46 @@ impl Settings {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incomplete_action_and_tiny_fragments_round_trip_through_the_kernel_config() {
+        let d = Settings::default();
+        assert_eq!(d.incomplete_action, Action::Monitor);
+        assert_eq!(d.tiny_first_fragment, TinyFragment::Drop);
+        let c = d.to_config().unwrap();
+        assert_eq!(c.incomplete_action, Action::Monitor as u32);
+        assert_eq!(c.flags & guard_common::CONFIG_FLAG_PASS_TINY_FRAGMENTS, 0);
+        assert_eq!(Settings::live(&c, d.sip_ports.clone()), d);
+        for action in Action::ALL {
+            for tiny in [TinyFragment::Drop, TinyFragment::Pass] {
+                let s = Settings {
+                    incomplete_action: action,
+                    tiny_first_fragment: tiny,
+                    ..Settings::default()
+                };
+                let live = Settings::live(&s.to_config().unwrap(), s.sip_ports.clone());
+                assert_eq!(live, s);
+            }
+        }
+        // A config slot written before the field existed (zero) reads as monitor.
+        let mut old = d.to_config().unwrap();
+        old.incomplete_action = 0;
+        assert_eq!(old.incomplete_action(), Action::Monitor);
+    }
+
+    #[test]
+    fn tiny_fragment_names() {
+        assert_eq!("drop".parse::<TinyFragment>(), Ok(TinyFragment::Drop));
+        assert_eq!("pass".parse::<TinyFragment>(), Ok(TinyFragment::Pass));
+        assert_eq!(TinyFragment::Pass.to_string(), "pass");
+        let e = "Drop".parse::<TinyFragment>().unwrap_err();
+        assert_eq!(
+            e,
+            "unknown tiny_first_fragment `Drop` (expected drop or pass)"
+        );
+    }
+}
