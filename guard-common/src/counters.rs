@@ -128,7 +128,8 @@ macro_rules! rule_counters {
 
 global_counters! {
     Frames = 0, "frames", "Frames the program saw";
-    SipCandidates = 1, "sip_candidates", "UDP datagrams to a configured SIP port";
+    SipCandidates = 1, "sip_candidates",
+        "UDP datagrams to a configured SIP port, and TCP segments to one that start like a request";
     Invites = 2, "invites", "SIP INVITE requests";
     NumbersParsed = 3, "numbers_parsed", "INVITEs whose Request-URI gave a number";
     Dropped = 4, "dropped", "INVITEs dropped";
@@ -145,8 +146,8 @@ global_counters! {
         "Frames whose headers are cut short, or whose IP/UDP lengths claim more than the frame holds";
     NoNumber = 10, "no_number", "INVITEs with a Request-URI that has no number (sip:alice@...)";
     NumberIncomplete = 11, "number_incomplete",
-        "INVITEs whose user part ran past the inspected window (matched on its leading digits)";
-    NotUdp = 12, "not_udp", "Frames that are not IPv4/IPv6 or not UDP";
+        "INVITEs whose number could not be read to its end (the window or the datagram ended first)";
+    NotUdp = 12, "not_udp", "Frames that are not IPv4/IPv6, or neither UDP nor TCP";
     Ipv6ExtLimit = 13, "ipv6_ext_limit",
         "IPv6 packets with more extension headers than the program walks (passed)";
     Calls = 14, "calls", "New calls (initial INVITEs) that matched a rule";
@@ -158,6 +159,17 @@ global_counters! {
     EventsSent = 18, "events_sent", "Drop and would-drop events sent to userspace";
     EventsSuppressed = 19, "events_suppressed",
         "Events not sent: over the rate budget, or the ring buffer was full";
+    /// Dropped unless `tiny_first_fragment = "pass"`; no SIP stack sends one.
+    TinyFirstFragments = 20, "tiny_first_fragments",
+        "First IP fragments too short to hold a SIP request line and its number (or a UDP header)";
+    TcpInspected = 21, "tcp_inspected",
+        "TCP segments to a SIP port whose payload starts like a request (inspected like UDP)";
+    /// Handshakes, ACKs, continuations of a request, responses, TLS.
+    TcpUninspected = 22, "tcp_uninspected",
+        "TCP segments passed without inspection (other port, no payload, not a request start)";
+    /// Counted together with `dropped` or `would_drop` when the action is block or monitor.
+    IncompleteActionApplied = 23, "incomplete_action_applied",
+        "INVITEs with an incompletely read number that no rule decided (incomplete_action applied)";
 }
 
 rule_counters! {
@@ -207,9 +219,9 @@ mod tests {
 
     #[test]
     fn global_counter_names_are_unique_and_in_index_order() {
-        assert_eq!(Counter::ALL.len(), 20);
+        assert_eq!(Counter::ALL.len(), 24);
         let names: BTreeSet<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 24);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
@@ -243,6 +255,10 @@ mod tests {
                 "no_call_id",
                 "events_sent",
                 "events_suppressed",
+                "tiny_first_fragments",
+                "tcp_inspected",
+                "tcp_uninspected",
+                "incomplete_action_applied",
             ]
         );
     }

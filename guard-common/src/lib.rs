@@ -16,4 +16,6 @@ pub mod swar;
 pub use headers::{HDR_MAX_STEPS, HDR_WINDOW, HeaderScanner, Headers, scan_headers};
 pub use maps::*;
 pub use number::{Dialled, Domain, IntlPrefix, IntlPrefixes, LookupKey, Number};
-pub use sip::{ByteSource, MAX_STEPS, Parsed, Scanner, WINDOW, parse, parse_payload};
+pub use sip::{
+    ByteSource, MAX_STEPS, Parsed, Scanner, WINDOW, keepalive_len, parse, parse_payload,
+};

@@ -304,7 +304,10 @@ pub struct Config {
     pub event_rate: u32,
     /// Events a CPU may send in a burst above the rate.
     pub event_burst: u32,
-    pub _pad: u32,
+    /// What happens to an INVITE whose number could not be read to its end and that no rule
+    /// decided: an [`Action`] as `u32` (0, as in configs written before it existed, is
+    /// [`Action::Monitor`]). See [`Config::incomplete_action`].
+    pub incomplete_action: u32,
     /// Selector slot only: the next rule id userspace hands out. Ids only grow, so a new
     /// prefix never gets the id (and the counters) of a rule either trie still holds.
     pub next_rule_id: u32,
@@ -329,6 +332,14 @@ pub const CONFIG_FLAG_DEBUG_LOG: u32 = 1;
 /// and as an emergency switch; the packet counters and verdicts are the same either way.
 pub const CONFIG_FLAG_NO_CALLS: u32 = 2;
 
+/// Config flag: tiny first fragments (a first IP fragment to a SIP port too short to hold a
+/// request line and its number) pass (counted). Without it, the default, they are dropped.
+pub const CONFIG_FLAG_PASS_TINY_FRAGMENTS: u32 = 4;
+
+/// A first fragment (IPv4 MF with offset 0; IPv6 fragment header with offset 0 and M) whose
+/// transport payload (after any leading CR/LF) is shorter than this is a tiny first fragment.
+pub const TINY_FRAGMENT_PAYLOAD: u32 = 64;
+
 /// Config array slot that holds the `active` selector.
 pub const CONFIG_SELECTOR: u32 = 2;
 /// Config array size: two configuration slots and the selector.
@@ -343,11 +354,22 @@ impl Config {
             flags: 0,
             event_rate: 0,
             event_burst: 0,
-            _pad: 0,
+            incomplete_action: Action::Monitor as u32,
             next_rule_id: 0,
             generation: 0,
             rule_count: 0,
             _reserved: 0,
+        }
+    }
+
+    /// The action for an INVITE whose number could not be read to its end and that no rule
+    /// decided (`incomplete_action` in the settings): [`Action::Monitor`] unless set.
+    #[inline(always)]
+    pub fn incomplete_action(&self) -> Action {
+        match self.incomplete_action {
+            1 => Action::Block,
+            2 => Action::Allow,
+            _ => Action::Monitor,
         }
     }
 }

@@ -7,19 +7,31 @@
 //! iteration. At most [`MAX_STEPS`] steps are ever taken, and no step loops.
 //!
 //! Grammar (RFC 3261 §25, RFC 3966), restricted to what a toll-fraud filter needs:
-//! - CR and LF before the request line are keep-alives and are skipped;
+//! - CR and LF before the request line are keep-alives and are skipped, however many there are:
+//!   the window starts after them ([`parse_payload`]; the kernel skips them before it copies);
 //! - the method is exactly `INVITE` followed by SP (methods are case-sensitive);
 //! - the scheme is `sip:`, `sips:` or `tel:`, in any case;
 //! - the number is an optional leading `+`, then digits; the visual separators `-.()` are
 //!   skipped; `%XX` escapes of `+`, digits and separators are decoded; anything else ends it;
 //! - in `sip:`/`sips:` URIs the number only counts if the user part ends with a real `@`
 //!   (otherwise the digits came from a host such as `sip:192.0.2.1`);
-//! - in `tel:` URIs, a local number with `;phone-context=+CC...` is read as `+CC` + number.
+//! - a local number (no `+`) followed by parameters, `tel:NUMBER;params` or, in `sip:`/`sips:`,
+//!   a user part `NUMBER;params@`, is read as `+CC` + number when a `;phone-context=+CC...`
+//!   stands anywhere among those parameters (up to the end of the URI: SP, `>`, CR, LF, `?` for
+//!   `tel:`; the `@` for `sip:`);
+//! - a number that cannot be read to its end (the input ends first) is reported as a prefix
+//!   ([`Parsed::Number`] with `complete: false`) when the digits read are a true prefix of the
+//!   number whatever follows (a `+` number, or a complete number whose `@` was not seen), and
+//!   as [`Parsed::Unresolved`] when what follows could still change it (a local number whose
+//!   parameters, and so a phone-context, were not read to their end).
 
 use crate::{number::Number, swar};
 
-/// Bytes of SIP payload (from the first byte after the UDP header) that are inspected.
-pub const WINDOW: usize = 256;
+/// Bytes of SIP payload that are inspected for the request line, from its first byte after any
+/// leading CR/LF keep-alives (which do not count against it). The Request-URI's parameters are
+/// searched for a phone-context up to the end of this window, so it is as long as the header
+/// window (the kernel's payload copy holds both).
+pub const WINDOW: usize = crate::headers::HDR_WINDOW;
 
 /// Upper bound on [`Scanner::step`] calls: every step either consumes a byte or moves to a
 /// later state, and there are fewer than 8 state moves.
@@ -60,9 +72,15 @@ pub enum Parsed {
     UnparsableUri,
     /// An INVITE whose Request-URI has no dialled number (`sip:alice@...`, `sip:host`).
     NoNumber,
-    /// An INVITE that dials `Number`. `complete` is false when the user part ran past the
-    /// inspected window before it ended; the digits seen are still a prefix of the number.
+    /// An INVITE that dials `Number`. `complete` is false when the input (the window, or the
+    /// datagram) ended before the user part did; the digits seen are then still a true prefix
+    /// of the number, whatever follows.
     Number { number: Number, complete: bool },
+    /// An INVITE whose number could not be read to its end, where what was not read could make
+    /// it another number: a local number (no `+`) whose parameters, and so a phone-context that
+    /// would prepend a country code, ran past the input; or a phone-context cut by it. `number`
+    /// holds the digits read (for display only: it is no prefix of the dialled number).
+    Unresolved { number: Number },
 }
 
 mod state {
@@ -72,6 +90,8 @@ mod state {
     pub const TEL_PARAMS: u8 = 5;
     pub const CONTEXT: u8 = 6;
     pub const DONE: u8 = 7;
+    /// `sip:`/`sips:` user part `NUMBER;params@`: the parameters, up to the `@`.
+    pub const SIP_PARAMS: u8 = 8;
 }
 
 mod outcome {
@@ -80,6 +100,7 @@ mod outcome {
     pub const NO_NUMBER: u8 = 2;
     pub const NUMBER: u8 = 3;
     pub const NUMBER_INCOMPLETE: u8 = 4;
+    pub const UNRESOLVED: u8 = 5;
 }
 
 /// Scanner state. Plain data (`repr(C)`), so the kernel can keep it in a per-CPU map value.
@@ -230,6 +251,7 @@ impl Scanner {
                 let k = swar::first_of(w, b"@ >\r\n");
                 if k >= n {
                     if n == 0 {
+                        // The digits are read; whether they are a user part is not known.
                         return self.done(outcome::NUMBER_INCOMPLETE);
                     }
                     self.pos += n;
@@ -242,29 +264,7 @@ impl Scanner {
                     _ => self.done(outcome::NO_NUMBER),
                 }
             }
-            state::TEL_PARAMS => {
-                let (w, n) = src.word(self.pos);
-                let k = swar::first_of(w, b"; >\r\n?");
-                if k >= n {
-                    if n == 0 {
-                        return self.done(outcome::NUMBER);
-                    }
-                    self.pos += n;
-                    return true;
-                }
-                self.pos += k;
-                if (w >> (8 * (k & 7))) as u8 != b';' {
-                    return self.done(outcome::NUMBER);
-                }
-                if literal_ci(src, self.pos + 1, PHONE_CONTEXT) {
-                    self.pos += 1 + PHONE_CONTEXT.len() as u32;
-                    self.start = self.pos;
-                    self.state = state::CONTEXT;
-                } else {
-                    self.pos += 1;
-                }
-                true
-            }
+            state::TEL_PARAMS | state::SIP_PARAMS => self.step_params(src),
             state::CONTEXT => self.step_context(src),
             _ => false,
         }
@@ -360,6 +360,18 @@ impl Scanner {
         true
     }
 
+    /// The input ended inside the Request-URI before the number did. What was read of a `+`
+    /// number is a true prefix of it; a local number could still be given a phone-context by
+    /// the parameters that were not read, so it is unresolved.
+    #[inline(always)]
+    fn cut(&mut self) -> bool {
+        if self.number.plus {
+            self.done(outcome::NUMBER_INCOMPLETE)
+        } else {
+            self.done(outcome::UNRESOLVED)
+        }
+    }
+
     #[inline(always)]
     fn step_number<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
         // A run of plain digits, up to eight a step.
@@ -371,12 +383,8 @@ impl Scanner {
             return true;
         }
         let Some((ch, used)) = number_char(src, self.pos) else {
-            // The window ended inside the user part.
-            return if self.number.len == 0 {
-                self.done(outcome::NO_NUMBER)
-            } else {
-                self.done(outcome::NUMBER_INCOMPLETE)
-            };
+            // The input ended inside the user part.
+            return self.cut();
         };
         let end = match ch {
             Char::Plus if self.pos == self.start => {
@@ -399,6 +407,16 @@ impl Scanner {
         if self.number.len == 0 {
             return self.done(outcome::NO_NUMBER);
         }
+        if end == b';' && !self.number.plus {
+            // A local number with parameters (`tel:NUMBER;...`, `sip:NUMBER;...@`): a
+            // phone-context among them gives its country code.
+            self.state = if self.needs_at {
+                state::SIP_PARAMS
+            } else {
+                state::TEL_PARAMS
+            };
+            return true;
+        }
         if self.needs_at {
             match end {
                 b'@' => return self.done(outcome::NUMBER),
@@ -410,11 +428,45 @@ impl Scanner {
             self.state = state::FIND_AT;
             return true;
         }
-        if end == b';' && !self.number.plus {
-            self.state = state::TEL_PARAMS;
+        self.done(outcome::NUMBER)
+    }
+
+    /// The parameters after a local number, eight bytes a step up to the next `;` (where a
+    /// `phone-context=` may start) or the end of the URI: SP, `>`, CR, LF or `?` in `tel:`, the
+    /// `@` (or SP, `>`, CR, LF: no user part after all) in `sip:`/`sips:`.
+    #[inline(always)]
+    fn step_params<S: ByteSource + ?Sized>(&mut self, src: &S) -> bool {
+        let (w, n) = src.word(self.pos);
+        let k = if self.needs_at {
+            swar::first_of(w, b";@ >\r\n")
+        } else {
+            swar::first_of(w, b"; >\r\n?")
+        };
+        if k >= n {
+            if n == 0 {
+                // The parameters ran past the input: a phone-context may follow.
+                return self.done(outcome::UNRESOLVED);
+            }
+            self.pos += n;
             return true;
         }
-        self.done(outcome::NUMBER)
+        self.pos += k;
+        match (w >> (8 * (k & 7))) as u8 {
+            b';' => {
+                if literal_ci(src, self.pos + 1, PHONE_CONTEXT) {
+                    self.pos += 1 + PHONE_CONTEXT.len() as u32;
+                    self.start = self.pos;
+                    self.state = state::CONTEXT;
+                } else {
+                    self.pos += 1;
+                }
+                true
+            }
+            b'@' => self.done(outcome::NUMBER),
+            // The end of a `tel:` URI; in `sip:` the URI ended before any `@`.
+            _ if self.needs_at => self.done(outcome::NO_NUMBER),
+            _ => self.done(outcome::NUMBER),
+        }
     }
 
     #[inline(always)]
@@ -434,8 +486,15 @@ impl Scanner {
                 self.pos += used;
                 true
             }
+            // The input ended inside the context: its digits are not known.
+            None => self.done(outcome::UNRESOLVED),
             // A domain-name context (`phone-context=example.com`) or the end of a global one.
-            _ => self.done(outcome::NUMBER),
+            // In a `sip:` URI the user part must still end with `@`.
+            Some(_) if self.needs_at => {
+                self.state = state::FIND_AT;
+                true
+            }
+            Some(_) => self.done(outcome::NUMBER),
         }
     }
 
@@ -444,17 +503,22 @@ impl Scanner {
     pub fn finish(&self) -> Parsed {
         if self.state != state::DONE {
             // The step budget ran out. Every step consumes a byte or moves to a later state, so
-            // this only happens past the window: whatever number was read is a prefix.
+            // this only happens past the window; it is read as the input ending there.
             return match self.state {
-                state::NUMBER | state::FIND_AT if self.number.len > 0 => Parsed::Number {
+                state::START => Parsed::NotInvite,
+                state::FIND_AT => Parsed::Number {
+                    number: self.with_context(),
+                    complete: false,
+                },
+                state::NUMBER if self.number.plus => Parsed::Number {
                     number: self.number,
                     complete: false,
                 },
-                state::TEL_PARAMS | state::CONTEXT => Parsed::Number {
-                    number: self.with_context(),
-                    complete: true,
-                },
-                state::START => Parsed::NotInvite,
+                state::NUMBER | state::TEL_PARAMS | state::SIP_PARAMS | state::CONTEXT => {
+                    Parsed::Unresolved {
+                        number: self.number,
+                    }
+                }
                 _ => Parsed::UnparsableUri,
             };
         }
@@ -463,8 +527,11 @@ impl Scanner {
             outcome::UNPARSABLE => Parsed::UnparsableUri,
             outcome::NO_NUMBER => Parsed::NoNumber,
             outcome::NUMBER_INCOMPLETE => Parsed::Number {
-                number: self.number,
+                number: self.with_context(),
                 complete: false,
+            },
+            outcome::UNRESOLVED => Parsed::Unresolved {
+                number: self.number,
             },
             _ => Parsed::Number {
                 number: self.with_context(),
@@ -473,7 +540,7 @@ impl Scanner {
         }
     }
 
-    /// `number` with a global `tel:` phone-context prepended, when there is one.
+    /// `number` with a global phone-context prepended, when there is one.
     #[inline(always)]
     fn with_context(&self) -> Number {
         if !self.context.plus || self.context.len == 0 || self.number.plus {
@@ -485,9 +552,19 @@ impl Scanner {
     }
 }
 
-/// Scans the first [`WINDOW`] bytes of a UDP payload, exactly as the XDP program does.
+/// Scans a UDP payload (or a TCP segment's) exactly as the XDP program does: leading CR/LF
+/// keep-alives are skipped, however many, and the [`WINDOW`] bytes after them are scanned.
 pub fn parse_payload(payload: &[u8]) -> Parsed {
+    let payload = &payload[keepalive_len(payload)..];
     parse(&payload[..payload.len().min(WINDOW)])
+}
+
+/// How many CR/LF bytes (keep-alives, RFC 5626 §4.4.1 and before) start `payload`.
+pub fn keepalive_len(payload: &[u8]) -> usize {
+    payload
+        .iter()
+        .position(|&c| c != b'\r' && c != b'\n')
+        .unwrap_or(payload.len())
 }
 
 /// Runs the scanner over `src` on the host. The kernel runs the same `Scanner::step` via

@@ -1,5 +1,5 @@
 //! Layers 2 to 4: Ethernet with up to two VLAN tags, IPv4 (IHL honoured) or IPv6 (extension
-//! headers walked), UDP to a configured SIP port. One function per header; the result is a
+//! headers walked), UDP or TCP to a configured SIP port. One function per header; the result is a
 //! [`Frame`] (where the payload is, and what the SIP stage needs to find the addresses later) or
 //! the [`Skip`] reason that decides which counter the frame goes to.
 //!
@@ -22,6 +22,9 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
+/// The TCP header without options.
+const TCP_HDR_LEN: usize = 20;
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
@@ -38,6 +41,10 @@ pub enum Skip {
     NonFirstFragment,
     Ipv6ExtLimit,
     NotSipPort,
+    /// TCP to another port, or a TCP header that is cut short.
+    TcpOther,
+    /// A first fragment whose transport header is not all there (the port cannot be known).
+    TinyFirstFragment,
 }
 
 impl Skip {
@@ -50,20 +57,28 @@ impl Skip {
             Skip::NonFirstFragment => Some(Counter::NonFirstFragments),
             Skip::Ipv6ExtLimit => Some(Counter::Ipv6ExtLimit),
             Skip::NotSipPort => None,
+            Skip::TcpOther => Some(Counter::TcpUninspected),
+            // Counted by `sip::tiny_fragment`, which also decides it.
+            Skip::TinyFirstFragment => None,
         }
     }
 }
 
-/// A UDP datagram to a SIP port: where its headers and payload are. Handed from the layers to
+/// `Frame::flags`: the payload is a TCP segment's.
+pub const FRAME_TCP: u8 = 1;
+/// `Frame::flags`: the packet is a first fragment (more fragments follow).
+pub const FRAME_FIRST_FRAGMENT: u8 = 2;
+
+/// A UDP datagram or TCP segment to a SIP port: where its headers and payload are. Handed from the layers to
 /// the SIP stage (through the scratch map, see `maps::Scratch`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Frame {
     /// Offset of the IP header.
     pub l3_off: u16,
-    /// Offset of the UDP header.
+    /// Offset of the UDP or TCP header.
     pub l4_off: u16,
-    /// Offset of the UDP payload.
+    /// Offset of the payload (after any keep-alives the SIP stage skipped).
     pub payload_off: u16,
     /// Payload bytes present: never more than the frame (or the IP packet) holds.
     pub payload_len: u16,
@@ -73,9 +88,17 @@ pub struct Frame {
     pub family: u8,
     /// An IP or UDP length claimed more than the frame holds.
     pub lying_len: bool,
+    /// [`FRAME_TCP`], [`FRAME_FIRST_FRAGMENT`].
+    pub flags: u8,
+    /// Where the IP packet ends, clamped to the frame.
+    pub l3_end: u32,
 }
 
-/// Layers 2 to 4 of the frame in `ctx`.
+/// Layers 2 and 3 of the frame in `ctx`: a frame for the transport stage (`sip::l4`, which
+/// parses the UDP or TCP header with [`transport`]) or the reason to pass it. Inlined into the
+/// entry point, so verified once per header layout: what it does after the IP header is kept
+/// to a few branch-free stores, and everything else runs in the transport stage, a BPF function
+/// of its own that is verified once.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Frame, Skip> {
     let l2 = ethernet(ctx)?;
@@ -84,7 +107,88 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Skip> {
         ETH_P_IPV6 => ipv6(ctx, l2.off)?,
         _ => return Err(Skip::NotUdp),
     };
-    udp(ctx, &l2, &ip)
+    Ok(Frame {
+        l3_off: l2.off as u16,
+        l4_off: ip.l4_off as u16,
+        payload_off: 0,
+        payload_len: 0,
+        vlan: l2.vlan,
+        family: ip.family,
+        lying_len: ip.lying_len,
+        // Branch-free: bit 1 of the protocol number is set for TCP (6), clear for UDP (17).
+        flags: ((ip.proto >> 1) & 1) | (ip.first_fragment << 1),
+        l3_end: ip.end as u32,
+    })
+}
+
+/// The largest transport header offset `transport` accepts (the linear part of a frame is at
+/// most a page; the bound lets the verifier check packet accesses at offsets read from the
+/// scratch map).
+const MAX_L4_OFF: usize = 4096;
+
+/// The transport header of `frame` (from [`parse`], handed over through the scratch map): the
+/// destination port must be a SIP port; fills in where the payload is. UDP: the UDP length is never trusted beyond the IP packet. TCP: the
+/// payload follows the header and its options.
+#[inline(always)]
+pub fn transport(ctx: &XdpContext, frame: &mut Frame) -> Result<(), Skip> {
+    let first_fragment = frame.flags & FRAME_FIRST_FRAGMENT != 0;
+    let tcp = frame.flags & FRAME_TCP != 0;
+    let cut = if first_fragment {
+        Skip::TinyFirstFragment
+    } else if tcp {
+        Skip::TcpOther
+    } else {
+        Skip::Truncated
+    };
+    let l4 = frame.l4_off as usize;
+    let end = frame.l3_end as usize;
+    if l4 > MAX_L4_OFF {
+        return Err(Skip::Truncated);
+    }
+    let hdr = if tcp { TCP_HDR_LEN } else { UdpHdr::LEN };
+    // The header must be inside the IP packet, not only the frame (Ethernet padding).
+    if l4 + hdr > end {
+        return Err(cut);
+    }
+    // The destination port is at the same place in both.
+    let ports: *const [u8; 4] = ptr_at(ctx, l4).ok_or(cut)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let dport = u16::from_be_bytes(unsafe { [(*ports)[2], (*ports)[3]] });
+    if !crate::maps::is_sip_port(dport) {
+        return Err(if tcp {
+            Skip::TcpOther
+        } else {
+            Skip::NotSipPort
+        });
+    }
+    let (off, claimed) = if tcp {
+        let h: *const [u8; TCP_HDR_LEN] = ptr_at(ctx, l4).ok_or(cut)?;
+        // SAFETY: bounds-checked by ptr_at.
+        let hlen = (unsafe { (*h)[12] } >> 4) as usize * 4;
+        if hlen < TCP_HDR_LEN || l4 + hlen > end {
+            return Err(Skip::TcpOther);
+        }
+        (l4 + hlen, usize::MAX)
+    } else {
+        let h: *const [u8; 8] = ptr_at(ctx, l4).ok_or(cut)?;
+        // SAFETY: bounds-checked by ptr_at.
+        let udp_len = u16::from_be_bytes(unsafe { [(*h)[4], (*h)[5]] }) as usize;
+        if udp_len < UdpHdr::LEN {
+            return Err(Skip::Truncated);
+        }
+        (l4 + UdpHdr::LEN, udp_len - UdpHdr::LEN)
+    };
+    let available = end - off;
+    frame.payload_off = off as u16;
+    frame.payload_len = if claimed < available {
+        claimed
+    } else {
+        available
+    } as u16;
+    if claimed != usize::MAX && claimed > available {
+        frame.lying_len = true;
+    }
+    Ok(())
 }
 
 /// What layer 2 found.
@@ -103,6 +207,10 @@ struct L3 {
     end: usize,
     lying_len: bool,
     family: u8,
+    /// IPPROTO_UDP or IPPROTO_TCP.
+    proto: u8,
+    /// 1 for a first fragment (offset 0, more fragments follow), else 0.
+    first_fragment: u8,
 }
 
 /// A bounds-checked pointer into the frame's linear part.
@@ -174,7 +282,7 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
     if ip.frag_offset() != 0 {
         return Err(Skip::NonFirstFragment);
     }
-    if ip.proto != IPPROTO_UDP {
+    if ip.proto != IPPROTO_UDP && ip.proto != IPPROTO_TCP {
         return Err(Skip::NotUdp);
     }
     let tot_len = ip.tot_len() as usize;
@@ -190,6 +298,9 @@ fn ipv4(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
         end,
         lying_len,
         family: 4,
+        proto: ip.proto,
+        // MF (RFC 791): the flags are the top three bits of the 16-bit field.
+        first_fragment: (ip.frags[0] >> 5) & 1,
     })
 }
 
@@ -210,10 +321,11 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
     } else {
         ip_end(ctx, cur, payload_len)
     };
+    let mut first_fragment = 0;
     let mut i = 0;
     while i < MAX_IPV6_EXT {
         match next {
-            IPPROTO_UDP => break,
+            IPPROTO_UDP | IPPROTO_TCP => break,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let hdr: *const [u8; 2] = ptr_at(ctx, cur).ok_or(Skip::Truncated)?;
                 // SAFETY: bounds-checked by ptr_at.
@@ -228,6 +340,8 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
                     return Err(Skip::NonFirstFragment);
                 }
+                // The M flag (RFC 8200 §4.5).
+                first_fragment = h[3] & 1;
                 next = h[0];
                 cur += 8;
             }
@@ -235,7 +349,7 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
         }
         i += 1;
     }
-    if next != IPPROTO_UDP {
+    if next != IPPROTO_UDP && next != IPPROTO_TCP {
         return Err(Skip::Ipv6ExtLimit);
     }
     Ok(L3 {
@@ -243,37 +357,8 @@ fn ipv6(ctx: &XdpContext, off: usize) -> Result<L3, Skip> {
         end,
         lying_len,
         family: 6,
-    })
-}
-
-/// UDP to a configured SIP port. The UDP length is never trusted beyond the IP packet.
-#[inline(always)]
-fn udp(ctx: &XdpContext, l2: &L2, l3: &L3) -> Result<Frame, Skip> {
-    let udp: *const UdpHdr = ptr_at(ctx, l3.l4_off).ok_or(Skip::Truncated)?;
-    // SAFETY: bounds-checked by ptr_at.
-    let udp = unsafe { &*udp };
-    if !crate::maps::is_sip_port(udp.dst_port()) {
-        return Err(Skip::NotSipPort);
-    }
-    let udp_len = udp.len() as usize;
-    if udp_len < UdpHdr::LEN {
-        return Err(Skip::Truncated);
-    }
-    let off = l3.l4_off + UdpHdr::LEN;
-    let claimed = udp_len - UdpHdr::LEN;
-    let available = l3.end.saturating_sub(off);
-    Ok(Frame {
-        l3_off: l2.off as u16,
-        l4_off: l3.l4_off as u16,
-        payload_off: off as u16,
-        payload_len: if claimed < available {
-            claimed
-        } else {
-            available
-        } as u16,
-        vlan: l2.vlan,
-        family: l3.family,
-        lying_len: l3.lying_len || claimed > available,
+        proto: next,
+        first_fragment,
     })
 }
 

@@ -1,13 +1,13 @@
 //! sipguard's XDP program: drops SIP INVITEs whose Request-URI dials a blocked destination.
 //!
 //! Entry points only. The stages, each in its module: `layers` (Ethernet, VLAN, IPv4/IPv6, UDP
-//! to a SIP port) hands a `Frame` to `sip` (is it an INVITE, which number), which hands the number
+//! or TCP to a SIP port) hands a `Frame` to `sip` (is it an INVITE, which number), which hands the number
 //! to `verdict` (rule lookup, counters, call accounting), which sends `events`; `maps` holds the
 //! maps and typed access to their values.
 //!
 //! Anything that cannot be parsed passes and is counted. The program never loops unbounded: the
-//! VLAN and IPv6 header walks are constant-bounded loops and the SIP scanners run under
-//! `bpf_loop` with constant iteration budgets.
+//! VLAN and IPv6 header walks are constant-bounded loops, and the keep-alive skip and the SIP
+//! scanners run under `bpf_loop` with constant iteration budgets.
 #![no_std]
 #![no_main]
 
@@ -30,7 +30,14 @@ pub fn sipguard(ctx: XdpContext) -> u32 {
     };
     c.bump(Counter::Frames);
     match layers::parse(&ctx) {
-        Ok(frame) => sip::inspect(&ctx, c, frame),
+        Ok(frame) => {
+            // Hand over through the scratch map, so that the transport stage is verified once.
+            let Some(s) = maps::scratch() else {
+                return XDP_PASS;
+            };
+            s.frame = frame;
+            sip::l4(&ctx, c)
+        }
         Err(skip) => {
             if let Some(counter) = skip.counter() {
                 c.bump(counter);

@@ -83,6 +83,8 @@ pub struct Scratch {
     pub copied: u32,
     pub scanner: Scanner,
     pub headers: HeaderScanner,
+    /// The number being decided was not read to its end (see `verdict::decide`).
+    pub incomplete: u32,
     /// Where the scanners' byte indices pass through on their way to a bounds check (see
     /// `sip::Window::launder`).
     pub index: u32,

@@ -5,29 +5,69 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS, helpers::generated::bpf_loop, programs::XdpContext,
+    bindings::{
+        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_md,
+    },
+    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
+    programs::XdpContext,
 };
 use guard_common::{
-    ByteSource, Counter, GlobalCounters, HDR_MAX_STEPS, HDR_WINDOW, Headers, MAX_STEPS, Parsed,
-    WINDOW,
+    ByteSource, CONFIG_FLAG_PASS_TINY_FRAGMENTS, Counter, GlobalCounters, HDR_MAX_STEPS,
+    HDR_WINDOW, Headers, MAX_STEPS, Mode, Parsed, TINY_FRAGMENT_PAYLOAD, WINDOW, swar,
 };
 
 use crate::{
-    layers::{self, Frame, ptr_at},
+    layers::{self, FRAME_FIRST_FRAGMENT, FRAME_TCP, Frame, ptr_at},
     maps, verdict,
 };
 
-/// A UDP datagram to a SIP port: counts it, and goes on to the SIP stage only when its first
-/// byte can start an INVITE. Everything else (responses, other methods, RTP on a SIP port) leaves
-/// here, having cost two reads of the packet.
+/// The transport stage, a BPF function of its own: entered with the frame (layers 2 and 3 and
+/// a SIP destination port) in the scratch map, so that every header layout reaches it in the
+/// same verifier state and it is verified once. Parses the UDP or TCP header, then [`inspect`].
+#[inline(never)]
+pub fn l4(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
+    let Some(s) = maps::scratch() else {
+        return XDP_PASS;
+    };
+    let mut frame = s.frame;
+    match layers::transport(ctx, &mut frame) {
+        Ok(()) => inspect(ctx, c, frame),
+        Err(layers::Skip::TinyFirstFragment) => tiny_fragment(c),
+        Err(skip) => {
+            if let Some(counter) = skip.counter() {
+                c.bump(counter);
+            }
+            XDP_PASS
+        }
+    }
+}
+
+/// A UDP datagram or TCP segment to a SIP port: counts it, and goes on to the SIP stage only
+/// when its first byte can start an INVITE. Everything else (responses, other methods, RTP on a
+/// SIP port, TCP handshakes and continuations) leaves here, having cost two reads of the packet.
+/// A tiny first fragment leaves here too, dropped unless configured to pass.
 #[inline(always)]
-pub fn inspect(ctx: &XdpContext, c: &mut GlobalCounters, frame: Frame) -> u32 {
+fn inspect(ctx: &XdpContext, c: &mut GlobalCounters, frame: Frame) -> u32 {
+    if frame.flags & FRAME_FIRST_FRAGMENT != 0 && (frame.payload_len as u32) < TINY_FRAGMENT_PAYLOAD
+    {
+        return tiny_fragment(c);
+    }
+    let starts_request = may_be_invite(ctx, &frame);
+    if frame.flags & FRAME_TCP != 0 {
+        // Best effort, no reassembly: a segment is judged only when it starts a request.
+        if !starts_request {
+            c.bump(Counter::TcpUninspected);
+            return XDP_PASS;
+        }
+        c.bump(Counter::TcpInspected);
+    }
     c.bump(Counter::SipCandidates);
     if frame.lying_len {
         // A length field claims more than the frame holds: inspect only what is there.
         c.bump(Counter::Truncated);
     }
-    if !may_be_invite(ctx, &frame) {
+    if !starts_request {
         return XDP_PASS;
     }
     let Some(s) = maps::scratch() else {
@@ -50,6 +90,23 @@ fn may_be_invite(ctx: &XdpContext, frame: &Frame) -> bool {
     }
 }
 
+/// A first fragment to a SIP port too short to hold a request line and its number (no SIP stack
+/// sends one: fragmentation cuts at the path MTU). Counted; dropped unless the config says pass
+/// (or the mode is monitor).
+#[inline(never)]
+pub fn tiny_fragment(c: &mut GlobalCounters) -> u32 {
+    c.bump(Counter::TinyFirstFragments);
+    match maps::config() {
+        Some((cfg, _))
+            if cfg.flags & CONFIG_FLAG_PASS_TINY_FRAGMENTS == 0
+                && cfg.mode == Mode::Enforce as u32 =>
+        {
+            XDP_DROP
+        }
+        _ => XDP_PASS,
+    }
+}
+
 /// The SIP stage, in its own BPF function: entered with the frame in the scratch map, so that
 /// every header layout reaches it in the same verifier state (it is verified once), and its stack
 /// frame is never live together with the layers' (the call chain has 512 bytes of stack).
@@ -65,6 +122,33 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
     }
     if s.copied == 0 {
         return XDP_PASS;
+    }
+    if matches!(s.payload[0] as u8, b'\r' | b'\n') {
+        // Keep-alives before the request line: skipped, however many, so that they do not
+        // count against the window. Rare, so the cost is theirs alone.
+        let mut skip = SkipCtx { xdp: ctx.ctx };
+        // SAFETY: constant iteration budget, a callback with the helper's signature, and a
+        // context on this stack frame that outlives the loop.
+        unsafe {
+            bpf_loop(
+                SKIP_CALLS,
+                skip_step as *mut c_void,
+                (&raw mut skip).cast(),
+                0,
+            );
+        }
+        s.copied = 0;
+        let first_fragment = s.frame.flags & FRAME_FIRST_FRAGMENT != 0;
+        if first_fragment && (s.frame.payload_len as u32) < TINY_FRAGMENT_PAYLOAD {
+            return tiny_fragment(c);
+        }
+        if !copy_payload(ctx, s, FAST_WINDOW) {
+            c.bump(Counter::Truncated);
+            return XDP_PASS;
+        }
+        if s.copied == 0 {
+            return XDP_PASS;
+        }
     }
     s.scanner.reset();
     // The usual request line is decided without a single step; any other goes step by step.
@@ -97,15 +181,93 @@ fn stage(ctx: &XdpContext, c: &mut GlobalCounters) -> u32 {
             c.bump(Counter::NoNumber);
             XDP_PASS
         }
+        Parsed::Unresolved { .. } => {
+            c.bump(Counter::Invites);
+            c.bump(Counter::NumberIncomplete);
+            if cut_fragment(s) {
+                return tiny_fragment(c);
+            }
+            verdict::unresolved(c)
+        }
         Parsed::Number { number, complete } => {
             c.bump(Counter::Invites);
             c.bump(Counter::NumbersParsed);
+            // For the verdict, through the map value: `complete` itself is dead after the
+            // branch below, so both of its paths reach the verdict in one verifier state.
+            s.incomplete = !complete as u32;
             if !complete {
                 c.bump(Counter::NumberIncomplete);
+                if cut_fragment(s) {
+                    return tiny_fragment(c);
+                }
             }
             verdict::decide(ctx, c, &number)
         }
     }
+}
+
+/// A first fragment whose data (not the window) ended inside the Request-URI: as tiny as one
+/// that ends before it.
+#[inline(always)]
+fn cut_fragment(s: &maps::Scratch) -> bool {
+    s.frame.flags & FRAME_FIRST_FRAGMENT != 0
+        && s.copied == s.frame.payload_len as u32
+        && (s.frame.payload_len as usize) < WINDOW
+}
+
+/// Bytes of keep-alives one `skip_step` call looks at.
+const SKIP_CHUNK: u32 = 64;
+/// `skip_step` calls: enough for the largest payload (64 KiB) of CR/LF.
+const SKIP_CALLS: u32 = 65536 / SKIP_CHUNK;
+
+/// What `skip_step` needs besides the scratch map: the program's context, for the copy helper.
+#[repr(C)]
+struct SkipCtx {
+    xdp: *mut xdp_md,
+}
+
+/// `bpf_loop` callback: skips up to 64 bytes of leading CR/LF of the scratch frame's payload
+/// (moves its start, shortens it). Returns 1 to stop the loop: at the first other byte, at the
+/// end of the payload, or when the copy fails.
+extern "C" fn skip_step(_index: u32, cb: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else {
+        return 1;
+    };
+    let left = s.frame.payload_len as u32;
+    if left == 0 {
+        return 1;
+    }
+    let n = if left < SKIP_CHUNK { left } else { SKIP_CHUNK };
+    let to = s.payload.as_mut_ptr().cast();
+    // SAFETY: `cb` is the caller's SkipCtx; the helper copies at most 64 bytes into the payload
+    // buffer (HDR_WINDOW + 8 bytes), scratch until the request line is copied over them.
+    let copied = unsafe {
+        let xdp = (*(cb as *const SkipCtx)).xdp;
+        bpf_xdp_load_bytes(xdp, s.frame.payload_off as u32, to, n) == 0
+    };
+    if !copied {
+        return 1;
+    }
+    let mut skipped = 0u32;
+    let mut i = 0;
+    while i < (SKIP_CHUNK / 8) as usize {
+        let k = swar::first(non_crlf(s.payload[i]));
+        skipped += k;
+        if k < 8 {
+            break;
+        }
+        i += 1;
+    }
+    let k = if skipped < n { skipped } else { n };
+    s.frame.payload_off += k as u16;
+    s.frame.payload_len -= k as u16;
+    if k < n { 1 } else { 0 }
+}
+
+/// The high bit of every byte of `w` that is neither CR nor LF (exact in every byte).
+#[inline(always)]
+fn non_crlf(w: u64) -> u64 {
+    !(swar::eq_exact(w, b'\r') | swar::eq_exact(w, b'\n')) & swar::HIGHS
 }
 
 /// Bytes copied first: enough for the usual request line (`Scanner::fast`).

@@ -26,7 +26,9 @@ use crate::{
     sip,
 };
 
-/// Decides an INVITE that dials `number`.
+/// Decides an INVITE that dials `number`. When the number was not read to its end (the scratch
+/// map's `incomplete`), its digits are a true prefix of it: a rule among them decides as usual,
+/// and when none does, `incomplete_action` does.
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 {
     let Some((cfg, rules)) = maps::config() else {
@@ -35,7 +37,10 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
     let (domain, normalized) = cfg.intl_prefixes.normalize(number);
     let lk = normalized.key(domain);
     let Some(rule) = rules.get(&Key::new(lk.prefix_len, lk.data)) else {
-        return XDP_PASS;
+        return match maps::scratch() {
+            Some(s) if s.incomplete != 0 => incomplete(c, cfg),
+            _ => XDP_PASS,
+        };
     };
     let (id, action) = (rule.id, rule.action);
     if cfg.flags & CONFIG_FLAG_DEBUG_LOG != 0 {
@@ -81,6 +86,33 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         }
     }
     rc
+}
+
+/// Decides an INVITE whose number could not be read to its end and could be another number
+/// than the digits read (a phone-context may not have been read): `incomplete_action`.
+#[inline(always)]
+pub fn unresolved(c: &mut GlobalCounters) -> u32 {
+    match maps::config() {
+        Some((cfg, _)) => incomplete(c, cfg),
+        None => XDP_PASS,
+    }
+}
+
+/// `incomplete_action` under the live mode, counted (no rule: no per-rule counters, no events).
+#[inline(always)]
+fn incomplete(c: &mut GlobalCounters, cfg: &Config) -> u32 {
+    c.bump(Counter::IncompleteActionApplied);
+    match cfg.incomplete_action() {
+        Action::Block if cfg.mode == Mode::Enforce as u32 => {
+            c.bump(Counter::Dropped);
+            XDP_DROP
+        }
+        Action::Block | Action::Monitor => {
+            c.bump(Counter::WouldDrop);
+            XDP_PASS
+        }
+        Action::Allow => XDP_PASS,
+    }
 }
 
 /// Applies `action` under the live mode and counts it.

@@ -32,5 +32,5 @@ pub mod report;
 pub use kernel::{Filter, FilterError, Verdict};
 pub use model::{
     rules::{Prefix, Rule, RuleError},
-    settings::{Settings, SettingsError},
+    settings::{Settings, SettingsError, TinyFragment},
 };

@@ -3,11 +3,11 @@
 //! The kernel tests run every row through the loaded program; the benchmark picks rows by name.
 
 use guard_common::{Action, Counter, Mode};
-use sipguard::{Settings, Verdict};
+use sipguard::{Settings, TinyFragment, Verdict};
 
 use crate::{
     TestRule,
-    packet::{Ext, Pkt, invite, request},
+    packet::{Ext, Pkt, TCP_ACK, TCP_PSH, TCP_SYN, invite, request},
 };
 
 /// The rules every fixture runs against: (prefix, action, id).
@@ -59,15 +59,24 @@ pub enum Setup {
     Monitor,
     /// Default, plus SIP port 5080.
     TwoPorts,
+    /// Default, `incomplete_action = "block"`.
+    IncompleteBlock,
+    /// Default, `incomplete_action = "allow"`.
+    IncompleteAllow,
+    /// Default, `tiny_first_fragment = "pass"`.
+    TinyPass,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 5] = [
+    pub const ALL: [Setup; 8] = [
         Setup::Default,
         Setup::Japan,
         Setup::Australia,
         Setup::Monitor,
         Setup::TwoPorts,
+        Setup::IncompleteBlock,
+        Setup::IncompleteAllow,
+        Setup::TinyPass,
     ];
 
     pub fn settings(self) -> Settings {
@@ -78,6 +87,9 @@ impl Setup {
             Setup::Australia => s.intl_prefixes = vec!["0011".into(), "00".into()],
             Setup::Monitor => s.mode = Mode::Monitor,
             Setup::TwoPorts => s.sip_ports = vec![5060, 5080],
+            Setup::IncompleteBlock => s.incomplete_action = Action::Block,
+            Setup::IncompleteAllow => s.incomplete_action = Action::Allow,
+            Setup::TinyPass => s.tiny_first_fragment = TinyFragment::Pass,
         }
         s
     }
@@ -164,6 +176,43 @@ pub const BLOCKED_URI: &str = "sip:+23276123456@carrier.example.net";
 /// An unruled international destination (France).
 pub const ALLOWED_URI: &str = "sip:+33142685300@carrier.example.net";
 
+/// Counters of an INVITE whose number was not read to its end, under `incomplete_action =
+/// "monitor"` (the default), without the `numbers_parsed` of a prefix read.
+const UNRESOLVED_MONITOR: [(Counter, u64); 5] = [
+    (SipCandidates, 1),
+    (Invites, 1),
+    (NumberIncomplete, 1),
+    (IncompleteActionApplied, 1),
+    (WouldDrop, 1),
+];
+
+/// The request line of bypass 2: 40 other parameters before the phone-context.
+pub fn tel_isub_40() -> String {
+    format!("tel:76123456;{}phone-context=+232", "isub=1;".repeat(40))
+}
+
+/// A request line whose parameters run past the 1,024-byte window before the phone-context.
+pub fn tel_params_past_window() -> String {
+    format!("tel:76123456;{}phone-context=+232", "isub=1;".repeat(160))
+}
+
+/// Bypass 3: RFC 3966 form inside a SIP URI.
+pub const SIP_USER_CONTEXT: &str = "sip:76123456;phone-context=+232@gw.example.net;user=phone";
+
+/// `pairs` CR/LF keep-alives before `msg`.
+pub fn after_keepalives(pairs: usize, msg: &[u8]) -> Vec<u8> {
+    [b"\r\n".repeat(pairs).as_slice(), msg].concat()
+}
+
+/// The bytes of a first fragment that carries `head` of a UDP payload of `total` bytes: the UDP
+/// length claims the whole datagram, the IP packet holds only `head`.
+fn first_fragment_v4(head: &[u8], total: usize) -> Vec<u8> {
+    Pkt::v4(head)
+        .fragment(0, true)
+        .udp_len((8 + total) as u16)
+        .build()
+}
+
 /// The whole table.
 pub fn cases() -> Vec<Case> {
     let blocked = invite(BLOCKED_URI);
@@ -186,7 +235,7 @@ pub fn cases() -> Vec<Case> {
         dropped("l3/ipv4-first-fragment", Pkt::v4(&b()).fragment(0, true).build(), SL),
         skipped("l3/ipv4-non-first-fragment", Pkt::v4(&b()).fragment(185, false).build(), NonFirstFragments),
         skipped("l3/ipv4-middle-fragment", Pkt::v4(&b()).fragment(1, true).build(), NonFirstFragments),
-        skipped("l3/ipv4-tcp", Pkt::v4(&b()).proto(6).build(), NotUdp),
+        skipped("l3/ipv4-gre", Pkt::v4(&b()).proto(47).build(), NotUdp),
         skipped("l3/ipv4-ihl-below-5", Pkt::v4(&b()).ihl(4).build(), Truncated),
         skipped("l3/ipv4-header-cut", Pkt::v4(&b()).truncate(14 + 10).build(), Truncated),
         skipped("l3/ipv4-options-cut", Pkt::v4(&b()).ipv4_options(40).truncate(14 + 40).build(), Truncated),
@@ -222,18 +271,25 @@ pub fn cases() -> Vec<Case> {
         skipped("l4/udp-length-below-header", Pkt::v4(&b()).udp_len(7).build(), Truncated),
         skipped("l4/udp-header-cut", Pkt::v4(&b()).truncate(14 + 20 + 4).build(), Truncated),
         // The UDP length ends the payload inside the number: only "+23" is there.
+        // No rule among "+23": incomplete_action (monitor) decides.
         case(
             "l4/udp-length-cuts-number",
             Pkt::v4(&b()).udp_len((8 + sip_line_len + "sip:+23".len()) as u16).build(),
             Verdict::Pass,
-            &[(SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (NumberIncomplete, 1)],
+            &[
+                (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (NumberIncomplete, 1),
+                (IncompleteActionApplied, 1), (WouldDrop, 1),
+            ],
         ),
         // The IPv4 length ends the packet inside the number (and Ethernet padding follows).
         case(
             "l4/ip-length-cuts-number",
             Pkt::v4(&b()).ip_len_delta(-((b().len() - sip_line_len - "sip:+23".len()) as i32)).build(),
             Verdict::Pass,
-            &[(SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (NumberIncomplete, 1), (Truncated, 1)],
+            &[
+                (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (NumberIncomplete, 1),
+                (IncompleteActionApplied, 1), (WouldDrop, 1), (Truncated, 1),
+            ],
         ),
         // A frame cut after "+232" with lengths that claim more: the leading digits still match.
         dropped_with(
@@ -322,6 +378,198 @@ pub fn cases() -> Vec<Case> {
             Verdict::Pass,
             &[(SipCandidates, 1), (Invites, 1), (UnparsableUri, 1)],
         ),
+        // ---- Bypasses of the hostile test pass (issue 10), each closed
+        // 1. Keep-alives before the request line do not count against the window.
+        dropped("bypass/crlf-121-pairs", Pkt::v4(&after_keepalives(121, &b())).build(), SL),
+        dropped("bypass/crlf-125-pairs", Pkt::v4(&after_keepalives(125, &b())).build(), SL),
+        dropped("bypass/crlf-600-pairs-ipv6", Pkt::v6(&after_keepalives(600, &b())).build(), SL),
+        dropped("bypass/crlf-only-lf-300", Pkt::v4(&[b"\n".repeat(300).as_slice(), &b()].concat()).build(), SL),
+        case("bypass/crlf-keepalive-only-long", Pkt::v4(&b"\r\n".repeat(700)).build(), Verdict::Pass, &[(SipCandidates, 1)]),
+        // 2. A phone-context anywhere among the parameters.
+        dropped("bypass/tel-40-params-then-phone-context", Pkt::v4(&invite(&tel_isub_40())).build(), SL),
+        // 3. RFC 3966 form inside a SIP URI.
+        dropped("bypass/sip-user-phone-context", Pkt::v4(&invite(SIP_USER_CONTEXT)).build(), SL),
+        dropped(
+            "bypass/sips-user-params-phone-context",
+            Pkt::v4(&invite("sips:76-123-456;isub=1;phone-context=+232@gw.example.net")).build(),
+            SL,
+        ),
+        passed_unmatched(
+            "bypass/sip-user-domain-context-stays-national",
+            Pkt::v4(&invite("sip:76123456;phone-context=example.com@gw.example.net")).build(),
+        ),
+        // 4. A number not read to its end is never taken for another one.
+        case(
+            "bypass/params-past-window-monitor",
+            Pkt::v4(&invite(&tel_params_past_window())).build(),
+            Verdict::Pass,
+            &UNRESOLVED_MONITOR,
+        ),
+        case(
+            "bypass/params-past-window-block",
+            Pkt::v4(&invite(&tel_params_past_window())).build(),
+            Verdict::Drop,
+            &[
+                (SipCandidates, 1), (Invites, 1), (NumberIncomplete, 1),
+                (IncompleteActionApplied, 1), (Dropped, 1),
+            ],
+        )
+        .on(Setup::IncompleteBlock),
+        case(
+            "bypass/params-past-window-allow",
+            Pkt::v4(&invite(&tel_params_past_window())).build(),
+            Verdict::Pass,
+            &[(SipCandidates, 1), (Invites, 1), (NumberIncomplete, 1), (IncompleteActionApplied, 1)],
+        )
+        .on(Setup::IncompleteAllow),
+        case(
+            "bypass/params-past-window-monitor-mode",
+            Pkt::v4(&invite(&tel_params_past_window())).build(),
+            Verdict::Pass,
+            &UNRESOLVED_MONITOR,
+        )
+        .on(Setup::Monitor),
+        case(
+            "bypass/sip-params-past-window",
+            Pkt::v4(&invite(&format!("sip:76123456;{}phone-context=+232@gw", "x=1;".repeat(260)))).build(),
+            Verdict::Drop,
+            &[
+                (SipCandidates, 1), (Invites, 1), (NumberIncomplete, 1),
+                (IncompleteActionApplied, 1), (Dropped, 1),
+            ],
+        )
+        .on(Setup::IncompleteBlock),
+        case(
+            "bypass/local-number-past-window",
+            Pkt::v4(&invite(&format!("sip:{}76123456@gw", "-".repeat(1100)))).build(),
+            Verdict::Pass,
+            &UNRESOLVED_MONITOR,
+        ),
+        // A `+` number cut by the window: its digits are a prefix; +232 among them still drops.
+        dropped_with(
+            "bypass/plus-number-past-window-prefix-drops",
+            Pkt::v4(&invite(&format!("sip:+232{}76123456@gw", "-".repeat(1100)))).build(),
+            SL,
+            &[(NumberIncomplete, 1)],
+        ),
+        // A prefix with no rule among its digits: incomplete_action decides.
+        case(
+            "bypass/plus-prefix-no-rule-is-incomplete-action",
+            Pkt::v4(&invite(&format!("sip:+2{}3276123456@gw", "-".repeat(1100)))).build(),
+            Verdict::Drop,
+            &[
+                (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (NumberIncomplete, 1),
+                (IncompleteActionApplied, 1), (Dropped, 1),
+            ],
+        )
+        .on(Setup::IncompleteBlock),
+        // 5. Tiny first fragments.
+        case("bypass/ipv4-tiny-first-fragment-8", first_fragment_v4(b"INVITE s", 600), Verdict::Drop, &[(TinyFirstFragments, 1)]),
+        case("bypass/ipv4-tiny-first-fragment-16", first_fragment_v4(b"INVITE sip:+2327", 600), Verdict::Drop, &[(TinyFirstFragments, 1)]),
+        case(
+            "bypass/ipv6-tiny-first-fragment-16",
+            Pkt::v6(b"INVITE sip:+2327").ext(Ext::Fragment { offset: 0, more: true }).udp_len(608).build(),
+            Verdict::Drop,
+            &[(TinyFirstFragments, 1)],
+        ),
+        case("bypass/ipv4-tiny-first-fragment-empty", first_fragment_v4(b"", 600), Verdict::Drop, &[(TinyFirstFragments, 1)]),
+        case(
+            "bypass/ipv4-first-fragment-without-udp-header",
+            Pkt::v4(b"").fragment(0, true).ip_len_delta(-8).build(),
+            Verdict::Drop,
+            &[(TinyFirstFragments, 1)],
+        ),
+        case(
+            "bypass/ipv4-tiny-first-fragment-pass",
+            first_fragment_v4(b"INVITE s", 600),
+            Verdict::Pass,
+            &[(TinyFirstFragments, 1)],
+        )
+        .on(Setup::TinyPass),
+        case(
+            "bypass/ipv4-tiny-first-fragment-monitor-mode",
+            first_fragment_v4(b"INVITE s", 600),
+            Verdict::Pass,
+            &[(TinyFirstFragments, 1)],
+        )
+        .on(Setup::Monitor),
+        // Long enough, but all keep-alives until the fragment's end.
+        case(
+            "bypass/ipv4-first-fragment-keepalives-then-cut",
+            first_fragment_v4(&[b"\r\n".repeat(40).as_slice(), b"INVITE sip:+2"].concat(), 600),
+            Verdict::Drop,
+            &[(SipCandidates, 1), (Truncated, 1), (TinyFirstFragments, 1)],
+        ),
+        // Long enough, but it ends inside the Request-URI's number.
+        case(
+            "bypass/ipv4-first-fragment-cut-in-number",
+            first_fragment_v4(format!("INVITE sip:{}2327", "-".repeat(60)).as_bytes(), 600),
+            Verdict::Drop,
+            &[(SipCandidates, 1), (Truncated, 1), (Invites, 1), (NumberIncomplete, 1), (TinyFirstFragments, 1)],
+        ),
+        // A real first fragment (cut at the MTU) is decided as usual, and is not tiny.
+        passed_unmatched(
+            "frag/ipv4-first-fragment-allowed",
+            Pkt::v4(&invite(ALLOWED_URI)).fragment(0, true).build(),
+        ),
+        // ---- SIP over TCP (best effort)
+        case(
+            "tcp/ipv4-invite-blocked",
+            Pkt::v4(&b()).tcp(TCP_ACK | TCP_PSH, 0).build(),
+            Verdict::Drop,
+            &[(TcpInspected, 1), (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (Dropped, 1)],
+        )
+        .rule(SL, 1, 1, 0),
+        case(
+            "tcp/ipv6-invite-blocked-options",
+            Pkt::v6(&b()).tcp(TCP_ACK | TCP_PSH, 12).build(),
+            Verdict::Drop,
+            &[(TcpInspected, 1), (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (Dropped, 1)],
+        )
+        .rule(SL, 1, 1, 0),
+        case(
+            "tcp/vlan-sip-user-phone-context",
+            Pkt::v4(&invite(SIP_USER_CONTEXT)).vlan(0x8100).tcp(TCP_ACK | TCP_PSH, 0).build(),
+            Verdict::Drop,
+            &[(TcpInspected, 1), (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (Dropped, 1)],
+        )
+        .rule(SL, 1, 1, 0),
+        case(
+            "tcp/keepalives-then-invite",
+            Pkt::v4(&after_keepalives(200, &b())).tcp(TCP_ACK | TCP_PSH, 0).build(),
+            Verdict::Drop,
+            &[(TcpInspected, 1), (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1), (Dropped, 1)],
+        )
+        .rule(SL, 1, 1, 0),
+        case(
+            "tcp/invite-allowed",
+            Pkt::v4(&invite(ALLOWED_URI)).tcp(TCP_ACK | TCP_PSH, 0).build(),
+            Verdict::Pass,
+            &[(TcpInspected, 1), (SipCandidates, 1), (Invites, 1), (NumbersParsed, 1)],
+        ),
+        case("tcp/keepalive", Pkt::v4(b"\r\n\r\n").tcp(TCP_ACK | TCP_PSH, 0).build(), Verdict::Pass, &[(TcpInspected, 1), (SipCandidates, 1)]),
+        case("tcp/syn", Pkt::v4(b"").tcp(TCP_SYN, 8).build(), Verdict::Pass, &[(TcpUninspected, 1)]),
+        case("tcp/ack-only-ipv6", Pkt::v6(b"").tcp(TCP_ACK, 0).build(), Verdict::Pass, &[(TcpUninspected, 1)]),
+        case(
+            "tcp/continuation",
+            Pkt::v4(b"Max-Forwards: 70\r\nTo: <sip:+23276123456@x>\r\n\r\n").tcp(TCP_ACK | TCP_PSH, 0).build(),
+            Verdict::Pass,
+            &[(TcpUninspected, 1)],
+        ),
+        case(
+            "tcp/response",
+            Pkt::v4(b"SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\n\r\n").tcp(TCP_ACK | TCP_PSH, 0).build(),
+            Verdict::Pass,
+            &[(TcpUninspected, 1)],
+        ),
+        case("tcp/other-port", Pkt::v4(&b()).dport(8080).tcp(TCP_ACK | TCP_PSH, 0).build(), Verdict::Pass, &[(TcpUninspected, 1)]),
+        case(
+            "tcp/tls-5061",
+            Pkt::v4(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).dport(5061).tcp(TCP_ACK | TCP_PSH, 0).build(),
+            Verdict::Pass,
+            &[(TcpUninspected, 1)],
+        ),
+        case("tcp/header-cut", Pkt::v4(&b()).tcp(TCP_ACK, 0).truncate(14 + 20 + 12).build(), Verdict::Pass, &[(TcpUninspected, 1)]),
         // ---- Methods and responses
         case("sip/lower-case-invite", Pkt::v4(&request("invite", BLOCKED_URI)).build(), Verdict::Pass, &[(SipCandidates, 1)]),
         case("sip/options", Pkt::v4(&request("OPTIONS", BLOCKED_URI)).build(), Verdict::Pass, &[(SipCandidates, 1)]),

@@ -221,7 +221,7 @@ impl Drop for Flood {
 
 /// An `AF_PACKET` raw socket bound to `iface` of the calling thread's namespace, with protocol 0
 /// (it never receives) and the qdisc bypassed.
-fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
+pub fn packet_socket(iface: &str) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked before it is owned.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {

@@ -1,5 +1,5 @@
 //! A small frame builder for fixtures: Ethernet, VLAN tags, IPv4 (options, fragments) or IPv6
-//! (extension headers), UDP, payload, and deliberate lies (lengths, truncation).
+//! (extension headers), UDP or TCP, payload, and deliberate lies (lengths, truncation).
 
 /// IPv6 extension headers the builder can insert before UDP.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +28,11 @@ enum L3 {
     },
 }
 
+/// TCP flags for [`Pkt::tcp`].
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
 /// Frame under construction. `build()` gives the bytes.
 #[derive(Clone, Debug)]
 pub struct Pkt {
@@ -40,6 +45,8 @@ pub struct Pkt {
     ip_len_delta: i32,
     udp_len: Option<u16>,
     truncate: Option<usize>,
+    /// TCP instead of UDP: flags and bytes of options.
+    tcp: Option<(u8, usize)>,
 }
 
 pub const SRC4: [u8; 4] = [192, 0, 2, 10];
@@ -63,6 +70,7 @@ impl Pkt {
             ip_len_delta: 0,
             udp_len: None,
             truncate: None,
+            tcp: None,
         }
     }
 
@@ -135,6 +143,16 @@ impl Pkt {
         self
     }
 
+    /// TCP (with these flags and `options` bytes of NOP options, a multiple of 4) instead of
+    /// UDP; the IPv4 protocol or the IPv6 next header says 6.
+    pub fn tcp(mut self, flags: u8, options: usize) -> Self {
+        self.tcp = Some((flags, options));
+        if let L3::V4 { proto, .. } = &mut self.l3 {
+            *proto = 6;
+        }
+        self
+    }
+
     /// Appends an IPv6 extension header.
     pub fn ext(mut self, e: Ext) -> Self {
         if let L3::V6 { exts } = &mut self.l3 {
@@ -180,13 +198,32 @@ impl Pkt {
         }
         f.extend_from_slice(&inner.to_be_bytes());
 
-        let udp_len = 8 + self.payload.len();
-        let mut udp = Vec::with_capacity(udp_len);
-        udp.extend_from_slice(&self.sport.to_be_bytes());
-        udp.extend_from_slice(&self.dport.to_be_bytes());
-        udp.extend_from_slice(&self.udp_len.unwrap_or(udp_len as u16).to_be_bytes());
-        udp.extend_from_slice(&[0, 0]); // no checksum: XDP does not verify it
-        udp.extend_from_slice(&self.payload);
+        let udp = match self.tcp {
+            None => {
+                let udp_len = 8 + self.payload.len();
+                let mut udp = Vec::with_capacity(udp_len);
+                udp.extend_from_slice(&self.sport.to_be_bytes());
+                udp.extend_from_slice(&self.dport.to_be_bytes());
+                udp.extend_from_slice(&self.udp_len.unwrap_or(udp_len as u16).to_be_bytes());
+                udp.extend_from_slice(&[0, 0]); // no checksum: XDP does not verify it
+                udp.extend_from_slice(&self.payload);
+                udp
+            }
+            Some((flags, options)) => {
+                let hlen = 20 + options;
+                let mut tcp = Vec::with_capacity(hlen + self.payload.len());
+                tcp.extend_from_slice(&self.sport.to_be_bytes());
+                tcp.extend_from_slice(&self.dport.to_be_bytes());
+                tcp.extend_from_slice(&1000u32.to_be_bytes()); // seq
+                tcp.extend_from_slice(&2000u32.to_be_bytes()); // ack
+                tcp.push(((hlen / 4) as u8) << 4);
+                tcp.push(flags);
+                tcp.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, checksum, urgent
+                tcp.resize(hlen, 1); // NOP options
+                tcp.extend_from_slice(&self.payload);
+                tcp
+            }
+        };
 
         match &self.l3 {
             L3::V4 {
@@ -225,7 +262,7 @@ impl Pkt {
                         Ext::DestOpts => 60,
                         Ext::Fragment { .. } => 44,
                     })
-                    .chain(std::iter::once(17))
+                    .chain(std::iter::once(if self.tcp.is_some() { 6 } else { 17 }))
                     .collect();
                 for (i, e) in exts.iter().enumerate() {
                     let next = codes[i + 1];

@@ -18,6 +18,19 @@ fn config_for(setup: Setup) -> String {
         "[settings]\nsip_ports = {:?}\ninternational_prefixes = {:?}\nmode = \"{}\"\n",
         s.sip_ports, s.intl_prefixes, s.mode
     );
+    // Written only when they differ from the defaults (the setups that need them).
+    if s.incomplete_action != guard_common::Action::Monitor {
+        out.push_str(&format!(
+            "incomplete_action = \"{}\"\n",
+            s.incomplete_action
+        ));
+    }
+    if s.tiny_first_fragment != sipguard::TinyFragment::Drop {
+        out.push_str(&format!(
+            "tiny_first_fragment = \"{}\"\n",
+            s.tiny_first_fragment
+        ));
+    }
     for &(prefix, action, _) in fixtures::RULES {
         out.push_str(&format!(
             "\n[[rule]]\nprefix = \"{prefix}\"\naction = \"{action}\"\n"

@@ -23,6 +23,12 @@ pub fn classify(line: &str, intl_prefixes: Vec<String>) -> Result<String> {
         Parsed::NotInvite => "not an INVITE: passes".into(),
         Parsed::UnparsableUri => "INVITE with an unparsable Request-URI: passes (counted)".into(),
         Parsed::NoNumber => "INVITE without a dialled number: passes".into(),
+        Parsed::Unresolved { number } => format!(
+            "INVITE whose number could not be read to its end (read: {}; a phone-context may \
+             follow): incomplete_action ({}) decides",
+            number.display(Domain::National),
+            settings.incomplete_action
+        ),
         Parsed::Number { number, complete } => {
             let (domain, n) = config.intl_prefixes.normalize(&number);
             let kind = match domain {
@@ -30,9 +36,13 @@ pub fn classify(line: &str, intl_prefixes: Vec<String>) -> Result<String> {
                 Domain::National => "national",
             };
             let note = if complete {
-                ""
+                String::new()
             } else {
-                " (user part longer than the inspected window)"
+                format!(
+                    " (read in part: a rule among these digits decides, else incomplete_action \
+                     ({}))",
+                    settings.incomplete_action
+                )
             };
             format!("INVITE to {} ({kind}){note}", n.display(domain))
         }
@@ -70,6 +80,18 @@ mod tests {
         assert_eq!(
             classify("INVITE sip:01023276123456@pbx SIP/2.0", vec!["010".into()]).unwrap(),
             "INVITE to +23276123456 (international)"
+        );
+        assert_eq!(
+            c("INVITE sip:76123456;phone-context=+232@gw;user=phone SIP/2.0"),
+            "INVITE to +23276123456 (international)"
+        );
+        assert_eq!(
+            c(&format!(
+                "INVITE tel:76123456;{}phone-context=+232 SIP/2.0",
+                "isub=1;".repeat(200)
+            )),
+            "INVITE whose number could not be read to its end (read: 76123456; a phone-context \
+             may follow): incomplete_action (monitor) decides"
         );
         let e = classify("INVITE sip:1@x SIP/2.0", vec!["0a".into()]).unwrap_err();
         assert!(e.to_string().contains("international prefix `0a`"), "{e}");

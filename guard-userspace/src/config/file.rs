@@ -10,6 +10,8 @@
 //! mode = "enforce"                    # or "monitor"
 //! fail_mode = "keep"                  # or "detach": what SIGTERM does to the attached program
 //! max_rules = 2000000                 # rule capacity (default 262144), applied at load
+//! incomplete_action = "monitor"       # a number not read to its end: block | allow | monitor
+//! tiny_first_fragment = "drop"        # a first IP fragment too short for a number: drop | pass
 //!
 //! [[rule]]
 //! prefix = "+232"        # '+' = international; without '+' = national dial string
@@ -41,7 +43,7 @@ use toml::Spanned;
 use crate::model::{
     country,
     rules::{Origin, Prefix, Rule, RuleSet},
-    settings::Settings,
+    settings::{Settings, TinyFragment},
 };
 
 /// Where `sipguard run` looks when `--config` is not given.
@@ -201,6 +203,8 @@ struct RawSettings {
     event_rate: Option<Bounded<EventRate>>,
     event_burst: Option<Bounded<EventBurst>>,
     max_rules: Option<Bounded<MaxRules>>,
+    incomplete_action: Option<Parsed<Action>>,
+    tiny_first_fragment: Option<Parsed<TinyFragment>>,
 }
 
 impl RawSettings {
@@ -216,6 +220,10 @@ impl RawSettings {
             event_rate: self.event_rate.map_or(d.event_rate, |n| n.0),
             event_burst: self.event_burst.map_or(d.event_burst, |n| n.0),
             max_rules: self.max_rules.map_or(d.max_rules, |n| n.0),
+            incomplete_action: self.incomplete_action.map_or(d.incomplete_action, |a| a.0),
+            tiny_first_fragment: self
+                .tiny_first_fragment
+                .map_or(d.tiny_first_fragment, |t| t.0),
         };
         (settings, self.fail_mode.unwrap_or_default())
     }
@@ -908,7 +916,7 @@ action = "block"
 
     #[test]
     fn every_setting_is_read() {
-        let c = p("[settings]\nsip_ports = [5060, 65535]\ninternational_prefixes = [\"00\", \"011\", \"010\", \"12345678\"]\nmode = \"monitor\"\nfail_mode = \"keep\"\nkernel_debug_log = true\ntrack_calls = false\nevent_rate = 0\nevent_burst = 1000000\nmax_rules = 4000000\n").unwrap();
+        let c = p("[settings]\nsip_ports = [5060, 65535]\ninternational_prefixes = [\"00\", \"011\", \"010\", \"12345678\"]\nmode = \"monitor\"\nfail_mode = \"keep\"\nkernel_debug_log = true\ntrack_calls = false\nevent_rate = 0\nevent_burst = 1000000\nmax_rules = 4000000\nincomplete_action = \"block\"\ntiny_first_fragment = \"pass\"\n").unwrap();
         assert_eq!(
             c.settings,
             Settings {
@@ -920,9 +928,21 @@ action = "block"
                 event_rate: 0,
                 event_burst: 1_000_000,
                 max_rules: guard_common::MAX_RULES_LIMIT,
+                incomplete_action: Action::Block,
+                tiny_first_fragment: TinyFragment::Pass,
             }
         );
         assert!(c.has_settings);
+        let e = err("[settings]\n\ntiny_first_fragment = \"keep\"\n");
+        assert!(
+            e.starts_with("t.toml:3: unknown tiny_first_fragment `keep` (expected drop or pass)"),
+            "{e}"
+        );
+        let e = err("[settings]\nincomplete_action = \"drop\"\n");
+        assert!(
+            e.starts_with("t.toml:2: unknown action `drop` (expected block, allow or monitor)"),
+            "{e}"
+        );
         assert_eq!(c.fail_mode, FailMode::Keep);
         // A [settings] table with nothing in it is all defaults.
         let c = p("[settings]\n").unwrap();

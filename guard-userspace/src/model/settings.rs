@@ -1,7 +1,7 @@
 //! Global settings: SIP ports, international dialling prefixes, and the mode.
 
 use guard_common::{
-    Config, Domain, IntlPrefix, IntlPrefixes, MAX_RULES, MAX_RULES_LIMIT, Mode,
+    Action, Config, Domain, IntlPrefix, IntlPrefixes, MAX_RULES, MAX_RULES_LIMIT, Mode,
     number::{MAX_INTL_PREFIX_DIGITS, MAX_INTL_PREFIXES},
 };
 use thiserror::Error;
@@ -38,6 +38,55 @@ pub struct Settings {
     /// Rules each rule trie (and the per-rule counter map) can hold: the maps' size, applied
     /// when they are created. Pinned maps keep the size they were created with.
     pub max_rules: u32,
+    /// What happens to an INVITE whose number could not be read to its end (the request line
+    /// ran past the inspected window or the datagram, its parameters were too long, a
+    /// phone-context was cut) and that no rule decided: `monitor` (the default: pass, counted as
+    /// would-drop), `block` or `allow`. Counted as `incomplete_action_applied`.
+    pub incomplete_action: Action,
+    /// Tiny first fragments to a SIP port (too short to hold a request line and its number):
+    /// dropped by default, counted as `tiny_first_fragments` either way.
+    pub tiny_first_fragment: TinyFragment,
+}
+
+/// What happens to a tiny first fragment (`tiny_first_fragment` in `[settings]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TinyFragment {
+    /// Drop it (the default): no SIP stack sends one.
+    #[default]
+    Drop,
+    /// Pass it (still counted).
+    Pass,
+}
+
+impl TinyFragment {
+    /// The name used in the config file and output: `drop` or `pass`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TinyFragment::Drop => "drop",
+            TinyFragment::Pass => "pass",
+        }
+    }
+}
+
+impl std::fmt::Display for TinyFragment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TinyFragment {
+    type Err = String;
+
+    /// Parses [`TinyFragment::as_str`]'s names (exactly).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "drop" => Ok(TinyFragment::Drop),
+            "pass" => Ok(TinyFragment::Pass),
+            other => Err(format!(
+                "unknown tiny_first_fragment `{other}` (expected drop or pass)"
+            )),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -51,6 +100,8 @@ impl Default for Settings {
             event_rate: 50,
             event_burst: 100,
             max_rules: MAX_RULES,
+            incomplete_action: Action::Monitor,
+            tiny_first_fragment: TinyFragment::Drop,
         }
     }
 }
@@ -74,6 +125,14 @@ impl Settings {
             event_rate: config.event_rate,
             event_burst: config.event_burst,
             max_rules: MAX_RULES,
+            incomplete_action: config.incomplete_action(),
+            tiny_first_fragment: if config.flags & guard_common::CONFIG_FLAG_PASS_TINY_FRAGMENTS
+                != 0
+            {
+                TinyFragment::Pass
+            } else {
+                TinyFragment::Drop
+            },
         }
     }
 
@@ -129,6 +188,10 @@ impl Settings {
         }
         config.event_rate = self.event_rate;
         config.event_burst = self.event_burst;
+        config.incomplete_action = self.incomplete_action as u32;
+        if self.tiny_first_fragment == TinyFragment::Pass {
+            config.flags |= guard_common::CONFIG_FLAG_PASS_TINY_FRAGMENTS;
+        }
         Ok(config)
     }
 }
@@ -176,5 +239,43 @@ mod tests {
             ),
         ]);
         assert_eq!(s.unreachable_rules(&rules).len(), 1);
+    }
+
+    #[test]
+    fn incomplete_action_and_tiny_fragments_round_trip_through_the_kernel_config() {
+        let d = Settings::default();
+        assert_eq!(d.incomplete_action, Action::Monitor);
+        assert_eq!(d.tiny_first_fragment, TinyFragment::Drop);
+        let c = d.to_config().unwrap();
+        assert_eq!(c.incomplete_action, Action::Monitor as u32);
+        assert_eq!(c.flags & guard_common::CONFIG_FLAG_PASS_TINY_FRAGMENTS, 0);
+        assert_eq!(Settings::live(&c, d.sip_ports.clone()), d);
+        for action in Action::ALL {
+            for tiny in [TinyFragment::Drop, TinyFragment::Pass] {
+                let s = Settings {
+                    incomplete_action: action,
+                    tiny_first_fragment: tiny,
+                    ..Settings::default()
+                };
+                let live = Settings::live(&s.to_config().unwrap(), s.sip_ports.clone());
+                assert_eq!(live, s);
+            }
+        }
+        // A config slot written before the field existed (zero) reads as monitor.
+        let mut old = d.to_config().unwrap();
+        old.incomplete_action = 0;
+        assert_eq!(old.incomplete_action(), Action::Monitor);
+    }
+
+    #[test]
+    fn tiny_fragment_names() {
+        assert_eq!("drop".parse::<TinyFragment>(), Ok(TinyFragment::Drop));
+        assert_eq!("pass".parse::<TinyFragment>(), Ok(TinyFragment::Pass));
+        assert_eq!(TinyFragment::Pass.to_string(), "pass");
+        let e = "Drop".parse::<TinyFragment>().unwrap_err();
+        assert_eq!(
+            e,
+            "unknown tiny_first_fragment `Drop` (expected drop or pass)"
+        );
     }
 }
