@@ -1,54 +1,9 @@
-//! The TOML config validator on arbitrary text (the bytes as UTF-8 when they are, lossily
-//! decoded when not): `sipguard::config::parse` never panics; an error names the file first
-//! (`fuzz.toml` or `fuzz.toml:LINE`, with a line inside the text) and then a non-empty problem;
-//! a config it accepts keeps its rules within `max_rules`.
+//! cargo-fuzz target: see `fuzz/checks/config.rs` for what is checked.
 #![no_main]
 
-use std::path::Path;
-
 use libfuzzer_sys::fuzz_target;
-use sipguard::config::{ConfigError, parse};
 
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    match parse(Path::new("fuzz.toml"), &text) {
-        Ok(cfg) => {
-            assert_eq!(cfg.path, Path::new("fuzz.toml"));
-            if cfg.has_settings {
-                assert!(
-                    cfg.rules.len() as u64 <= u64::from(cfg.settings.max_rules),
-                    "{} rules accepted with max_rules = {}",
-                    cfg.rules.len(),
-                    cfg.settings.max_rules
-                );
-            }
-        }
-        Err(e) => {
-            let shown = e.to_string();
-            assert!(
-                shown.starts_with("fuzz.toml"),
-                "error does not name the file: {shown}"
-            );
-            match e {
-                ConfigError::At {
-                    path,
-                    line,
-                    message,
-                } => {
-                    assert_eq!(path, "fuzz.toml");
-                    let lines = text.split('\n').count();
-                    assert!(
-                        (1..=lines).contains(&line),
-                        "line {line} of {lines}: {shown}"
-                    );
-                    assert!(!message.trim().is_empty(), "no message: {shown:?}");
-                }
-                ConfigError::File { path, message } => {
-                    assert_eq!(path, "fuzz.toml");
-                    assert!(!message.trim().is_empty(), "no message: {shown:?}");
-                }
-                ConfigError::Read { .. } => panic!("parse never reads a file: {shown}"),
-            }
-        }
-    }
-});
+#[path = "../checks/config.rs"]
+mod checks;
+
+fuzz_target!(|data: &[u8]| checks::check(data));
