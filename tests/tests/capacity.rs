@@ -398,3 +398,85 @@ fn a_full_rule_map_still_takes_edits_within_max_rules() {
         assert_tries_equal(&pf, MAX as usize, "after a full commit that swaps one");
     }
 }
+
+fn counters_of(f: &Filter, p: &Prefix) -> (u32, u64) {
+    let id = f.maps.live_rule(p).unwrap().expect("live rule").id;
+    (id, f.rule_counters(id).unwrap().matched)
+}
+
+#[test]
+fn counters_of_a_prefix_survive_a_reload_that_drops_it_and_brings_it_back() {
+    let mut settings = Setup::Default.settings();
+    settings.max_rules = 4;
+    let mut f = Filter::load(&settings).expect("load");
+    let sl: Prefix = "+232".parse().unwrap();
+    let other: Prefix = "+881".parse().unwrap();
+    let set = |ps: &[&Prefix]| -> RuleSet {
+        ps.iter()
+            .map(|p| ((*p).clone(), entry(Action::Block)))
+            .collect()
+    };
+    f.maps.commit(&settings, &set(&[&sl, &other])).unwrap();
+    let frame = invite_under(&"+2327".parse().unwrap());
+    for _ in 0..3 {
+        assert_eq!(f.test_run(&frame).unwrap(), Verdict::Drop);
+    }
+    let (id, matched) = counters_of(&f, &sl);
+    assert_eq!(matched, 3);
+
+    // One reload without +232, then one with it again: the same id, the counters go on.
+    let r = f.maps.commit(&settings, &set(&[&other])).unwrap();
+    assert_eq!(r.removed, 1);
+    assert_eq!(f.test_run(&frame).unwrap(), Verdict::Pass);
+    assert_eq!(f.maps.retired_id(&sl), Some(id));
+    let r = f.maps.commit(&settings, &set(&[&sl, &other])).unwrap();
+    assert_eq!(r.added, 1);
+    assert_eq!(counters_of(&f, &sl), (id, 3), "the counters continue");
+    assert_eq!(f.test_run(&frame).unwrap(), Verdict::Drop);
+    assert_eq!(counters_of(&f, &sl), (id, 4));
+
+    // The memory is bounded (here 4 retired rules, the counter hash's room beyond max_rules):
+    // a prefix retired before 4 later ones comes back as a new rule, from zero.
+    f.maps.commit(&settings, &set(&[&other])).unwrap();
+    for i in 0..4 {
+        let p: Prefix = format!("+24{i}").parse().unwrap();
+        f.maps.commit(&settings, &set(&[&other, &p])).unwrap();
+        f.maps.commit(&settings, &set(&[&other])).unwrap();
+    }
+    assert_eq!(f.maps.retired_id(&sl), None);
+    assert!(
+        !f.maps.stats_ids().unwrap().contains(&id),
+        "the forgotten rule's counters are deleted"
+    );
+    f.maps.commit(&settings, &set(&[&sl, &other])).unwrap();
+    let (again, matched) = counters_of(&f, &sl);
+    assert!(again > id && matched == 0, "{again} {matched}");
+}
+
+#[test]
+fn counter_hash_memory_at_the_default_max_rules() {
+    // The counter hash has 2 x max_rules entries; at max_rules = 131,072 it has the 262,144 it
+    // had at the default before. No preallocation: memory follows the entries present.
+    for max_rules in [131_072, 262_144] {
+        let settings = sipguard::Settings {
+            max_rules,
+            ..Setup::Default.settings()
+        };
+        let f = Filter::load(&settings).expect("load");
+        let mem = f.kernel_memory().unwrap();
+        let stats = mem
+            .iter()
+            .find(|m| m.name.starts_with("SG_RULE_STAT"))
+            .expect("counter hash");
+        let tries: u64 = mem
+            .iter()
+            .filter(|m| m.name.starts_with("SG_RULES_"))
+            .map(|m| m.memlock)
+            .sum();
+        println!(
+            "max_rules {max_rules}: counter hash max_entries {} memlock {} bytes (empty); tries {tries} bytes",
+            stats.max_entries, stats.memlock
+        );
+        assert_eq!(stats.max_entries, 2 * max_rules);
+    }
+}
