@@ -548,7 +548,7 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 fn size_text(bytes: u64) -> String {
     if bytes < 1 << 20 {
         format!("{bytes} bytes")
-    } else if bytes % (1 << 20) == 0 {
+    } else if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
