@@ -37,7 +37,12 @@ pub const FREE: &str = "+33";
 /// `n` operator-style rules: random 6- to 9-digit international prefixes (none under +33),
 /// mostly `block`, every tenth `monitor`.
 pub fn rule_set(n: usize) -> RuleSet {
-    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    rule_set_seeded(n, 0x5eed_cafe_f00d_d00d)
+}
+
+/// Like [`rule_set`], from another seed (a different set of the same shape).
+pub fn rule_set_seeded(n: usize, seed: u64) -> RuleSet {
+    let mut rng = Rng(seed);
     let mut out = RuleSet::new();
     while out.len() < n {
         let len = 6 + (rng.next_u64() % 4) as usize;

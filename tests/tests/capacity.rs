@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::Instant};
 use guard_common::Action;
 use sipguard::{Filter, Prefix, Verdict, kernel::maps::Maps, model::rules::RuleSet};
 use sipguard_tests::{
-    capacity::{PinnedFilter, entry, invite_under, rule_set},
+    capacity::{PinnedFilter, entry, invite_under, rule_set, rule_set_seeded},
     fixtures::Setup,
     harness::{Instance, burst, receiver_socket},
     netns::VethPair,
@@ -300,4 +300,183 @@ fn fixed_rule_ids_are_not_bounded_by_the_map_size() {
         id
     );
     assert_eq!(f.rule_counters(id).unwrap().matched, 1);
+}
+
+/// `n` rules none of which is in `other`.
+fn disjoint_from(other: &RuleSet, n: usize) -> RuleSet {
+    let mut out = RuleSet::new();
+    let mut seed = 0x0dd_ba11_u64;
+    while out.len() < n {
+        for (p, e) in rule_set_seeded(n, seed) {
+            if out.len() < n && !other.contains_key(&p) {
+                out.insert(p, e);
+            }
+        }
+        seed += 1;
+    }
+    out
+}
+
+#[test]
+fn a_set_replaces_a_disjoint_set_of_the_same_size() {
+    const N: usize = 150_000;
+    let mut pf = PinnedFilter::new("disjoint150k", 262_144);
+    let settings = pf.settings.clone();
+    let a = rule_set(N);
+    let b = disjoint_from(&a, N);
+    pf.filter.maps.commit(&settings, &a).expect("commit A");
+    assert_tries_equal(&pf, N, "after A");
+    let t = Instant::now();
+    let r = pf
+        .filter
+        .maps
+        .commit(&settings, &b)
+        .expect("replace A with B");
+    println!(
+        "{N} rules replaced by a disjoint {N} in {:.2?}",
+        t.elapsed()
+    );
+    assert_eq!((r.added, r.removed, r.total), (N, N, N));
+    assert_tries_equal(&pf, N, "after B");
+    // And back again.
+    let t = Instant::now();
+    pf.filter
+        .maps
+        .commit(&settings, &a)
+        .expect("replace B with A");
+    println!("and back in {:.2?}", t.elapsed());
+    assert_tries_equal(&pf, N, "after A again");
+    for (p, e) in a.iter().take(50) {
+        let want = match e.action {
+            Action::Block => Verdict::Drop,
+            _ => Verdict::Pass,
+        };
+        assert_eq!(pf.filter.test_run(&invite_under(p)).unwrap(), want, "{p}");
+    }
+}
+
+#[test]
+fn a_full_rule_map_still_takes_edits_within_max_rules() {
+    const MAX: u32 = 262_144;
+    let mut pf = PinnedFilter::new("full", MAX);
+    let settings = pf.settings.clone();
+    let mut rules = rule_set(MAX as usize);
+    pf.filter
+        .maps
+        .commit(&settings, &rules)
+        .expect("fill the map");
+    assert_tries_equal(&pf, MAX as usize, "full");
+
+    // Delete one, add one, with the CLI (a delta).
+    let gone = rules.keys().nth(1000).unwrap().clone();
+    let (ok, _, err) = pf.cli(&["rules", "del", &gone.to_string()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = pf.cli(&["rules", "add", "+3399", "--action", "block"]);
+    assert!(ok, "{err}");
+    let probe: Prefix = "+3399".parse().unwrap();
+    assert_eq!(
+        pf.filter.test_run(&invite_under(&probe)).unwrap(),
+        Verdict::Drop
+    );
+    assert_tries_equal(&pf, MAX as usize, "after del + add");
+    let (ok, _, err) = pf.cli(&["rules", "add", "+3398", "--action", "block"]);
+    assert!(!ok && err.contains("the rule map is full"), "{err}");
+
+    // The same as one full commit (a reload): one prefix out, another in, again and again.
+    for i in 0..3 {
+        let out = rules.keys().nth(2000 + i).unwrap().clone();
+        rules.remove(&out);
+        rules.insert(format!("+33{i}7").parse().unwrap(), entry(Action::Block));
+        rules.remove(&gone);
+        rules.insert(probe.clone(), entry(Action::Block));
+        let r = pf
+            .filter
+            .maps
+            .commit(&settings, &rules)
+            .expect("swap one rule");
+        assert_eq!(r.total, MAX as usize);
+        assert_tries_equal(&pf, MAX as usize, "after a full commit that swaps one");
+    }
+}
+
+fn counters_of(f: &Filter, p: &Prefix) -> (u32, u64) {
+    let id = f.maps.live_rule(p).unwrap().expect("live rule").id;
+    (id, f.rule_counters(id).unwrap().matched)
+}
+
+#[test]
+fn counters_of_a_prefix_survive_a_reload_that_drops_it_and_brings_it_back() {
+    let mut settings = Setup::Default.settings();
+    settings.max_rules = 4;
+    let mut f = Filter::load(&settings).expect("load");
+    let sl: Prefix = "+232".parse().unwrap();
+    let other: Prefix = "+881".parse().unwrap();
+    let set = |ps: &[&Prefix]| -> RuleSet {
+        ps.iter()
+            .map(|p| ((*p).clone(), entry(Action::Block)))
+            .collect()
+    };
+    f.maps.commit(&settings, &set(&[&sl, &other])).unwrap();
+    let frame = invite_under(&"+2327".parse().unwrap());
+    for _ in 0..3 {
+        assert_eq!(f.test_run(&frame).unwrap(), Verdict::Drop);
+    }
+    let (id, matched) = counters_of(&f, &sl);
+    assert_eq!(matched, 3);
+
+    // One reload without +232, then one with it again: the same id, the counters go on.
+    let r = f.maps.commit(&settings, &set(&[&other])).unwrap();
+    assert_eq!(r.removed, 1);
+    assert_eq!(f.test_run(&frame).unwrap(), Verdict::Pass);
+    assert_eq!(f.maps.retired_id(&sl), Some(id));
+    let r = f.maps.commit(&settings, &set(&[&sl, &other])).unwrap();
+    assert_eq!(r.added, 1);
+    assert_eq!(counters_of(&f, &sl), (id, 3), "the counters continue");
+    assert_eq!(f.test_run(&frame).unwrap(), Verdict::Drop);
+    assert_eq!(counters_of(&f, &sl), (id, 4));
+
+    // The memory is bounded (here 4 retired rules, the counter hash's room beyond max_rules):
+    // a prefix retired before 4 later ones comes back as a new rule, from zero.
+    f.maps.commit(&settings, &set(&[&other])).unwrap();
+    for i in 0..4 {
+        let p: Prefix = format!("+24{i}").parse().unwrap();
+        f.maps.commit(&settings, &set(&[&other, &p])).unwrap();
+        f.maps.commit(&settings, &set(&[&other])).unwrap();
+    }
+    assert_eq!(f.maps.retired_id(&sl), None);
+    assert!(
+        !f.maps.stats_ids().unwrap().contains(&id),
+        "the forgotten rule's counters are deleted"
+    );
+    f.maps.commit(&settings, &set(&[&sl, &other])).unwrap();
+    let (again, matched) = counters_of(&f, &sl);
+    assert!(again > id && matched == 0, "{again} {matched}");
+}
+
+#[test]
+fn counter_hash_memory_at_the_default_max_rules() {
+    // The counter hash has 2 x max_rules entries; at max_rules = 131,072 it has the 262,144 it
+    // had at the default before. No preallocation: memory follows the entries present.
+    for max_rules in [131_072, 262_144] {
+        let settings = sipguard::Settings {
+            max_rules,
+            ..Setup::Default.settings()
+        };
+        let f = Filter::load(&settings).expect("load");
+        let mem = f.kernel_memory().unwrap();
+        let stats = mem
+            .iter()
+            .find(|m| m.name.starts_with("SG_RULE_STAT"))
+            .expect("counter hash");
+        let tries: u64 = mem
+            .iter()
+            .filter(|m| m.name.starts_with("SG_RULES_"))
+            .map(|m| m.memlock)
+            .sum();
+        println!(
+            "max_rules {max_rules}: counter hash max_entries {} memlock {} bytes (empty); tries {tries} bytes",
+            stats.max_entries, stats.memlock
+        );
+        assert_eq!(stats.max_entries, 2 * max_rules);
+    }
 }

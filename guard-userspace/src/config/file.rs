@@ -123,6 +123,19 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    #[error("{path} is {kind}, not a regular file: sipguard reads only regular files")]
+    NotRegular { path: String, kind: &'static str },
+    #[error(
+        "{path} is {size}, above the {} MiB cap on config and import files",
+        MAX_FILE_BYTES >> 20
+    )]
+    TooLarge { path: String, size: String },
+    #[error("{path} {problem}: refused, as sshd refuses such keys; fix it with `{fix}`")]
+    Insecure {
+        path: String,
+        problem: String,
+        fix: String,
+    },
 }
 
 /// What SIGTERM does to the attached program.
@@ -463,13 +476,151 @@ impl TryFrom<String> for CountryPrefixes {
     }
 }
 
-/// Reads and validates `path`.
+/// Reads and validates `path` (see [`read`] for what is refused before parsing).
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let text = read(path)?;
     parse(path, &text)
+}
+
+/// The largest config or import file sipguard reads. A config with a million rules in the
+/// documented format, each with a short comment, is 81.8 MB (78 MiB; the test
+/// `a_million_rules_fit_under_the_cap` measures it), so 64 MiB would be too small; 128 MiB
+/// leaves room for longer comments. A file above the cap is refused before it is read.
+pub const MAX_FILE_BYTES: u64 = 128 << 20;
+
+/// Reads a config or import file, refusing (with a message that says what to do):
+/// - anything but a regular file: a FIFO would block the reader forever, `/dev/zero` would
+///   never end. It is opened with `O_NONBLOCK` (a FIFO without a writer does not block the
+///   open) and checked with `fstat` on the open descriptor, so nothing is swapped in between;
+/// - a file above [`MAX_FILE_BYTES`] (and at most that much is read, should it grow);
+/// - a file that others could have written, as sshd's StrictModes refuses such keys: one
+///   writable by group or others, one owned by a user other than root or the one sipguard runs
+///   as, or one in a directory (on the way from `/`) that others may write without the sticky
+///   bit, whose files anyone may replace.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    use std::{
+        io::Read as _,
+        os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
+    };
+
+    let shown = path.display().to_string();
+    let read_err = |e: std::io::Error| ConfigError::Read {
+        path: shown.clone(),
+        reason: e.to_string(),
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(ConfigError::NotRegular { path: shown, kind });
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: shown,
+            size: size_text(meta.len()),
+        });
+    }
+    check_owner_and_mode(path, meta.uid(), meta.mode())?;
+    check_directories(path)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: shown,
+            size: format!("more than {}", size_text(MAX_FILE_BYTES)),
+        });
+    }
+    Ok(text)
+}
+
+/// `70.0 MiB` (or bytes, for small sizes).
+fn size_text(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{bytes} bytes")
+    } else if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    }
+}
+
+/// Refuses a file writable by group or others, or owned by someone but root and us.
+fn check_owner_and_mode(path: &Path, uid: u32, mode: u32) -> Result<(), ConfigError> {
+    let shown = path.display().to_string();
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::Insecure {
+            path: shown.clone(),
+            problem: format!(
+                "is writable by {} (mode {:04o}), so others could change the rules",
+                if mode & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                },
+                mode & 0o7777
+            ),
+            fix: format!("chmod go-w {shown}"),
+        });
+    }
+    // SAFETY: geteuid has no failure mode and touches no memory of ours.
+    let me = unsafe { libc::geteuid() };
+    if uid != 0 && uid != me {
+        return Err(ConfigError::Insecure {
+            path: shown.clone(),
+            problem: format!(
+                "is owned by uid {uid}, neither root nor the user sipguard runs as (uid {me})"
+            ),
+            fix: format!("chown root {shown}"),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a file in a directory that others may write without the sticky bit (anyone could
+/// replace the file), from its parent up to `/`.
+fn check_directories(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt as _;
+
+    let Ok(full) = fs::canonicalize(path) else {
+        return Ok(());
+    };
+    for dir in full.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode();
+        if mode & 0o002 != 0 && mode & libc::S_ISVTX == 0 {
+            let d = dir.display().to_string();
+            return Err(ConfigError::Insecure {
+                path: path.display().to_string(),
+                problem: format!(
+                    "is in {d}, a directory anyone may write (mode {:04o}, no sticky bit), so anyone could replace it",
+                    mode & 0o7777
+                ),
+                fix: format!("chmod o-w {d}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Validates config text; `path` is only used in messages and kept in the result.
@@ -978,5 +1129,189 @@ action = "block"
         let c = p("[[rule]]\nprefix = \"+1876\"\naction = \"block\"\n[[rule]]\ncountry = \"JM\"\naction = \"block\"\n")
             .unwrap();
         assert_eq!(c.rules.len(), 2, "{:?}", c.rules.keys().collect::<Vec<_>>());
+    }
+
+    /// A fresh directory under the temp dir (sticky, so its files may be read).
+    fn tmp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sg-file-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    const ONE_RULE: &str = "[[rule]]\nprefix = \"+232\"\naction = \"block\"\n";
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = tmp_dir("fifo");
+        let fifo = d.join("sipguard.toml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer ever opens the FIFO: a blocking open or read would never return.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(load(&path).map(|_| ())).unwrap());
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("load of a FIFO blocked")
+            .expect_err("a FIFO was read");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is a FIFO, not a regular file: sipguard reads only regular files",
+                fifo.display()
+            )
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn devices_and_directories_are_refused() {
+        let e = load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "/dev/zero is a character device, not a regular file: sipguard reads only regular files"
+        );
+        let d = tmp_dir("dir");
+        let e = load(&d).unwrap_err().to_string();
+        assert!(e.contains("is a directory, not a regular file"), "{e}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_above_the_cap_is_refused_unread() {
+        let d = tmp_dir("big");
+        let f = d.join("sipguard.toml");
+        // Sparse: 134 MiB that take no disk and would take no time to refuse.
+        let file = fs::File::create(&f).unwrap();
+        file.set_len(MAX_FILE_BYTES + (6 << 20)).unwrap();
+        let t = std::time::Instant::now();
+        let e = load(&f).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{} is 134 MiB, above the 128 MiB cap on config and import files",
+                f.display()
+            )
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        // At the cap it is read (and then fails to parse, being NULs).
+        file.set_len(1 << 20).unwrap();
+        assert!(
+            matches!(load(&f), Err(ConfigError::At { .. })),
+            "{:?}",
+            load(&f)
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// The documented format, every rule with a comment: what a million rules take.
+    fn million_rule_config() -> String {
+        let mut out = String::from("[settings]\nmax_rules = 1000000\n\n");
+        for i in 0..1_000_000u32 {
+            // 7- to 9-digit prefixes, as an operator's number ranges.
+            let prefix = 2_000_000 + u64::from(i) * 7_919 % 997_999_999;
+            out.push_str(&format!(
+                "[[rule]]\nprefix = \"+{prefix}\"\naction = \"block\"\ncomment = \"premium range {i}\"\n\n"
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn a_million_rules_fit_under_the_cap() {
+        let text = million_rule_config();
+        println!(
+            "1,000,000 rules: {} bytes ({})",
+            text.len(),
+            size_text(text.len() as u64)
+        );
+        assert!((text.len() as u64) < MAX_FILE_BYTES, "{}", text.len());
+    }
+
+    #[test]
+    fn a_file_others_can_write_is_refused_with_the_fix() {
+        let d = tmp_dir("mode");
+        let f = d.join("sipguard.toml");
+        fs::write(&f, ONE_RULE).unwrap();
+        chmod(&f, 0o644);
+        assert_eq!(load(&f).unwrap().rules.len(), 1);
+        chmod(&f, 0o600);
+        assert!(load(&f).is_ok());
+        chmod(&f, 0o666);
+        let e = load(&f).unwrap_err().to_string();
+        let shown = f.display();
+        assert_eq!(
+            e,
+            format!(
+                "{shown} is writable by others (mode 0666), so others could change the rules: refused, as sshd refuses such keys; fix it with `chmod go-w {shown}`"
+            )
+        );
+        chmod(&f, 0o664);
+        let e = load(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("is writable by its group (mode 0664)") && e.contains("chmod go-w"),
+            "{e}"
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_file_owned_by_another_user_is_refused() {
+        // SAFETY: no failure mode.
+        let me = unsafe { libc::geteuid() };
+        let e = check_owner_and_mode(Path::new("/x.toml"), me + 1, 0o100644)
+            .unwrap_err()
+            .to_string();
+        if me != 0 {
+            assert!(check_owner_and_mode(Path::new("/x.toml"), 0, 0o100644).is_ok());
+        }
+        assert_eq!(
+            e,
+            format!(
+                "/x.toml is owned by uid {}, neither root nor the user sipguard runs as (uid {me}): refused, as sshd refuses such keys; fix it with `chown root /x.toml`",
+                me + 1
+            )
+        );
+        assert!(check_owner_and_mode(Path::new("/x.toml"), me, 0o100644).is_ok());
+        if me == 0 {
+            // A real file of another owner.
+            let d = tmp_dir("owner");
+            let f = d.join("sipguard.toml");
+            fs::write(&f, ONE_RULE).unwrap();
+            std::os::unix::fs::chown(&f, Some(4_242), None).unwrap();
+            let e = load(&f).unwrap_err().to_string();
+            assert!(e.contains("is owned by uid 4242"), "{e}");
+            let _ = fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn a_file_in_a_directory_anyone_may_write_is_refused_unless_sticky() {
+        let d = tmp_dir("opendir");
+        let f = d.join("sipguard.toml");
+        fs::write(&f, ONE_RULE).unwrap();
+        chmod(&f, 0o644);
+        chmod(&d, 0o777);
+        let e = load(&f).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "is in {}, a directory anyone may write (mode 0777, no sticky bit)",
+                d.display()
+            )) && e.contains(&format!("chmod o-w {}", d.display())),
+            "{e}"
+        );
+        // Sticky (as /tmp): only the file's owner may replace it.
+        chmod(&d, 0o1777);
+        assert!(load(&f).is_ok());
+        chmod(&d, 0o755);
+        assert!(load(&f).is_ok());
+        let _ = fs::remove_dir_all(&d);
     }
 }

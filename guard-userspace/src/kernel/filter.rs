@@ -12,7 +12,7 @@ use guard_common::{Counter, GlobalCounters, RuleCounters, maps::names, programs}
 use thiserror::Error;
 
 use super::{
-    maps::{AUX_PINNED, Maps, MapsError, PINNED_MAPS, SIZED_BY_MAX_RULES},
+    maps::{AUX_PINNED, Maps, MapsError, PINNED_MAPS, SIZED_BY_MAX_RULES, stats_entries},
     memory::{self, MapMemory, MemoryError},
 };
 #[cfg(any(test, feature = "test-util"))]
@@ -85,6 +85,7 @@ impl Filter {
         for name in SIZED_BY_MAX_RULES {
             loader.map_max_entries(name, settings.max_rules);
         }
+        loader.map_max_entries(names::RULE_STATS, stats_entries(settings.max_rules));
         let ebpf = loader.load(OBJECT).map_err(FilterError::Load)?;
         let mut f = Self::finish_load(ebpf)?;
         f.maps.commit(settings, &RuleSet::new())?;
@@ -111,6 +112,7 @@ impl Filter {
         for name in SIZED_BY_MAX_RULES {
             loader.map_max_entries(name, max_rules);
         }
+        loader.map_max_entries(names::RULE_STATS, stats_entries(max_rules));
         let ebpf = loader.load(OBJECT).map_err(FilterError::Load)?;
         let mut f = Self::finish_load(ebpf)?;
         if !legacy.is_empty() {

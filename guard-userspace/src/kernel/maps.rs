@@ -17,6 +17,27 @@
 //! Rule ids are the keys of the per-rule counters (a per-CPU hash filled by the program on a
 //! rule's first match). They come from a counter in the selector slot that only grows, so a new
 //! prefix never reuses the id, and the counters, of a rule that either trie still holds.
+//!
+//! **Capacity** is exactly `max_rules` live rules in each trie, whatever the set before: a
+//! commit writes its removals before its additions, so a set replaced by a disjoint one of the
+//! same size, or a full map that loses one prefix and gains another, always fits. Ids are not
+//! bounded by the map size (they only key the counter hash). Before the growing counter, ids
+//! were taken from `0..max_rules` minus the ids either trie held, so replacing 150k rules by
+//! 150k others needed 300k ids and failed as "rule map full", and a full map had no free id
+//! for any new prefix.
+//!
+//! **Counters across a reload that drops a prefix and brings it back.** A full commit (a reload)
+//! remembers the prefix and id of every rule it removes (the *retired* rules, in this `Maps`,
+//! i.e. for the life of the daemon) and keeps their counters; a later full commit that brings
+//! such a prefix back gives it its old id again, so its counters continue instead of restarting
+//! from zero (the id is free: no trie holds it, and ids are never handed out twice). The memory
+//! is bounded: it keeps the most recently retired rules, at most the counter hash's room beyond
+//! `max_rules` (the hash has `2 x max_rules` entries: `max_rules` for the live rules, as many
+//! for retired ones, so the counters of live rules always have room, also during a commit that
+//! replaces every rule); the counters of a rule that drops out of that memory are deleted. Delta
+//! edits (`rules del` from the CLI, a process of its own) delete the counters of what they
+//! remove at once, and a daemon restart forgets the retired rules (the next full commit deletes
+//! their counters).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -56,8 +77,56 @@ pub const PINNED_MAPS: [&str; 6] = [
     names::SIP_PORTS,
 ];
 
-/// The maps whose size `max_rules` sets.
-pub const SIZED_BY_MAX_RULES: [&str; 3] = [names::RULES[0], names::RULES[1], names::RULE_STATS];
+/// The maps whose size `max_rules` sets: the rule tries hold `max_rules` entries.
+pub const SIZED_BY_MAX_RULES: [&str; 2] = [names::RULES[0], names::RULES[1]];
+
+/// The counter hash holds this many entries per `max_rules`: the live rules' counters, and as
+/// many of rules removed by reloads that may come back (see the module docs). It allocates per
+/// entry present (no preallocation), so the factor costs only its bucket array up front.
+pub const STATS_PER_RULE: u32 = 2;
+
+/// `max_entries` of the counter hash for `max_rules`.
+pub fn stats_entries(max_rules: u32) -> u32 {
+    max_rules.saturating_mul(STATS_PER_RULE)
+}
+
+/// Rules removed by full commits whose ids (and counters) are kept for a while, so that a
+/// prefix that comes back gets its id back. Bounded: the oldest are forgotten first.
+#[derive(Debug, Default)]
+struct Retired {
+    ids: HashMap<TrieKey, u32>,
+    /// In the order of retirement; entries whose key was taken back or retired again since are
+    /// stale (their id differs from `ids`) and skipped.
+    order: std::collections::VecDeque<(TrieKey, u32)>,
+}
+
+impl Retired {
+    /// Remembers `key` -> `id`. Returns the ids forgotten to stay within `max`.
+    fn remember(&mut self, key: TrieKey, id: u32, max: usize) -> Vec<u32> {
+        self.ids.insert(key, id);
+        self.order.push_back((key, id));
+        let mut gone = Vec::new();
+        while self.ids.len() > max {
+            let Some((k, i)) = self.order.pop_front() else {
+                break;
+            };
+            if self.ids.get(&k) == Some(&i) {
+                self.ids.remove(&k);
+                gone.push(i);
+            }
+        }
+        if self.order.len() > 2 * self.ids.len() + 1024 {
+            let ids = &self.ids;
+            self.order.retain(|(k, i)| ids.get(k) == Some(i));
+        }
+        gone
+    }
+
+    /// The id `key` had, if it is remembered (and forgets it).
+    fn take(&mut self, key: &TrieKey) -> Option<u32> {
+        self.ids.remove(key)
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum MapsError {
@@ -216,7 +285,7 @@ pub struct Pending {
     config: Config,
     /// Counter entries to delete: ids of removed rules.
     dead_ids: Vec<u32>,
-    /// Full commits: every live id, so that any other counter entry can go.
+    /// Full commits: every live or retired id, so that any other counter entry can go.
     live_ids: Option<BTreeSet<u32>>,
 }
 
@@ -241,6 +310,8 @@ pub struct Maps {
     stats_capacity: u32,
     /// Whether the kernel takes batch commands on the rule tries (cleared at the first refusal).
     batch: bool,
+    /// Rules removed by full commits, whose ids and counters are kept (see the module docs).
+    retired: Retired,
 }
 
 impl Maps {
@@ -314,6 +385,7 @@ impl Maps {
             capacity,
             stats_capacity,
             batch: true,
+            retired: Retired::default(),
         })
     }
 
@@ -322,9 +394,21 @@ impl Maps {
         self.capacity
     }
 
-    /// Rules that can have counters at once (`max_entries` of the counter hash).
+    /// The `max_rules` the counter hash was sized for (its `max_entries` is
+    /// [`stats_entries`] of it; pins made before that have half of it).
     pub fn stats_capacity(&self) -> u32 {
-        self.stats_capacity
+        self.stats_capacity / STATS_PER_RULE
+    }
+
+    /// How many retired rules may keep their counters: the hash's room beyond the live rules.
+    fn retired_room(&self) -> usize {
+        self.stats_capacity.saturating_sub(self.capacity) as usize
+    }
+
+    /// Whether a full commit gave `prefix`, now retired, its old id back (its counters go on).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn retired_id(&self, prefix: &Prefix) -> Option<u32> {
+        self.retired.ids.get(&TrieKey::of(prefix)).copied()
     }
 
     fn slot(&self, slot: u32) -> Result<Config, MapsError> {
@@ -703,8 +787,9 @@ impl Maps {
             .is_none();
         let mut ids: Box<dyn Iterator<Item = u32>> = if wrapped {
             // The id space is used up: start again from the lowest ids no trie holds.
+            let retired: HashSet<u32> = self.retired.ids.values().copied().collect();
             let free: Vec<u32> = (0..u32::MAX)
-                .filter(|id| !used.contains(id))
+                .filter(|id| !used.contains(id) && !retired.contains(id))
                 .take(fresh)
                 .collect();
             sel.next_rule_id = free.last().map_or(0, |&m| m + 1);
@@ -731,6 +816,12 @@ impl Maps {
                 }
                 None => {
                     report.added += 1;
+                    // A prefix that a recent reload removed: its old id, and so its counters,
+                    // come back (no trie holds the id: ids are never handed out twice).
+                    if let Some(id) = self.retired.take(&key).filter(|id| !used.contains(id)) {
+                        wanted.push((key, key.value(id, action)));
+                        continue;
+                    }
                     let id = ids.next().expect("one id per new prefix");
                     if wrapped {
                         fresh_ids.push(id);
@@ -769,6 +860,15 @@ impl Maps {
         let stage_ops = diff(&staged);
         let standby_ops = diff(&current);
         report.removed = standby_ops.iter().filter(|(_, v)| v.is_none()).count();
+        // The rules this commit removes are retired: their ids and counters are kept for a
+        // while; those that drop out of the bounded memory lose their counters in `finish`.
+        let room = self.retired_room();
+        let mut dead_ids = Vec::new();
+        for (k, _) in standby_ops.iter().filter(|(_, v)| v.is_none()) {
+            if let Some(v) = current.get(k) {
+                dead_ids.extend(self.retired.remember(*k, v.id, room));
+            }
+        }
         let generation = next_generation(self.slot(live)?.generation, self.slot(next)?.generation);
 
         // Ports: new ones first (they are not double-buffered; a port added early only means
@@ -786,14 +886,19 @@ impl Maps {
                 .set(p as u32, 0u8, 0)
                 .map_err(map_err(names::SIP_PORTS, format!("remove port {p}")))?;
         }
-        let live_ids = wanted.iter().map(|(_, v)| v.id).collect();
+        // Counters to keep: the live rules' and the retired rules'.
+        let live_ids = wanted
+            .iter()
+            .map(|(_, v)| v.id)
+            .chain(self.retired.ids.values().copied())
+            .collect();
         Ok((
             report,
             Pending {
                 slot: live,
                 ops: standby_ops,
                 config,
-                dead_ids: Vec::new(),
+                dead_ids,
                 live_ids: Some(live_ids),
             },
         ))
@@ -872,14 +977,20 @@ impl Maps {
             };
             return Ok(Some((report, pending)));
         }
-        let Some(first) = self.take_ids(new_prefixes.len())? else {
+        // A prefix retired by a full commit of this process gets its old id back.
+        let mut brand_new = Vec::with_capacity(new_prefixes.len());
+        for (prefix, action) in new_prefixes {
+            let key = TrieKey::of(prefix);
+            match self.retired.take(&key) {
+                Some(id) => ops.push((key, Some(key.value(id, action)))),
+                None => brand_new.push((key, action)),
+            }
+        }
+        let Some(first) = self.take_ids(brand_new.len())? else {
             return Ok(None);
         };
-        for (i, (prefix, action)) in new_prefixes.into_iter().enumerate() {
-            ops.push((
-                TrieKey::of(prefix),
-                Some(TrieKey::of(prefix).value(first + i as u32, action)),
-            ));
+        for (i, (key, action)) in brand_new.into_iter().enumerate() {
+            ops.push((key, Some(key.value(first + i as u32, action))));
         }
         let generation = next_generation(generation, generation);
         let config = self.stage_and_switch(next, &ops, live_config, generation, total)?;
@@ -1091,6 +1202,25 @@ fn sum_counters(per_cpu: &PerCpuValues<RuleCounters>) -> RuleCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retired_rules_are_remembered_newest_first_within_the_bound() {
+        let key = |p: &str| TrieKey::of(&p.parse().unwrap());
+        let mut r = Retired::default();
+        assert_eq!(r.remember(key("+1"), 1, 2), Vec::<u32>::new());
+        assert_eq!(r.remember(key("+2"), 2, 2), Vec::<u32>::new());
+        // A third forgets the oldest, whose counters the caller deletes.
+        assert_eq!(r.remember(key("+3"), 3, 2), vec![1]);
+        assert_eq!(r.take(&key("+1")), None);
+        assert_eq!(r.take(&key("+2")), Some(2));
+        assert_eq!(r.take(&key("+2")), None);
+        // Retired again later: the newer retirement counts, the stale entry is skipped.
+        r.remember(key("+2"), 7, 2);
+        assert_eq!(r.remember(key("+4"), 4, 2), vec![3]);
+        assert_eq!(r.take(&key("+2")), Some(7));
+        // No room (pins whose counter hash has only max_rules entries): nothing is kept.
+        assert_eq!(Retired::default().remember(key("+5"), 5, 0), vec![5]);
+    }
 
     #[test]
     fn generations_skip_zero() {
