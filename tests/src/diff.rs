@@ -141,8 +141,14 @@ fn message(r: &mut Rng, rfc: &[Vec<u8>]) -> Vec<u8> {
     let mut m = match r.below(10) {
         0 => r.pick(rfc).clone(),
         1 => b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n".to_vec(),
-        2 => { let m = *r.pick(&["OPTIONS", "INVITEX", "invite", "REGISTER"]); request_with_call_id(m, &uri(r), "x") },
-        _ => { let u = uri(r); request_with_call_id("INVITE", &u, *r.pick(CALL_IDS)) },
+        2 => {
+            let m = *r.pick(&["OPTIONS", "INVITEX", "invite", "REGISTER"]);
+            request_with_call_id(m, &uri(r), "x")
+        }
+        _ => {
+            let u = uri(r);
+            request_with_call_id("INVITE", &u, *r.pick(CALL_IDS))
+        }
     };
     if r.chance(1, 8) {
         // A re-INVITE: a To tag.
@@ -157,8 +163,16 @@ fn message(r: &mut Rng, rfc: &[Vec<u8>]) -> Vec<u8> {
         let ka: Vec<u8> = (0..n).map(|_| *r.pick(b"\r\n")).collect();
         m.splice(0..0, ka);
     }
-    if r.chance(1, 10) {
-        m.truncate(r.below(m.len() + 1));
+    match r.below(10) {
+        0 => m.truncate(r.below(m.len() + 1)),
+        // Around the limits: the tiny-fragment payload (64) and the window (1,024), counted
+        // after the keep-alives.
+        1 => {
+            let ka = guard_common::keepalive_len(&m);
+            let limit = *r.pick(&[64, 1024]);
+            m.truncate(ka + limit + r.below(9) - 4);
+        }
+        _ => {}
     }
     m
 }
@@ -171,7 +185,14 @@ fn envelope(r: &mut Rng, payload: &[u8]) -> Vec<u8> {
             p = p.ipv4_options(4 * r.below(11));
         }
         if r.chance(1, 5) {
-            p = p.fragment(if r.chance(3, 4) { 0 } else { r.below(300) as u16 }, r.chance(1, 2));
+            p = p.fragment(
+                if r.chance(3, 4) {
+                    0
+                } else {
+                    r.below(300) as u16
+                },
+                r.chance(1, 2),
+            );
         }
         if r.chance(1, 30) {
             p = p.ihl(r.below(16) as u8);
@@ -188,7 +209,11 @@ fn envelope(r: &mut Rng, payload: &[u8]) -> Vec<u8> {
                 1 => Ext::Routing,
                 2 => Ext::DestOpts,
                 _ => Ext::Fragment {
-                    offset: if r.chance(3, 4) { 0 } else { r.below(300) as u16 },
+                    offset: if r.chance(3, 4) {
+                        0
+                    } else {
+                        r.below(300) as u16
+                    },
                     more: r.chance(1, 2),
                 },
             });
@@ -199,7 +224,10 @@ fn envelope(r: &mut Rng, payload: &[u8]) -> Vec<u8> {
         p = p.vlan(*r.pick(&[0x8100, 0x88a8]));
     }
     if r.chance(1, 4) {
-        p = p.tcp(*r.pick(&[TCP_ACK | TCP_PSH, TCP_SYN, TCP_ACK]), 4 * r.below(11));
+        p = p.tcp(
+            *r.pick(&[TCP_ACK | TCP_PSH, TCP_SYN, TCP_ACK]),
+            4 * r.below(11),
+        );
     }
     if r.chance(1, 8) {
         p = p.dport(*r.pick(&[5080, 5061, 80, 0, 65535]));
@@ -248,7 +276,11 @@ fn mutate(r: &mut Rng, f: &mut Vec<u8>) {
             5 | 6 => {
                 let i = *r.pick(FIELDS);
                 if i < f.len() {
-                    f[i] = if r.chance(1, 2) { r.byte() } else { f[i] ^ (1 << r.below(8)) };
+                    f[i] = if r.chance(1, 2) {
+                        r.byte()
+                    } else {
+                        f[i] ^ (1 << r.below(8))
+                    };
                 }
             }
             _ => {
@@ -305,6 +337,8 @@ pub struct Report {
     /// Frames per kernel verdict (drop, pass).
     pub drops: u64,
     pub invites: u64,
+    /// Global counter → frames that moved it in the kernel (what the frames reached).
+    pub coverage: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -419,6 +453,11 @@ pub fn run(seed: u64, frames: u64) -> Report {
             report.frames += 1;
             report.drops += u64::from(got.verdict == Verdict::Drop);
             report.invites += got.counters[Counter::Invites as usize];
+            for c in Counter::ALL {
+                if got.counters[c as usize] != 0 {
+                    *report.coverage.entry(c.name()).or_default() += 1;
+                }
+            }
             let kinds = want.differences(&got);
             if kinds.is_empty() {
                 report.agreements += 1;
@@ -452,7 +491,10 @@ fn describe(
     let path = dir.join(format!("seed-{seed:x}-frame-{i}.pcap"));
     let written = fs::create_dir_all(&dir)
         .and_then(|()| write_pcap(&path, LinkType::Ethernet, &[f.to_vec()]))
-        .map_or_else(|e| format!("(pcap not written: {e})"), |()| path.display().to_string());
+        .map_or_else(
+            |e| format!("(pcap not written: {e})"),
+            |()| path.display().to_string(),
+        );
     let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "seed {seed:#x} frame {i} ({setup:?}): {kinds:?}\n  model:  {:?} [{}] rule {:?}\n  kernel: {:?} [{}] rule {:?}\n  pcap: {written}\n  hex: {hex}",

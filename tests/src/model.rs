@@ -77,7 +77,8 @@ impl Outcome {
             }
         }
         let events = |o: &Outcome| {
-            o.counters[Counter::EventsSent as usize] + o.counters[Counter::EventsSuppressed as usize]
+            o.counters[Counter::EventsSent as usize]
+                + o.counters[Counter::EventsSuppressed as usize]
         };
         if events(self) != events(other) {
             d.push("counter:events_sent+events_suppressed".to_string());
@@ -175,8 +176,8 @@ impl Model {
             if proto != 0x8100 && proto != 0x88a8 {
                 break;
             }
-            let tag = SingleVlanHeaderSlice::from_slice(&frame[off..])
-                .map_err(|_| Skip::Truncated)?;
+            let tag =
+                SingleVlanHeaderSlice::from_slice(&frame[off..]).map_err(|_| Skip::Truncated)?;
             proto = tag.ether_type().0;
             off += tag.slice().len();
         }

@@ -25,6 +25,7 @@ fn kernel_and_host_model_agree() {
     let seed = env_u64("SIPGUARD_DIFF_SEED").unwrap_or(DEFAULT_SEED);
     let report = diff::run(seed, frames);
     println!("{}", report.summary(seed));
+    println!("frames per counter moved: {:?}", report.coverage);
     for s in &report.samples {
         println!("{s}");
     }
