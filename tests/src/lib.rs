@@ -3,10 +3,12 @@
 //! flood of the veth benchmark.
 
 pub mod capacity;
+pub mod diff;
 pub mod fixtures;
 pub mod flood;
 pub mod harness;
 pub mod mix;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod pcap;
