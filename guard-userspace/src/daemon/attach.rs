@@ -127,7 +127,8 @@ pub(super) fn attach_iface(
     ))
 }
 
-/// Attaches the loaded program to `iface` afresh (a new BPF link) and pins the link.
+/// Attaches the loaded program to `iface` afresh (a new BPF link) and pins the link at
+/// `link_path`, replacing what is pinned there only once the new link exists.
 fn attach_and_pin(
     filter: &mut Filter,
     iface: &str,
@@ -140,23 +141,24 @@ fn attach_and_pin(
     let fd = FdLink::try_from(link).context(
         "the kernel attached XDP through netlink, not a BPF link; sipguard needs BPF links (kernel 5.9+)",
     )?;
-    fd.pin(link_path)
-        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
-    pins::secure(link_path)?;
-    Ok(mode)
-}
-
-/// Attaches a guarded interface again after it came back (deleted and created again): the
-/// severed link's pin is replaced by a new link to the new interface, in the mode it had.
-pub(super) fn reattach(opts: &RunOptions, g: &mut Guarded) -> Result<()> {
-    let link_path = opts.pins.iface_dir(&g.iface).join(LINK_PIN);
-    match std::fs::remove_file(&link_path) {
+    match std::fs::remove_file(link_path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(e).with_context(|| format!("unpinning {}", link_path.display()));
         }
     }
+    fd.pin(link_path)
+        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
+    pins::secure(link_path)?;
+    Ok(mode)
+}
+
+/// Attaches a guarded interface again after it came back (deleted and created again): a new
+/// link to the new interface, in the mode it had, pinned in place of the severed one (which
+/// stays pinned if the attach fails).
+pub(super) fn reattach(opts: &RunOptions, g: &mut Guarded) -> Result<()> {
+    let link_path = opts.pins.iface_dir(&g.iface).join(LINK_PIN);
     let choice = match g.mode {
         "generic" => ModeChoice::Generic,
         _ => ModeChoice::Native,
