@@ -25,6 +25,7 @@ pub fn render(report: &Report, json: bool) -> Result<String> {
             "state_dir": report.state_dir,
             "daemon": daemon.map_or(json!({"running": false}), |d| json!({"running": true, "pid": d.pid})),
             "config": daemon.and_then(|d| d.config.clone()),
+            "last_reload": report.last_reload,
             "interfaces": ifaces,
         });
         writeln!(out, "{v}")?;
@@ -45,17 +46,32 @@ pub fn render(report: &Report, json: bool) -> Result<String> {
         None => "- (no daemon)".into(),
     };
     writeln!(out, "config: {config}")?;
+    if let Some(r) = &report.last_reload {
+        let when = crate::model::time::rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(r.unix),
+        );
+        match (&r.error, r.ok) {
+            (_, true) => writeln!(out, "last reload: {when} ({}): ok", r.reason)?,
+            (e, false) => writeln!(
+                out,
+                "last reload: {when} ({}): FAILED, the previous rules stay in force: {}",
+                r.reason,
+                e.as_deref().unwrap_or("unknown error")
+            )?,
+        }
+    }
     for i in &report.ifaces {
         let s = &i.settings;
+        let state = if i.attached {
+            "attached".to_string()
+        } else {
+            format!("NOT attached ({}; maps kept)", i.note)
+        };
         writeln!(
             out,
             "{}: {} xdp={} prog_id={} rules={} max_rules={} mode={} ports={} intl_prefixes={}",
             i.iface,
-            if i.attached {
-                "attached"
-            } else {
-                "NOT attached (maps kept)"
-            },
+            state,
             i.xdp_mode,
             i.program_id.map_or("null".into(), |id| id.to_string()),
             i.rule_count,
@@ -85,12 +101,21 @@ mod tests {
             out.contains("eth1: attached xdp=native prog_id=41 rules=3 max_rules=262144 mode=enforce ports=[5060] intl_prefixes=[\"00\",\"011\"]"),
             "{out}"
         );
-        assert!(out.contains("eth2: NOT attached (maps kept)"), "{out}");
+        assert!(
+            out.contains("eth2: NOT attached (interface gone; maps kept)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("last reload: 2023-11-14T22:13:20.000Z (SIGHUP): FAILED, the previous rules stay in force: line 3: unknown action"),
+            "{out}"
+        );
         assert!(out.contains("mode=monitor"), "{out}");
         let v: serde_json::Value = serde_json::from_str(&render(&r, true).unwrap()).unwrap();
         assert_eq!(v["daemon"]["pid"], 4242);
         assert_eq!(v["interfaces"][1]["iface"], "eth2");
         assert_eq!(v["interfaces"][1]["attached"], false);
+        assert_eq!(v["interfaces"][1]["note"], "interface gone");
+        assert_eq!(v["last_reload"]["ok"], false);
         assert_eq!(v["interfaces"][0]["program_id"], 41);
         assert_eq!(v["interfaces"][0]["international_prefixes"][1], "011");
         let none = Report { daemon: None, ..r };

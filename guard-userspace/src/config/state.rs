@@ -13,6 +13,9 @@
 //!   rules does not rewrite a 60 MB file.
 //! - `daemon.json`: the running daemon (pid, config path, interfaces and XDP modes).
 //! - `lock`: an flock that serialises every change of the maps (daemon reloads, CLI edits).
+//! - `run.IFACE.lock`: held (flock) by the one daemon that guards IFACE, for its whole life;
+//!   holds its pid. A second `sipguard run` on the interface is refused.
+//! - `reload.json`: the daemon's last reload: when, why, and its result (error text).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -123,6 +126,21 @@ pub struct IfaceInfo {
     pub name: String,
     /// `native` or `generic`.
     pub xdp_mode: String,
+    /// What the daemon knows that the pins may not say: empty (guarded), "interface gone"
+    /// (deleted; re-attached when it comes back) or "detached" (by `sipguard detach`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+}
+
+/// The daemon's last reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadRecord {
+    pub unix: u64,
+    /// "SIGHUP" or "config file changed".
+    pub reason: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The running daemon.
@@ -143,6 +161,27 @@ pub struct StateDir {
 /// An exclusive flock on the state directory; released on drop.
 pub struct Lock {
     _file: fs::File,
+}
+
+/// The daemon's hold on one interface (`run.IFACE.lock`); released on drop (or exit).
+pub struct IfaceLock {
+    pub path: PathBuf,
+    _file: fs::File,
+}
+
+/// Why an interface lock could not be taken.
+#[derive(Debug, Error)]
+pub enum IfaceLockError {
+    #[error(
+        "interface {iface} is already guarded by pid {pid} (lock {path}); stop that daemon first, or use another interface"
+    )]
+    Held {
+        iface: String,
+        pid: String,
+        path: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl StateDir {
@@ -177,6 +216,87 @@ impl StateDir {
             return Err(io_err(&path, "flock")(io::Error::last_os_error()));
         }
         Ok(Lock { _file: file })
+    }
+
+    /// Takes the daemon's lock on `iface` (not blocking) and writes our pid into it; refused
+    /// while another live process holds it.
+    pub fn lock_iface(&self, iface: &str) -> Result<IfaceLock, IfaceLockError> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        self.create()?;
+        let path = self.path(&format!("run.{iface}.lock"));
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path, "open lock"))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(IfaceLockError::Held {
+                    iface: iface.to_string(),
+                    pid: if pid.is_empty() {
+                        "?".into()
+                    } else {
+                        pid.into()
+                    },
+                    path: path.display().to_string(),
+                });
+            }
+            return Err(io_err(&path, "flock")(e).into());
+        }
+        file.set_len(0).map_err(io_err(&path, "truncate"))?;
+        file.rewind().map_err(io_err(&path, "rewind"))?;
+        writeln!(file, "{}", std::process::id()).map_err(io_err(&path, "write"))?;
+        Ok(IfaceLock { path, _file: file })
+    }
+
+    /// The pid holding `iface`'s daemon lock, if a live process holds it.
+    pub fn iface_guard(&self, iface: &str) -> Option<u32> {
+        let path = self.path(&format!("run.{iface}.lock"));
+        let file = fs::File::open(&path).ok()?;
+        // SAFETY: flock on an fd we own; a shared lock that we get is released at once.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return None;
+        }
+        fs::read_to_string(&path).ok()?.trim().parse().ok()
+    }
+
+    pub fn save_reload(&self, r: &ReloadRecord) -> Result<(), StateError> {
+        let text = serde_json::to_string_pretty(r).map_err(|e| StateError::Corrupt {
+            path: self.path("reload.json").display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write("reload.json", &text)
+    }
+
+    /// Forgets the last reload (a new daemon has made none yet).
+    pub fn clear_reload(&self) {
+        let _ = fs::remove_file(self.path("reload.json"));
+    }
+
+    /// The last reload the daemon recorded.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        let (_, text) = self.read_opt("reload.json").ok()??;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Whether the directory still holds the running daemon's record (it goes when somebody
+    /// removes the directory under the daemon).
+    pub fn has_daemon_record(&self) -> bool {
+        self.path("daemon.json").exists()
+    }
+
+    /// The modification stamp of `runtime.toml` (size, mtime, inode), if it exists.
+    pub fn overlay_stamp(&self) -> Option<(u64, Option<std::time::SystemTime>, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = fs::metadata(self.path("runtime.toml")).ok()?;
+        Some((m.len(), m.modified().ok(), m.ino()))
     }
 
     fn read_opt(&self, name: &str) -> Result<Option<(PathBuf, String)>, StateError> {

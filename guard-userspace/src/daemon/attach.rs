@@ -2,7 +2,10 @@
 //! rules, and attach it, or adopt the pinned XDP link of an earlier run by swapping the new
 //! program into it (`bpf_link_update`), so the interface is never without the filter.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
@@ -12,13 +15,14 @@ use aya::programs::{
 };
 use tracing::{info, warn};
 
-use super::{Guarded, ModeChoice, RunOptions, id_map, klog};
+use super::{Guarded, IfState, ModeChoice, RunOptions, id_map, klog};
 use crate::{
     config::ConfigFile,
     kernel::{
         filter::Filter,
         maps::{AUX_PINNED, Maps, PINNED_MAPS},
-        pins::{self, LINK_PIN, PROG_PIN},
+        pins::{self, LINK_PIN, LinkState, PROG_PIN},
+        sys,
     },
     model::rules::RuleSet,
 };
@@ -53,6 +57,25 @@ pub(super) fn attach_iface(
 
     let link_path = dir.join(LINK_PIN);
     let prog_path = dir.join(PROG_PIN);
+    let now = sys::if_index(iface);
+    match pins::link_state(&link_path) {
+        LinkState::Severed => {
+            warn!(
+                iface,
+                "the pinned XDP link of {iface} is severed (the interface was deleted, and maybe created again, since it was attached): unpinning it and attaching afresh"
+            );
+            let _ = std::fs::remove_file(&link_path);
+        }
+        LinkState::Attached { ifindex } if now.is_some_and(|n| n != ifindex) => {
+            warn!(
+                iface,
+                link_ifindex = ifindex,
+                "the pinned XDP link of {iface} filters another interface (ifindex {ifindex}): unpinning it and attaching afresh"
+            );
+            let _ = std::fs::remove_file(&link_path);
+        }
+        _ => {}
+    }
     let mode = if link_path.exists() {
         // Adopt: swap the new program into the pinned link; the interface is never without it.
         let pinned = PinnedLink::from_pin(&link_path)
@@ -73,15 +96,7 @@ pub(super) fn attach_iface(
         );
         mode
     } else {
-        let (id, mode) = attach_fresh(&mut filter, iface, opts.xdp_mode)?;
-        let prog = filter.program_mut()?;
-        let link = prog.take_link(id).context("taking the XDP link")?;
-        let fd = FdLink::try_from(link).context(
-            "the kernel attached XDP through netlink, not a BPF link; sipguard needs BPF links (kernel 5.9+)",
-        )?;
-        fd.pin(&link_path)
-            .with_context(|| format!("pinning the link at {}", link_path.display()))?;
-        pins::secure(&link_path)?;
+        let mode = attach_and_pin(&mut filter, iface, opts.xdp_mode, &link_path)?;
         info!(iface, xdp_mode = mode, "attached");
         mode
     };
@@ -104,9 +119,53 @@ pub(super) fn attach_iface(
             iface: iface.to_string(),
             filter,
             rule_ids,
+            mode,
+            state: IfState::Attached,
+            failed_ifindex: None,
         },
         mode,
     ))
+}
+
+/// Attaches the loaded program to `iface` afresh (a new BPF link) and pins the link at
+/// `link_path`, replacing what is pinned there only once the new link exists.
+fn attach_and_pin(
+    filter: &mut Filter,
+    iface: &str,
+    choice: ModeChoice,
+    link_path: &Path,
+) -> Result<&'static str> {
+    let (id, mode) = attach_fresh(filter, iface, choice)?;
+    let prog = filter.program_mut()?;
+    let link = prog.take_link(id).context("taking the XDP link")?;
+    let fd = FdLink::try_from(link).context(
+        "the kernel attached XDP through netlink, not a BPF link; sipguard needs BPF links (kernel 5.9+)",
+    )?;
+    match std::fs::remove_file(link_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("unpinning {}", link_path.display()));
+        }
+    }
+    fd.pin(link_path)
+        .with_context(|| format!("pinning the link at {}", link_path.display()))?;
+    pins::secure(link_path)?;
+    Ok(mode)
+}
+
+/// Attaches a guarded interface again after it came back (deleted and created again): a new
+/// link to the new interface, in the mode it had, pinned in place of the severed one (which
+/// stays pinned if the attach fails).
+pub(super) fn reattach(opts: &RunOptions, g: &mut Guarded) -> Result<()> {
+    let link_path = opts.pins.iface_dir(&g.iface).join(LINK_PIN);
+    let choice = match g.mode {
+        "generic" => ModeChoice::Generic,
+        _ => ModeChoice::Native,
+    };
+    g.mode = attach_and_pin(&mut g.filter, &g.iface, choice, &link_path)?;
+    opts.state.set_iface_mode(&g.iface, Some(g.mode))?;
+    Ok(())
 }
 
 /// Says so when the maps (pinned earlier) are not of the configured size: maps cannot be

@@ -38,7 +38,8 @@ const RECENT: usize = 256;
 pub struct Hub {
     tx: broadcast::Sender<String>,
     recent: Arc<Mutex<VecDeque<String>>>,
-    outputs: EventOutputs,
+    /// Replaced by a reload that changes `[events]` ([`Hub::set_outputs`]).
+    outputs: Arc<Mutex<EventOutputs>>,
 }
 
 impl Hub {
@@ -46,7 +47,14 @@ impl Hub {
         Self {
             tx: broadcast::channel(1024).0,
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
-            outputs,
+            outputs: Arc::new(Mutex::new(outputs)),
+        }
+    }
+
+    /// Switches the outputs (a reload changed `[events]`); the next event goes to the new ones.
+    pub fn set_outputs(&self, outputs: EventOutputs) {
+        if let Ok(mut o) = self.outputs.lock() {
+            *o = outputs;
         }
     }
 
@@ -59,10 +67,11 @@ impl Hub {
     /// Publishes one encoded event (a JSON object, no newline) to the outputs, the recent
     /// history and the `sipguard events` clients. Never waits for a client.
     pub fn publish_line(&self, line: String) {
-        if self.outputs.stdout {
+        let outputs = self.outputs.lock().map(|o| o.clone()).unwrap_or_default();
+        if outputs.stdout {
             println!("{line}");
         }
-        if let Some(path) = &self.outputs.file {
+        if let Some(path) = &outputs.file {
             let written = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

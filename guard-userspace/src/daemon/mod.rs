@@ -4,7 +4,22 @@
 //!
 //! A restarted daemon adopts the pinned state: it loads the new program against the pinned
 //! maps (rules and counters kept) and swaps it into the pinned XDP link with
-//! `bpf_link_update`, which replaces the program atomically (kernel 5.9+ XDP links).
+//! `bpf_link_update`, which replaces the program atomically (kernel 5.9+ XDP links). A pinned
+//! link that the kernel severed (its interface was deleted) is unpinned and replaced by a new
+//! one.
+//!
+//! While it runs, the daemon keeps what it says true ([`Daemon::check_ifaces`],
+//! [`Daemon::check_state`]), on every tick and on every netlink link notification:
+//! - an interface that is deleted is reported gone (status, metrics, log) and re-attached when
+//!   it comes back (a new link, pinned);
+//! - an interface detached by `sipguard detach` is reported detached and left alone: a
+//!   deliberate detach is not undone;
+//! - a state directory removed under it is re-created (daemon.json, reload.json, the events
+//!   socket, runtime.toml from the runtime edits it holds), so no runtime rule is dropped;
+//! - one daemon per interface: `run.IFACE.lock` in the state directory is held for its life.
+//!
+//! A changed config file is applied once it has been stable over two polls (500 ms apart), so
+//! an editor that truncates and rewrites in place is never read half-written.
 
 mod attach;
 pub mod events;
@@ -13,27 +28,32 @@ pub mod metrics;
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+    task::JoinHandle,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     config::{
-        self, ConfigLocation, FailMode,
-        state::{DaemonInfo, IfaceInfo, StateDir},
+        self, ConfigFile, ConfigLocation, EventOutputs, FailMode,
+        state::{DaemonInfo, IfaceInfo, IfaceLock, Overlay, ReloadRecord, StateDir},
     },
     kernel::{
         filter::Filter,
         maps::{Maps, PINNED_MAPS},
-        pins::{self, LINK_PIN, PinRoot},
+        pins::{self, LINK_PIN, LinkState, PinRoot},
         sys,
     },
-    model::rules::Prefix,
+    model::rules::{Prefix, RuleSet},
     report::DaemonStatus,
 };
 
@@ -54,12 +74,39 @@ pub struct RunOptions {
     pub state: StateDir,
 }
 
+/// What the daemon knows of a guarded interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IfState {
+    /// The pinned link filters the interface.
+    Attached,
+    /// The interface was deleted (the link is severed): re-attached when it comes back.
+    Gone,
+    /// `sipguard detach` removed the link: not guarded until the daemon is restarted.
+    Detached,
+}
+
+impl IfState {
+    /// The `state` recorded in daemon.json (what `status` shows).
+    fn note(self) -> &'static str {
+        match self {
+            IfState::Attached => "",
+            IfState::Gone => "interface gone",
+            IfState::Detached => "detached by `sipguard detach`",
+        }
+    }
+}
+
 /// One guarded interface.
 struct Guarded {
     iface: String,
     filter: Filter,
     /// Rule id -> prefix, for decoding events; refreshed after every commit.
     rule_ids: Arc<Mutex<BTreeMap<u32, Prefix>>>,
+    /// `native` or `generic`.
+    mode: &'static str,
+    state: IfState,
+    /// The ifindex a re-attach failed on (not retried until the interface changes again).
+    failed_ifindex: Option<u32>,
 }
 
 fn id_map(maps: &Maps) -> BTreeMap<u32, Prefix> {
@@ -123,11 +170,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     preflight(&opts.ifaces)?;
     info!(config = %source, rules = cfg.rules.len(), "config loaded");
     opts.state.create()?;
+    // One daemon per interface: held until we exit.
+    let mut locks = Vec::new();
+    for iface in &opts.ifaces {
+        locks.push(opts.state.lock_iface(iface)?);
+    }
     let mut guarded = Vec::new();
-    let mut infos = Vec::new();
     // Interfaces this start attached from nothing: undone if a later one fails.
     let mut fresh: Vec<String> = Vec::new();
-    {
+    let (overlay, committed) = {
         let _lock = opts.state.lock()?;
         let overlay = opts.state.overlay()?;
         let rules = overlay.apply(&cfg.rules);
@@ -137,7 +188,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         for iface in &opts.ifaces {
             let had_state = opts.pins.iface_dir(iface).join(PINNED_MAPS[0]).exists();
             let attached = attach::attach_iface(&opts, iface, &cfg, &rules);
-            let (g, mode) = match attached {
+            let (g, _mode) = match attached {
                 Ok(x) => x,
                 Err(e) => {
                     // Leave nothing behind that this failed start created.
@@ -157,27 +208,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             if !had_state {
                 fresh.push(iface.clone());
             }
-            infos.push(IfaceInfo {
-                name: iface.clone(),
-                xdp_mode: mode.into(),
-            });
             guarded.push(g);
         }
         opts.state.save_committed(&rules)?;
-    }
+        (overlay, rules)
+    };
     let me = std::process::id();
-    opts.state.save_daemon(&DaemonInfo {
-        pid: me,
-        config: match &source {
-            ConfigLocation::File(p) => Some(p.clone()),
-            ConfigLocation::Embedded => None,
-        },
-        ifaces: infos,
-        started_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    })?;
+    let started_unix = unix_now();
+    opts.state.clear_reload();
     // Events: one ring-buffer reader per interface, fanned out to the outputs and the socket.
     let hub = events::Hub::new(cfg.events.clone());
     for g in guarded.iter_mut() {
@@ -192,27 +230,54 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     let socket = events::socket_path(&opts.state.dir);
-    {
-        let (socket, hub) = (socket.clone(), hub.clone());
-        tokio::spawn(async move {
-            if let Err(e) = events::serve(socket, hub).await {
-                error!("events socket: {e:#}");
-            }
-        });
-    }
+    let events_task = spawn_events(socket.clone(), hub.clone());
     let status = Arc::new(Mutex::new(DaemonStatus {
         last_reload: None,
         last_reload_ok: true,
     }));
-    if let Some(addr) = cfg.metrics {
-        let listener = metrics::bind(addr).await?;
-        tokio::spawn(metrics::serve(
-            listener,
-            opts.pins.clone(),
-            opts.state.clone(),
-            status.clone(),
-        ));
-    }
+    let metrics_task = match cfg.metrics {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            Some((addr, spawn_metrics(listener, &opts, &status)))
+        }
+        None => None,
+    };
+    // Link notifications wake the interface check at once (the tick checks too).
+    let links = Arc::new(Notify::new());
+    let link_watch = match watch_links(links.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn!(
+                "no netlink link notifications ({e:#}): interfaces are checked every 500 ms instead"
+            );
+            None
+        }
+    };
+    let source_path = source.watched().to_path_buf();
+    let mut d = Daemon {
+        overlay_stamp: opts.state.overlay_stamp(),
+        opts,
+        config: match &source {
+            ConfigLocation::File(p) => Some(p.clone()),
+            ConfigLocation::Embedded => None,
+        },
+        started_unix,
+        guarded,
+        _locks: locks,
+        overlay,
+        overlay_missing: 0,
+        committed,
+        hub,
+        socket,
+        events_task,
+        metrics: metrics_task,
+        status,
+        applied_events: cfg.events.clone(),
+        applied_debug_log: cfg.settings.kernel_debug_log,
+        fail_mode: cfg.fail_mode,
+        last_reload: None,
+    };
+    d.opts.state.save_daemon(&d.info())?;
     info!(
         pid = me,
         "sipguard running; SIGHUP or a change of the config file reloads it"
@@ -222,85 +287,479 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut seen = stamp(source.watched());
-    let mut fail_mode = cfg.fail_mode;
+    let mut seen = stamp(&source_path);
+    // A changed stamp seen once: applied when the next poll sees the same (the file is stable).
+    let mut pending: Option<Option<Stamp>> = None;
     loop {
         let why = tokio::select! {
-            _ = hup.recv() => "SIGHUP",
+            _ = hup.recv() => Some("SIGHUP"),
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = links.notified() => None,
             _ = tick.tick() => {
-                let now = stamp(source.watched());
-                if now == seen { continue; }
-                seen = now;
-                "config file changed"
+                let now = stamp(&source_path);
+                if now == seen {
+                    pending = None;
+                    None
+                } else if pending.as_ref() == Some(&now) {
+                    seen = now;
+                    pending = None;
+                    Some("config file changed")
+                } else {
+                    pending = Some(now);
+                    None
+                }
             }
         };
-        let result = reload(&opts, &mut guarded);
-        if let Ok(mut st) = status.lock() {
-            st.last_reload = Some(SystemTime::now());
-            st.last_reload_ok = result.is_ok();
-        }
-        match result {
-            Ok((n, fm)) => {
-                fail_mode = fm;
-                info!(reason = why, rules = n, "reloaded");
-            }
-            Err(e) => error!(
-                reason = why,
-                "reload failed, the previous rules stay in force: {e:#}"
-            ),
+        d.check_state();
+        d.check_ifaces();
+        if let Some(why) = why {
+            d.reload(why).await;
         }
     }
 
-    match fail_mode {
+    if let Some(t) = link_watch {
+        t.abort();
+    }
+    match d.fail_mode {
         FailMode::Keep => {
             info!("stopping; the filter stays attached (fail_mode = keep)");
         }
         FailMode::Detach => {
-            for g in &guarded {
-                let dir = opts.pins.iface_dir(&g.iface);
+            for g in d.guarded.iter().filter(|g| g.state != IfState::Detached) {
+                let dir = d.opts.pins.iface_dir(&g.iface);
                 if let Err(e) = pins::detach_link(&dir.join(LINK_PIN)) {
                     warn!(iface = %g.iface, "detach: {e:#}");
                 }
-                if let Err(e) = opts.pins.remove(&g.iface, false) {
+                if let Err(e) = d.opts.pins.remove(&g.iface, false) {
                     warn!(iface = %g.iface, "removing pins: {e:#}");
                 }
-                let _ = opts.state.set_iface_mode(&g.iface, None);
+                let _ = d.opts.state.set_iface_mode(&g.iface, None);
             }
             info!("stopped and detached (fail_mode = detach)");
         }
     }
-    opts.state.clear_daemon(me);
-    let _ = std::fs::remove_file(&socket);
-    drop(guarded);
+    d.opts.state.clear_daemon(me);
+    let _ = std::fs::remove_file(&d.socket);
+    drop(d);
     Ok(())
 }
 
-/// Re-reads the config and commits config ⊕ runtime edits to every interface. Nothing changes
-/// when the file is invalid.
-fn reload(opts: &RunOptions, guarded: &mut [Guarded]) -> Result<(usize, FailMode)> {
-    // Resolved again: an /etc file that appeared (or went) since the start is picked up.
-    let source = ConfigLocation::resolve(opts.config.as_deref());
-    let cfg = source.load()?;
-    let _lock = opts.state.lock()?;
-    let rules = opts.state.overlay()?.apply(&cfg.rules);
-    for w in cfg.settings.unreachable_rules(&rules) {
-        warn!("{w}");
-    }
-    for g in guarded.iter_mut() {
-        attach::warn_capacity(&g.iface, &g.filter.maps, cfg.settings.max_rules);
-        let r = g
-            .filter
-            .maps
-            .commit(&cfg.settings, &rules)
-            .with_context(|| format!("interface {}", g.iface))?;
-        info!(iface = %g.iface, added = r.added, changed = r.changed, removed = r.removed, total = r.total, "rules committed");
-        if let Ok(mut ids) = g.rule_ids.lock() {
-            *ids = id_map(&g.filter.maps);
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn spawn_events(socket: PathBuf, hub: events::Hub) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = events::serve(socket, hub).await {
+            error!("events socket: {e:#}");
+        }
+    })
+}
+
+fn spawn_metrics(
+    listener: tokio::net::TcpListener,
+    opts: &RunOptions,
+    status: &Arc<Mutex<DaemonStatus>>,
+) -> JoinHandle<()> {
+    tokio::spawn(metrics::serve(
+        listener,
+        opts.pins.clone(),
+        opts.state.clone(),
+        status.clone(),
+    ))
+}
+
+/// Subscribes to the kernel's link notifications (RTMGRP_LINK) and wakes `notify` on each:
+/// an interface deleted, created or changed. The task only reads a non-blocking socket when
+/// the runtime says it is readable; it ends with the daemon (aborted) or on a socket error.
+fn watch_links(notify: Arc<Notify>) -> Result<JoinHandle<()>> {
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+    /// `RTMGRP_LINK` (include/uapi/linux/rtnetlink.h).
+    const RTMGRP_LINK: u32 = 1;
+    let mut sock = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
+    sock.bind(&SocketAddr::new(0, RTMGRP_LINK))
+        .context("subscribing to link notifications")?;
+    sock.set_non_blocking(true)
+        .context("netlink socket: non-blocking")?;
+    // SAFETY: the socket owns its fd and moves into the AsyncFd, which keeps it open (and its
+    // `as_raw_fd` the same) until the AsyncFd is dropped.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register(sock) }
+        .map_err(|e| anyhow::anyhow!("watching the netlink socket: {e}"))?;
+    Ok(tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
+        loop {
+            let Ok(mut guard) = fd.readable().await else {
+                return;
+            };
+            match guard.try_io(|s| {
+                buf.clear();
+                s.get_ref().recv(&mut buf, 0)
+            }) {
+                Ok(Ok(_)) => notify.notify_one(),
+                // Notifications were lost (the socket buffer overflowed): check all the same.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => notify.notify_one(),
+                Ok(Err(e)) => {
+                    warn!("link notifications stopped: {e}; interfaces are checked every 500 ms");
+                    return;
+                }
+                Err(_would_block) => {}
+            }
+        }
+    }))
+}
+
+/// The running daemon.
+struct Daemon {
+    opts: RunOptions,
+    config: Option<PathBuf>,
+    started_unix: u64,
+    guarded: Vec<Guarded>,
+    _locks: Vec<IfaceLock>,
+    /// The runtime edits, as last read from runtime.toml (restored from here if the state
+    /// directory is removed).
+    overlay: Overlay,
+    overlay_stamp: Option<(u64, Option<SystemTime>, u64)>,
+    /// Ticks on which runtime.toml was missing (while daemon.json was there).
+    overlay_missing: u32,
+    /// The rule set of the last commit (rules.json).
+    committed: RuleSet,
+    hub: events::Hub,
+    socket: PathBuf,
+    events_task: JoinHandle<()>,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    status: Arc<Mutex<DaemonStatus>>,
+    applied_events: EventOutputs,
+    applied_debug_log: bool,
+    fail_mode: FailMode,
+    last_reload: Option<ReloadRecord>,
+}
+
+impl Daemon {
+    fn info(&self) -> DaemonInfo {
+        DaemonInfo {
+            pid: std::process::id(),
+            config: self.config.clone(),
+            ifaces: self
+                .guarded
+                .iter()
+                .map(|g| IfaceInfo {
+                    name: g.iface.clone(),
+                    xdp_mode: g.mode.into(),
+                    state: g.state.note().into(),
+                })
+                .collect(),
+            started_unix: self.started_unix,
         }
     }
-    opts.state.save_committed(&rules)?;
-    info!(config = %source, "config applied");
-    Ok((rules.len(), cfg.fail_mode))
+
+    fn save_info(&self) {
+        if let Err(e) = self.opts.state.save_daemon(&self.info()) {
+            warn!("recording the daemon: {e:#}");
+        }
+    }
+
+    /// Keeps the state directory there: re-created with everything the daemon holds when it
+    /// was removed; otherwise the runtime edits in memory follow runtime.toml.
+    fn check_state(&mut self) {
+        let state = &self.opts.state;
+        if state.has_daemon_record() {
+            match state.overlay_stamp() {
+                Some(st) => {
+                    self.overlay_missing = 0;
+                    if Some(st) != self.overlay_stamp
+                        && let Ok(o) = state.overlay()
+                    {
+                        self.overlay = o;
+                        self.overlay_stamp = Some(st);
+                    }
+                }
+                // Removed on purpose (the edits are dropped), unless the whole directory goes
+                // in the next tick: then they are restored.
+                None => {
+                    self.overlay_missing += 1;
+                    if self.overlay_missing >= 2 {
+                        self.overlay = Overlay::default();
+                        self.overlay_stamp = None;
+                    }
+                }
+            }
+            return;
+        }
+        warn!(
+            dir = %state.dir.display(),
+            runtime_added = self.overlay.rule.len(),
+            runtime_deleted = self.overlay.deleted.len(),
+            "the state directory was removed under the running daemon (daemon.json is gone): re-creating it with the daemon record, the events socket, the interface locks and the runtime rule edits the daemon holds"
+        );
+        let mut errors = Vec::new();
+        if let Err(e) = state.create() {
+            errors.push(format!("{e:#}"));
+        }
+        for (i, iface) in self.opts.ifaces.iter().enumerate() {
+            match state.lock_iface(iface) {
+                Ok(l) if i < self._locks.len() => self._locks[i] = l,
+                Ok(l) => self._locks.push(l),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        if self.overlay != Overlay::default()
+            && let Err(e) = state.save_overlay(&self.overlay)
+        {
+            errors.push(format!("{e:#}"));
+        }
+        if let Err(e) = state.save_committed(&self.committed) {
+            errors.push(format!("{e:#}"));
+        }
+        for g in self.guarded.iter().filter(|g| g.state != IfState::Detached) {
+            if let Err(e) = state.set_iface_mode(&g.iface, Some(g.mode)) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if let Some(r) = &self.last_reload
+            && let Err(e) = state.save_reload(r)
+        {
+            errors.push(format!("{e:#}"));
+        }
+        self.save_info();
+        self.overlay_stamp = state.overlay_stamp();
+        self.overlay_missing = 0;
+        self.events_task.abort();
+        self.events_task = spawn_events(self.socket.clone(), self.hub.clone());
+        if errors.is_empty() {
+            info!(dir = %state.dir.display(), "state directory re-created");
+        } else {
+            error!(
+                dir = %state.dir.display(),
+                "re-creating the state directory: {}",
+                errors.join("; ")
+            );
+        }
+    }
+
+    /// Checks every guarded interface against the kernel: its link pinned, not severed, and
+    /// attached to the interface that has its name now.
+    fn check_ifaces(&mut self) {
+        let mut changed = false;
+        for g in self.guarded.iter_mut() {
+            if g.state == IfState::Detached {
+                continue;
+            }
+            let iface = g.iface.clone();
+            let link = self.opts.pins.link_state(&iface);
+            let now = sys::if_index(&iface);
+            let filtering = match link {
+                LinkState::Missing => {
+                    warn!(
+                        iface,
+                        "{iface} was detached by `sipguard detach`: the daemon no longer guards it and will not attach it again by itself; restart sipguard (`sipguard run --iface {iface}`) to guard it again"
+                    );
+                    g.state = IfState::Detached;
+                    changed = true;
+                    continue;
+                }
+                LinkState::Attached { ifindex } => now == Some(ifindex),
+                LinkState::Severed => false,
+                LinkState::Unknown => true,
+            };
+            if filtering {
+                if g.state != IfState::Attached {
+                    g.state = IfState::Attached;
+                    changed = true;
+                }
+                continue;
+            }
+            if g.state == IfState::Attached {
+                warn!(
+                    iface,
+                    "interface {iface} is gone (deleted, or moved): nothing is filtered on it; sipguard attaches again when it comes back"
+                );
+                g.state = IfState::Gone;
+                changed = true;
+            }
+            let Some(idx) = now else { continue };
+            if g.failed_ifindex == Some(idx) {
+                continue;
+            }
+            match attach::reattach(&self.opts, g) {
+                Ok(()) => {
+                    info!(
+                        iface,
+                        ifindex = idx,
+                        xdp_mode = g.mode,
+                        "interface {iface} is back: re-attached (a new XDP link, pinned)"
+                    );
+                    g.state = IfState::Attached;
+                    g.failed_ifindex = None;
+                    changed = true;
+                }
+                Err(e) => {
+                    error!(
+                        iface,
+                        ifindex = idx,
+                        "interface {iface} is back but attaching to it failed (retried when it changes again): {e:#}"
+                    );
+                    g.failed_ifindex = Some(idx);
+                }
+            }
+        }
+        if changed {
+            self.save_info();
+        }
+    }
+
+    async fn reload(&mut self, why: &str) {
+        let result = self.commit();
+        let ok = result.is_ok();
+        if let Ok(mut st) = self.status.lock() {
+            st.last_reload = Some(SystemTime::now());
+            st.last_reload_ok = ok;
+        }
+        let error = match result {
+            Ok((n, cfg)) => {
+                self.fail_mode = cfg.fail_mode;
+                self.apply_live(&cfg).await;
+                info!(reason = why, rules = n, "reloaded");
+                None
+            }
+            Err(e) => {
+                error!(
+                    reason = why,
+                    "reload failed, the previous rules stay in force: {e:#}"
+                );
+                Some(format!("{e:#}"))
+            }
+        };
+        let record = ReloadRecord {
+            unix: unix_now(),
+            reason: why.into(),
+            ok,
+            error,
+        };
+        if let Err(e) = self.opts.state.save_reload(&record) {
+            warn!("recording the reload: {e:#}");
+        }
+        self.last_reload = Some(record);
+    }
+
+    /// Re-reads the config and commits config ⊕ runtime edits to every guarded interface.
+    /// Nothing changes when the file is invalid.
+    fn commit(&mut self) -> Result<(usize, ConfigFile)> {
+        // Resolved again: an /etc file that appeared (or went) since the start is picked up.
+        let source = ConfigLocation::resolve(self.opts.config.as_deref());
+        let cfg = source.load()?;
+        let _lock = self.opts.state.lock()?;
+        let overlay = self.opts.state.overlay()?;
+        let rules = overlay.apply(&cfg.rules);
+        for w in cfg.settings.unreachable_rules(&rules) {
+            warn!("{w}");
+        }
+        for g in self.guarded.iter_mut() {
+            if g.state == IfState::Detached {
+                info!(
+                    iface = %g.iface,
+                    "not guarded (detached by `sipguard detach`): restart sipguard to guard it again"
+                );
+                continue;
+            }
+            attach::warn_capacity(&g.iface, &g.filter.maps, cfg.settings.max_rules);
+            let r = g
+                .filter
+                .maps
+                .commit(&cfg.settings, &rules)
+                .with_context(|| format!("interface {}", g.iface))?;
+            info!(iface = %g.iface, added = r.added, changed = r.changed, removed = r.removed, total = r.total, "rules committed");
+            if let Ok(mut ids) = g.rule_ids.lock() {
+                *ids = id_map(&g.filter.maps);
+            }
+        }
+        self.opts.state.save_committed(&rules)?;
+        self.overlay = overlay;
+        self.overlay_stamp = self.opts.state.overlay_stamp();
+        self.committed = rules;
+        info!(config = %source, "config applied");
+        Ok((self.committed.len(), cfg))
+    }
+
+    /// Applies what a reload changed besides the rules and settings: `[events]` and
+    /// `[metrics] listen` live; says which settings need a restart.
+    async fn apply_live(&mut self, cfg: &ConfigFile) {
+        if cfg.events != self.applied_events {
+            self.hub.set_outputs(cfg.events.clone());
+            info!(
+                file = ?cfg.events.file,
+                stdout = cfg.events.stdout,
+                "events output switched ([events] changed)"
+            );
+            self.applied_events = cfg.events.clone();
+        }
+        let current = self.metrics.as_ref().map(|(a, _)| *a);
+        if cfg.metrics != current {
+            self.rebind_metrics(cfg.metrics, current).await;
+        }
+        let mut restart = Vec::new();
+        if cfg.settings.kernel_debug_log != self.applied_debug_log {
+            restart.push("kernel_debug_log");
+        }
+        if self
+            .guarded
+            .iter()
+            .any(|g| g.filter.maps.capacity() != cfg.settings.max_rules)
+        {
+            restart.push("max_rules (after `sipguard detach`, see above)");
+        }
+        if !restart.is_empty() {
+            warn!(
+                "not applied by a reload: {}: restart sipguard to apply",
+                restart.join(", ")
+            );
+        }
+    }
+
+    async fn rebind_metrics(&mut self, want: Option<SocketAddr>, current: Option<SocketAddr>) {
+        let stop = |t: Option<(SocketAddr, JoinHandle<()>)>| async move {
+            if let Some((_, t)) = t {
+                t.abort();
+                // Bounded: the task is cancelled at its next await; its listener is closed then.
+                let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+            }
+        };
+        let Some(addr) = want else {
+            stop(self.metrics.take()).await;
+            info!("metrics endpoint closed ([metrics] listen = \"off\")");
+            return;
+        };
+        // The new address first, so a busy one leaves the old listener serving; then (the same
+        // port on another address may conflict with the old listener) after closing the old.
+        let bound = match metrics::bind(addr).await {
+            Ok(l) => {
+                stop(self.metrics.take()).await;
+                Ok(l)
+            }
+            Err(_) => {
+                stop(self.metrics.take()).await;
+                metrics::bind(addr).await
+            }
+        };
+        match bound {
+            Ok(l) => {
+                self.metrics = Some((addr, spawn_metrics(l, &self.opts, &self.status)));
+                info!(listen = %addr, "metrics endpoint moved ([metrics] listen changed)");
+            }
+            Err(e) => {
+                error!(
+                    "metrics listen changed to {addr} but binding it failed: {e:#}; restart sipguard to apply"
+                );
+                if let Some(old) = current
+                    && let Ok(l) = metrics::bind(old).await
+                {
+                    self.metrics = Some((old, spawn_metrics(l, &self.opts, &self.status)));
+                    warn!(listen = %old, "metrics endpoint kept on the previous address");
+                }
+            }
+        }
+    }
 }

@@ -90,9 +90,18 @@ impl PinRoot {
         self.root.join(iface)
     }
 
-    /// Whether `iface`'s XDP link is pinned.
+    /// Whether `iface`'s XDP link is pinned and still filters an interface (the kernel severs
+    /// the link when the interface is deleted; the pin stays).
     pub fn is_attached(&self, iface: &str) -> bool {
-        self.iface_dir(iface).join(LINK_PIN).exists()
+        matches!(
+            self.link_state(iface),
+            LinkState::Attached { .. } | LinkState::Unknown
+        )
+    }
+
+    /// The truth about `iface`'s pinned XDP link.
+    pub fn link_state(&self, iface: &str) -> LinkState {
+        link_state(&self.iface_dir(iface).join(LINK_PIN))
     }
 
     /// The kernel's id of `iface`'s pinned program, if it is pinned.
@@ -180,6 +189,39 @@ impl PinRoot {
             let _ = fs::remove_dir(&self.root);
         }
         Ok(())
+    }
+}
+
+/// What a pinned XDP link is, as the kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// No pin (never attached, or detached by `sipguard detach`).
+    Missing,
+    /// Pinned, but attached to no interface: the interface was deleted (and maybe created
+    /// again, with a new ifindex), so nothing is filtered. `bpf_link_update` on it fails with
+    /// ENOLINK ("Link has been severed").
+    Severed,
+    /// Pinned and filtering the interface with this ifindex.
+    Attached { ifindex: u32 },
+    /// Pinned, but the kernel's link info could not be read.
+    Unknown,
+}
+
+/// The state of the XDP link pinned at `path`.
+pub fn link_state(path: &Path) -> LinkState {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return LinkState::Unknown;
+    };
+    let fd = match sys::obj_get(&c) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return LinkState::Missing,
+        Err(_) if !path.exists() => return LinkState::Missing,
+        Err(_) => return LinkState::Unknown,
+    };
+    match sys::link_info(fd.as_fd()) {
+        Ok(i) if i.ifindex == 0 => LinkState::Severed,
+        Ok(i) => LinkState::Attached { ifindex: i.ifindex },
+        Err(_) => LinkState::Unknown,
     }
 }
 

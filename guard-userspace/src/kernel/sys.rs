@@ -7,6 +7,8 @@
 //!   ([`unsupported`]);
 //! - `BPF_OBJ_GET` and `BPF_LINK_DETACH`, to detach a pinned XDP link that another process may
 //!   hold open;
+//! - `BPF_OBJ_GET_INFO_BY_FD` on a link ([`link_info`]), to tell a pinned XDP link that still
+//!   filters its interface from one the kernel severed (the interface was deleted);
 //! - `membarrier(2)` as an RCU grace period, `statfs(2)`/`mount(2)` for bpffs, `geteuid(2)` and
 //!   `if_nametoindex(3)`.
 
@@ -26,6 +28,7 @@ use aya::Pod;
 #[repr(i64)]
 pub enum Cmd {
     ObjGet = 7,
+    ObjGetInfoByFd = 15,
     MapLookupBatch = 24,
     MapUpdateBatch = 26,
     MapDeleteBatch = 27,
@@ -37,6 +40,7 @@ impl Cmd {
     pub const fn name(self) -> &'static str {
         match self {
             Cmd::ObjGet => "BPF_OBJ_GET",
+            Cmd::ObjGetInfoByFd => "BPF_OBJ_GET_INFO_BY_FD",
             Cmd::MapLookupBatch => "BPF_MAP_LOOKUP_BATCH",
             Cmd::MapUpdateBatch => "BPF_MAP_UPDATE_BATCH",
             Cmd::MapDeleteBatch => "BPF_MAP_DELETE_BATCH",
@@ -199,6 +203,50 @@ pub fn obj_get(path: &CStr) -> io::Result<OwnedFd> {
     let fd = unsafe { bpf(Cmd::ObjGet, &mut attr) }?;
     // SAFETY: the kernel returned a new fd that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says of a link (`struct bpf_link_info`, the XDP member).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// `enum bpf_link_type` (6 = XDP).
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// For an XDP link, the interface it filters; 0 once the kernel severed the link (the
+    /// interface was deleted) or it was detached (`BPF_LINK_DETACH`).
+    pub ifindex: u32,
+}
+
+/// `BPF_LINK_TYPE_XDP`.
+pub const LINK_TYPE_XDP: u32 = 6;
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link fd.
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    /// `union bpf_attr`'s `info` member.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // type, id, prog_id, then the per-type union, 8-byte aligned (so at offset 16; xdp:
+    // ifindex first); the rest stays zero, as the kernel requires of the bytes past its own
+    // struct.
+    let mut info = [0u32; 16];
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of::<[u32; 16]>() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the info layout; `info` points to a zeroed buffer of `info_len` bytes that
+    // outlives the call.
+    unsafe { bpf(Cmd::ObjGetInfoByFd, &mut attr) }?;
+    Ok(LinkInfo {
+        link_type: info[0],
+        id: info[1],
+        prog_id: info[2],
+        ifindex: info[4],
+    })
 }
 
 /// `BPF_LINK_DETACH` (kernel 5.9+): detaches a link even while other processes hold it open.

@@ -16,10 +16,10 @@ use serde::{Serialize, Serializer, ser::SerializeMap as _};
 use thiserror::Error;
 
 use crate::{
-    config::state::{DaemonInfo, StateDir, StateError},
+    config::state::{DaemonInfo, ReloadRecord, StateDir, StateError},
     kernel::{
         maps::{Maps, MapsError},
-        pins::{PinRoot, PinsError},
+        pins::{LinkState, PinRoot, PinsError},
     },
     model::{
         country,
@@ -62,6 +62,8 @@ pub struct Report {
     pub state_dir: PathBuf,
     /// The running daemon, if any.
     pub daemon: Option<DaemonInfo>,
+    /// The daemon's last reload (recorded in the state directory).
+    pub last_reload: Option<ReloadRecord>,
     pub ifaces: Vec<IfaceReport>,
 }
 
@@ -69,8 +71,12 @@ pub struct Report {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IfaceReport {
     pub iface: String,
-    /// Whether the XDP link is pinned (the program filters the interface).
+    /// Whether the XDP link is pinned and the kernel has it attached to an interface (a link
+    /// whose interface was deleted is severed: pinned, but filtering nothing).
     pub attached: bool,
+    /// Why it is not attached, when known: "interface gone" (the link was severed), or what the
+    /// running daemon recorded ("detached" by `sipguard detach`). Empty when attached.
+    pub note: String,
     /// `native`, `generic`, or `unknown`.
     pub xdp_mode: String,
     pub program_id: Option<u32>,
@@ -113,7 +119,13 @@ impl Report {
     /// Reads `parts` of every pinned interface. An empty pin root is an error that says how to
     /// start the filter.
     pub fn read(pins: &PinRoot, state: &StateDir, parts: Parts) -> Result<Self, ReportError> {
-        let ifaces = pins.require_ifaces().map_err(Box::new)?;
+        let daemon = state.running_daemon().unwrap_or(None);
+        let ifaces = match pins.require_ifaces() {
+            Ok(i) => i,
+            // A running daemon whose interfaces were all detached: shown as such.
+            Err(_) if daemon.as_ref().is_some_and(|d| !d.ifaces.is_empty()) => Vec::new(),
+            Err(e) => return Err(Box::new(e).into()),
+        };
         let meta = if parts.rules || parts.counters {
             state.rule_meta()
         } else {
@@ -123,9 +135,42 @@ impl Report {
         let mut out = Report {
             pin_root: pins.root.clone(),
             state_dir: state.dir.clone(),
-            daemon: state.running_daemon().unwrap_or(None),
+            daemon,
+            last_reload: state.last_reload(),
             ifaces: Vec::new(),
         };
+        let daemon_note = |iface: &str| {
+            out.daemon
+                .as_ref()
+                .and_then(|d| d.ifaces.iter().find(|i| i.name == iface))
+                .map(|i| i.state.clone())
+                .unwrap_or_default()
+        };
+        let notes: BTreeMap<String, String> =
+            ifaces.iter().map(|i| (i.clone(), daemon_note(i))).collect();
+        // Interfaces the daemon guards that have no pins any more (`sipguard detach`).
+        let unpinned: Vec<IfaceReport> = out
+            .daemon
+            .iter()
+            .flat_map(|d| &d.ifaces)
+            .filter(|i| !ifaces.contains(&i.name))
+            .map(|i| IfaceReport {
+                iface: i.name.clone(),
+                attached: false,
+                note: if i.state.is_empty() {
+                    "not pinned".into()
+                } else {
+                    i.state.clone()
+                },
+                xdp_mode: "none".into(),
+                program_id: None,
+                settings: Settings::default(),
+                rule_count: 0,
+                rules: Vec::new(),
+                global: GlobalCounters::default(),
+                sources: Vec::new(),
+            })
+            .collect();
         for iface in ifaces {
             let at = |source| ReportError::Maps {
                 iface: iface.clone(),
@@ -195,8 +240,19 @@ impl Report {
             } else {
                 Vec::new()
             };
+            let link = pins.link_state(&iface);
+            let attached = matches!(link, LinkState::Attached { .. } | LinkState::Unknown);
+            let note = match (attached, link) {
+                (true, _) => String::new(),
+                (false, LinkState::Severed) => "interface gone".to_string(),
+                (false, _) => match notes.get(&iface).map(String::as_str) {
+                    Some("") | None => "not attached".to_string(),
+                    Some(n) => n.to_string(),
+                },
+            };
             out.ifaces.push(IfaceReport {
-                attached: pins.is_attached(&iface),
+                attached,
+                note,
                 xdp_mode: modes
                     .get(&iface)
                     .cloned()
@@ -210,6 +266,8 @@ impl Report {
                 iface,
             });
         }
+        out.ifaces.extend(unpinned);
+        out.ifaces.sort_by(|a, b| a.iface.cmp(&b.iface));
         Ok(out)
     }
 
@@ -379,6 +437,8 @@ impl SourceRow {
 pub struct IfaceJson<'a> {
     pub iface: &'a str,
     pub attached: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub note: &'a str,
     pub xdp_mode: &'a str,
     pub program_id: Option<u32>,
     pub rules: usize,
@@ -393,6 +453,7 @@ impl IfaceReport {
         IfaceJson {
             iface: &self.iface,
             attached: self.attached,
+            note: &self.note,
             xdp_mode: &self.xdp_mode,
             program_id: self.program_id,
             rules: self.rule_count,
@@ -439,6 +500,11 @@ pub(crate) fn sample() -> Report {
         IfaceReport {
             iface: name.into(),
             attached: scale == 1,
+            note: if scale == 1 {
+                String::new()
+            } else {
+                "interface gone".into()
+            },
             xdp_mode: "native".into(),
             program_id: Some(40 + scale as u32),
             settings: Settings {
@@ -506,6 +572,12 @@ pub(crate) fn sample() -> Report {
             config: Some("/etc/sipguard/sipguard.toml".into()),
             ifaces: Vec::new(),
             started_unix: 0,
+        }),
+        last_reload: Some(ReloadRecord {
+            unix: 1_700_000_000,
+            reason: "SIGHUP".into(),
+            ok: false,
+            error: Some("line 3: unknown action".into()),
         }),
         ifaces: vec![iface("eth1", 1), iface("eth2", 2)],
     }
