@@ -53,6 +53,9 @@ fn frame_text(f: &FrameResult) -> String {
     if let Some((p, a)) = &f.rule {
         let _ = write!(line, "  rule {p} ({})", a.as_str());
     }
+    if let Some(r) = f.reason {
+        let _ = write!(line, "  ({r})");
+    }
     if let Some((got, of)) = f.snapped {
         let _ = write!(line, "  [snapped: {got} of {of} bytes]");
     }
@@ -70,6 +73,9 @@ fn frame_json(f: &FrameResult) -> String {
     if let Some((p, a)) = &f.rule {
         v["rule"] = json!(p.to_string());
         v["action"] = json!(a.as_str());
+    }
+    if let Some(r) = f.reason {
+        v["reason"] = json!(r);
     }
     if f.snapped.is_some() {
         v["snapped"] = json!(true);
@@ -113,6 +119,7 @@ mod tests {
                 number_dialled: Some("+23276123456".into()),
                 rule: Some(("+232".parse().unwrap(), Action::Block)),
                 snapped: None,
+                reason: None,
             },
             FrameResult {
                 number: 2,
@@ -121,6 +128,7 @@ mod tests {
                 number_dialled: None,
                 rule: None,
                 snapped: None,
+                reason: None,
             },
             FrameResult {
                 number: 123456,
@@ -129,6 +137,7 @@ mod tests {
                 number_dialled: Some("0900123".into()),
                 rule: Some(("0900".parse().unwrap(), Action::Block)),
                 snapped: Some((60, 1514)),
+                reason: None,
             },
             FrameResult {
                 number: 4,
@@ -137,6 +146,7 @@ mod tests {
                 number_dialled: Some("+4420".into()),
                 rule: Some(("+44".parse().unwrap(), Action::Allow)),
                 snapped: None,
+                reason: None,
             },
             FrameResult {
                 number: 5,
@@ -145,6 +155,7 @@ mod tests {
                 number_dialled: None,
                 rule: None,
                 snapped: Some((0, 64)),
+                reason: None,
             },
         ];
         let summary = Summary::of(&frames);

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
 use etherparse::{
-    IpNumber, Ipv6ExtensionSlice, LaxLinkExtSlice, LaxNetSlice, LaxSlicedPacket, UdpSlice,
+    IpNumber, Ipv6ExtensionSlice, LaxLinkExtSlice, LaxNetSlice, LaxSlicedPacket, TcpSlice, UdpSlice,
 };
 use guard_common::{Action, Counter, Parsed, parse_payload};
 
@@ -36,6 +36,8 @@ pub struct FrameResult {
     pub rule: Option<(Prefix, Action)>,
     /// For a frame cut short by the capture's snap length: bytes captured, bytes on the wire.
     pub snapped: Option<(usize, usize)>,
+    /// Why a frame was dropped without a rule: a tiny first fragment, or `incomplete_action`.
+    pub reason: Option<&'static str>,
 }
 
 /// Totals over a replay.
@@ -78,11 +80,11 @@ pub struct Replay {
     pub summary: Summary,
 }
 
-/// What the host sees in a frame, for display: UDP destination port and payload (the bytes the
+/// What the host sees in a frame, for display: UDP or TCP destination port and payload (the bytes the
 /// frame holds when an IP or UDP length claims more). The same headers as the XDP program:
 /// Ethernet II, at most two VLAN tags, IPv4 or IPv6 with extension headers, UDP; a non-first
 /// fragment has no UDP header.
-fn udp_payload(frame: &[u8]) -> Option<(u16, &[u8])> {
+fn sip_payload(frame: &[u8]) -> Option<(u16, &[u8])> {
     let p = LaxSlicedPacket::from_ethernet(frame).ok()?;
     if p.link_exts.len() > 2
         || p.link_exts
@@ -93,9 +95,7 @@ fn udp_payload(frame: &[u8]) -> Option<(u16, &[u8])> {
     }
     let ip = match p.net? {
         LaxNetSlice::Ipv4(ip) => {
-            if ip.header().fragments_offset().value() != 0
-                || ip.header().protocol() != IpNumber::UDP
-            {
+            if ip.header().fragments_offset().value() != 0 {
                 return None;
             }
             ip.payload().clone()
@@ -114,11 +114,18 @@ fn udp_payload(frame: &[u8]) -> Option<(u16, &[u8])> {
         }
         LaxNetSlice::Arp(_) => return None,
     };
-    if ip.ip_number != IpNumber::UDP {
-        return None;
+    match ip.ip_number {
+        IpNumber::UDP => {
+            let udp = UdpSlice::from_slice_lax(ip.payload).ok()?;
+            Some((udp.destination_port(), udp.payload()))
+        }
+        // SIP over TCP: the segment's own payload (the program does not reassemble).
+        IpNumber::TCP => {
+            let tcp = TcpSlice::from_slice(ip.payload).ok()?;
+            Some((tcp.destination_port(), tcp.payload()))
+        }
+        _ => None,
     }
-    let udp = UdpSlice::from_slice_lax(ip.payload).ok()?;
-    Some((udp.destination_port(), udp.payload()))
 }
 
 /// The request method (first token after keep-alive CRLFs), if the payload looks like SIP.
@@ -158,7 +165,7 @@ pub fn run(config_path: &Path, capture_path: &Path) -> Result<Replay> {
             .with_context(|| format!("{}: frame {}", capture_path.display(), f.number))?;
         let after = filter.global_counters()?;
         let moved = |c: Counter| after.counters[c as usize] > before.counters[c as usize];
-        let payload = udp_payload(&f.data).filter(|_| moved(Counter::SipCandidates));
+        let payload = sip_payload(&f.data).filter(|_| moved(Counter::SipCandidates));
         let mut result = FrameResult {
             number: f.number,
             verdict,
@@ -166,6 +173,13 @@ pub fn run(config_path: &Path, capture_path: &Path) -> Result<Replay> {
             number_dialled: None,
             rule: None,
             snapped: f.snapped.then_some((f.data.len(), f.original_len as usize)),
+            reason: if moved(Counter::TinyFirstFragments) {
+                Some("tiny first fragment")
+            } else if moved(Counter::IncompleteActionApplied) {
+                Some("number not read to its end: incomplete_action")
+            } else {
+                None
+            },
         };
         if let Some((_, p)) = payload
             && let Parsed::Number { number: n, .. } = parse_payload(p)
@@ -247,7 +261,7 @@ mod tests {
     #[test]
     fn ipv4_payload() {
         let frame = ipv4_frame(SIP);
-        assert_eq!(udp_payload(&frame), Some((5060, SIP)));
+        assert_eq!(sip_payload(&frame), Some((5060, SIP)));
     }
 
     #[test]
@@ -261,19 +275,19 @@ mod tests {
             .write(&mut frame, SIP)
             .unwrap();
         assert_eq!(frame[14] & 0x0f, 7, "IHL with 8 bytes of options");
-        assert_eq!(udp_payload(&frame), Some((5060, SIP)));
+        assert_eq!(sip_payload(&frame), Some((5060, SIP)));
     }
 
     #[test]
     fn ipv6_hop_by_hop_and_first_fragment_payload() {
         let frame = ipv6_fragment_frame(0, SIP);
         assert_eq!(frame[14 + 6], 0, "hop-by-hop first");
-        assert_eq!(udp_payload(&frame), Some((5061, SIP)));
+        assert_eq!(sip_payload(&frame), Some((5061, SIP)));
     }
 
     #[test]
     fn non_first_fragments_have_no_payload() {
-        assert_eq!(udp_payload(&ipv6_fragment_frame(185, SIP)), None);
+        assert_eq!(sip_payload(&ipv6_fragment_frame(185, SIP)), None);
         let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [192, 0, 2, 1], [192, 0, 2, 2]).unwrap();
         ip.fragment_offset = IpFragOffset::try_new(185).unwrap();
         let mut frame = Vec::new();
@@ -282,7 +296,7 @@ mod tests {
             .udp(5070, 5060)
             .write(&mut frame, SIP)
             .unwrap();
-        assert_eq!(udp_payload(&frame), None);
+        assert_eq!(sip_payload(&frame), None);
     }
 
     #[test]
@@ -296,7 +310,7 @@ mod tests {
             .unwrap();
         assert_eq!(&frame[12..14], &[0x88, 0xa8], "802.1ad outer tag");
         assert_eq!(&frame[16..18], &[0x81, 0x00], "802.1Q inner tag");
-        assert_eq!(udp_payload(&frame), Some((5060, SIP)));
+        assert_eq!(sip_payload(&frame), Some((5060, SIP)));
     }
 
     #[test]
@@ -308,24 +322,24 @@ mod tests {
             tagged.extend_from_slice(&tag);
         }
         tagged.extend_from_slice(&frame[12..]);
-        assert_eq!(udp_payload(&tagged), None);
+        assert_eq!(sip_payload(&tagged), None);
         // Two are fine.
         let mut two = frame[..12].to_vec();
         two.extend_from_slice(&tag);
         two.extend_from_slice(&tag);
         two.extend_from_slice(&frame[12..]);
-        assert_eq!(udp_payload(&two), Some((5060, SIP)));
+        assert_eq!(sip_payload(&two), Some((5060, SIP)));
     }
 
     #[test]
     fn truncated_payload_is_the_bytes_present() {
         let frame = ipv4_frame(SIP);
         let cut = &frame[..frame.len() - 10];
-        assert_eq!(udp_payload(cut), Some((5060, &SIP[..SIP.len() - 10])));
+        assert_eq!(sip_payload(cut), Some((5060, &SIP[..SIP.len() - 10])));
         // Only the UDP header left.
-        assert_eq!(udp_payload(&frame[..14 + 20 + 8]), Some((5060, &[][..])));
+        assert_eq!(sip_payload(&frame[..14 + 20 + 8]), Some((5060, &[][..])));
         // Not even that.
-        assert_eq!(udp_payload(&frame[..14 + 20 + 4]), None);
+        assert_eq!(sip_payload(&frame[..14 + 20 + 4]), None);
     }
 
     #[test]
@@ -334,27 +348,28 @@ mod tests {
         let mut frame = ipv4_frame(SIP);
         let udp_len = (8 + 6) as u16;
         frame[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&udp_len.to_be_bytes());
-        assert_eq!(udp_payload(&frame), Some((5060, &SIP[..6])));
+        assert_eq!(sip_payload(&frame), Some((5060, &SIP[..6])));
     }
 
     #[test]
-    fn non_udp_and_garbage_have_no_payload() {
+    fn tcp_gives_its_segment_and_garbage_has_no_payload() {
         let mut tcp = Vec::new();
         PacketBuilder::ethernet2(MAC_A, MAC_B)
             .ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
             .tcp(5070, 5060, 1, 1024)
             .write(&mut tcp, SIP)
             .unwrap();
-        assert_eq!(udp_payload(&tcp), None);
+        // SIP over TCP: the segment's payload, as the program inspects it.
+        assert_eq!(sip_payload(&tcp), Some((5060, SIP)));
         let mut arp = ipv4_frame(SIP);
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(udp_payload(&arp), None);
-        assert_eq!(udp_payload(&[]), None);
-        assert_eq!(udp_payload(&[0xff; 13]), None);
-        assert_eq!(udp_payload(&[0xa5; 200]), None);
+        assert_eq!(sip_payload(&arp), None);
+        assert_eq!(sip_payload(&[]), None);
+        assert_eq!(sip_payload(&[0xff; 13]), None);
+        assert_eq!(sip_payload(&[0xa5; 200]), None);
         let mut bad_version = ipv4_frame(SIP);
         bad_version[14] = 0x35;
-        assert_eq!(udp_payload(&bad_version), None);
+        assert_eq!(sip_payload(&bad_version), None);
     }
 
     #[test]
@@ -382,6 +397,7 @@ mod tests {
             number_dialled: None,
             rule: rule.map(|p| (p.parse().unwrap(), Action::Block)),
             snapped: None,
+            reason: None,
         };
         let s = Summary::of(&[
             frame(1, Verdict::Drop, Some("+232")),
