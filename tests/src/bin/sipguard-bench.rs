@@ -684,7 +684,7 @@ fn scrape_child(root: &str, state: &str, top: &str) -> ExitCode {
 
 /// One scrape in a child process: (bytes, seconds, the child's peak RSS in bytes).
 fn scrape_once(pf: &PinnedFilter, top: &str) -> anyhow::Result<(usize, f64, u64)> {
-    let child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("--scrape-child")
         .arg(&pf.pins.root)
         .arg(&pf.state.dir)
@@ -695,6 +695,7 @@ fn scrape_once(pf: &PinnedFilter, top: &str) -> anyhow::Result<(usize, f64, u64)
     let mut out = String::new();
     child
         .stdout
+        .take()
         .context("child stdout")?
         .read_to_string(&mut out)?;
     let mut status = 0;
