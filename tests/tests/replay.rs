@@ -199,6 +199,8 @@ fn a_truncated_capture_names_the_frame() {
 
 /// `sipguard replay --json` of `capture` with the fixture config: (exit ok, stdout lines,
 /// stderr, the process's peak RSS in bytes from wait4).
+// Reaped with wait4(2) (for its rusage), which clippy does not see.
+#[allow(clippy::zombie_processes)]
 fn replay_measured(sg: &Instance, capture: &Path) -> (bool, Vec<String>, String, u64) {
     use std::process::{Command, Stdio};
     let cfg = sg.write("m.toml", &config_for(Setup::Default));

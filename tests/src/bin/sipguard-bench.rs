@@ -683,6 +683,8 @@ fn scrape_child(root: &str, state: &str, top: &str) -> ExitCode {
 }
 
 /// One scrape in a child process: (bytes, seconds, the child's peak RSS in bytes).
+// Reaped with wait4(2) (for its rusage), which clippy does not see.
+#[allow(clippy::zombie_processes)]
 fn scrape_once(pf: &PinnedFilter, top: &str) -> anyhow::Result<(usize, f64, u64)> {
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("--scrape-child")
