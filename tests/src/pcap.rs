@@ -78,6 +78,17 @@ pub fn write_pcap(path: &Path, link: LinkType, frames: &[Vec<u8>]) -> std::io::R
 /// One little-endian section: a Section Header Block, an Interface Description Block (link
 /// type 1, no snapshot limit, microsecond timestamps), then one Enhanced Packet Block per frame.
 pub fn write_pcapng(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let frames: Vec<(u32, Vec<u8>)> = frames.iter().map(|f| (0, f.clone())).collect();
+    write_pcapng_interfaces(path, &[Linktype::ETHERNET.0 as u16], &frames)
+}
+
+/// Writes a pcapng file with one interface per entry of `links` (link type numbers, in
+/// interface id order) and `frames` as (interface id, bytes).
+pub fn write_pcapng_interfaces(
+    path: &Path,
+    links: &[u16],
+    frames: &[(u32, Vec<u8>)],
+) -> std::io::Result<()> {
     let mut out = Vec::new();
     // Block types, lengths, byte-order magic and version are set by the serializer.
     let mut shb = SectionHeaderBlock {
@@ -91,26 +102,28 @@ pub fn write_pcapng(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
         block_len2: 0,
     };
     append(&mut out, &mut shb)?;
-    let mut idb = InterfaceDescriptionBlock {
-        block_type: 0,
-        block_len1: 0,
-        linktype: Linktype::ETHERNET,
-        reserved: 0,
-        snaplen: 0, // no limit
-        options: Vec::new(),
-        block_len2: 0,
-        if_tsresol: 6,
-        if_tsoffset: 0,
-    };
-    append(&mut out, &mut idb)?;
-    for (i, frame) in frames.iter().enumerate() {
+    for &link in links {
+        let mut idb = InterfaceDescriptionBlock {
+            block_type: 0,
+            block_len1: 0,
+            linktype: Linktype(i32::from(link)),
+            reserved: 0,
+            snaplen: 0, // no limit
+            options: Vec::new(),
+            block_len2: 0,
+            if_tsresol: 6,
+            if_tsoffset: 0,
+        };
+        append(&mut out, &mut idb)?;
+    }
+    for (i, (if_id, frame)) in frames.iter().enumerate() {
         let len = caplen(frame)?;
         // Timestamp in microseconds (the interface's resolution), split in high and low words.
         let ts = u64::from(TS_BASE) * 1_000_000 + i as u64;
         let mut epb = EnhancedPacketBlock {
             block_type: 0,
             block_len1: 0,
-            if_id: 0,
+            if_id: *if_id,
             ts_high: (ts >> 32) as u32,
             ts_low: ts as u32,
             caplen: len,

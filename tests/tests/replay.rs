@@ -212,3 +212,142 @@ fn a_truncated_capture_names_the_frame() {
         r.stderr
     );
 }
+
+/// `sipguard replay --json` of `capture` with the fixture config: (exit ok, stdout lines,
+/// stderr, the process's peak RSS in bytes from wait4).
+// Reaped with wait4(2) (for its rusage), which clippy does not see.
+#[allow(clippy::zombie_processes)]
+fn replay_measured(sg: &Instance, capture: &Path) -> (bool, Vec<String>, String, u64) {
+    use std::process::{Command, Stdio};
+    let cfg = sg.write("m.toml", &config_for(Setup::Default));
+    let out = sg.dir.join("replay.out");
+    let err = sg.dir.join("replay.err");
+    let child = Command::new(sipguard_tests::harness::sipguard_bin())
+        .args(["replay", "--config", cfg.to_str().unwrap(), "--json"])
+        .arg(capture)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut ru) }, pid);
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let lines = fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (
+        ok,
+        lines,
+        fs::read_to_string(&err).unwrap(),
+        ru.ru_maxrss as u64 * 1024,
+    )
+}
+
+#[test]
+fn frames_the_kernel_will_not_run_are_skipped_with_their_reason() {
+    let sg = Instance::new("replay-skip");
+    let good = fixtures::case_named("l2/eth-ipv4").frame.clone();
+    let mut jumbo = good.clone();
+    jumbo.resize(70_000, 0);
+    let frames: Vec<(u32, Vec<u8>)> = vec![
+        (0, Vec::new()),
+        (0, vec![0xaa; 10]),
+        (0, good.clone()),
+        (0, jumbo),
+        (0, vec![0x55; 80_000]),
+        (1, good.clone()),
+        (1, good.clone()),
+        (0, good.clone()),
+    ];
+    let p = sg.dir.join("odd.pcapng");
+    pcap::write_pcapng_interfaces(&p, &[1, 147], &frames).unwrap();
+    let (ok, lines, stderr, _) = replay_measured(&sg, &p);
+    assert!(ok, "replay failed: {stderr}");
+    let v: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(v.len(), 9, "{lines:#?}");
+    let verdict = |i: usize| v[i]["verdict"].as_str().unwrap().to_string();
+    let reason = |i: usize| v[i]["reason"].as_str().unwrap_or("").to_string();
+    assert_eq!(verdict(0), "skipped");
+    assert!(
+        reason(0).contains("0 bytes") && reason(0).contains("14-byte"),
+        "{}",
+        reason(0)
+    );
+    assert_eq!(verdict(1), "skipped");
+    assert!(reason(1).starts_with("10 bytes"), "{}", reason(1));
+    assert_eq!(verdict(2), "drop");
+    // 70,000 bytes: a multi-buffer test run (more than a page), run by the kernel.
+    assert_eq!(verdict(3), "drop", "{}", lines[3]);
+    assert_eq!(verdict(4), "skipped");
+    assert!(reason(4).contains("73152"), "{}", reason(4));
+    assert_eq!(verdict(5), "skipped");
+    assert_eq!(reason(5), "unsupported link type 147");
+    assert_eq!(verdict(6), "skipped");
+    assert_eq!(verdict(7), "drop");
+    let s = &v[8]["summary"];
+    assert_eq!(s["frames"], 8);
+    assert_eq!(s["skipped"], 5);
+    assert_eq!(s["dropped"], 3);
+    assert_eq!(
+        stderr.matches("link type 147").count(),
+        1,
+        "one note per interface: {stderr}"
+    );
+}
+
+#[test]
+fn sparse_zero_filled_and_special_files_are_refused_in_bounded_memory() {
+    let sg = Instance::new("replay-sparse");
+    // A valid pcap header and one frame, then 1 GiB of holes (zeros).
+    let p = sg.dir.join("sparse.pcap");
+    pcap::write_pcap(
+        &p,
+        LinkType::Ethernet,
+        &[fixtures::case_named("l2/eth-ipv4").frame],
+    )
+    .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let start = std::time::Instant::now();
+    let (ok, lines, stderr, rss) = replay_measured(&sg, &p);
+    let took = start.elapsed();
+    assert!(!ok, "a zero-filled file was accepted");
+    assert!(stderr.contains("zero-filled"), "{stderr}");
+    assert!(
+        lines[0].contains("\"verdict\":\"drop\""),
+        "frames before the error are shown"
+    );
+    assert!(rss < 128 << 20, "peak RSS {} MB", rss >> 20);
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    eprintln!(
+        "sparse 1 GiB: refused in {took:.2?}, peak RSS {:.1} MB",
+        rss as f64 / 1e6
+    );
+
+    let (ok, _, stderr, rss) = replay_measured(&sg, Path::new("/dev/zero"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("/dev/zero: a device, not a regular file"),
+        "{stderr}"
+    );
+    assert!(rss < 128 << 20, "peak RSS {} MB", rss >> 20);
+
+    let fifo = sg.dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (ok, _, stderr, _) = replay_measured(&sg, &fifo);
+    assert!(!ok);
+    assert!(stderr.contains("a FIFO, not a regular file"), "{stderr}");
+}

@@ -1,20 +1,48 @@
 //! `sipguard replay --config FILE [--json] CAPTURE`: runs [`crate::replay::run`] and renders
 //! its results as text or JSON lines.
 
-use std::{fmt::Write as _, io::Write as _, path::Path};
+use std::{
+    fmt::Write as _,
+    io::{BufWriter, Write as _},
+    path::Path,
+};
 
 use anyhow::Result;
 use serde_json::json;
 
 use crate::{
     kernel::Verdict,
-    replay::{FrameResult, Replay, Summary},
+    replay::{Event, FrameResult, Outcome, Replay, Summary},
 };
 
+/// Prints each frame's line as replay gives it (a capture of any size, nothing kept), notes on
+/// stderr, then the summary.
 pub fn run(config: &Path, capture: &Path, json: bool) -> Result<()> {
-    let replay = crate::replay::run(config, capture)?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(render(&replay, json).as_bytes())?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let summary = crate::replay::run(config, capture, |e| {
+        match e {
+            Event::Frame(f) => {
+                let line = if json { frame_json(f) } else { frame_text(f) };
+                writeln!(out, "{line}")?;
+            }
+            Event::Note(n) => {
+                out.flush()?;
+                eprintln!("note: {n}");
+            }
+        }
+        Ok(())
+    });
+    // The frames before a file error are shown; then the error.
+    out.flush()?;
+    let summary = summary?;
+    out.write_all(
+        if json {
+            summary_json(&summary)
+        } else {
+            summary_text(&summary)
+        }
+        .as_bytes(),
+    )?;
     out.flush()?;
     Ok(())
 }
@@ -34,16 +62,20 @@ pub fn render(replay: &Replay, json: bool) -> String {
     out
 }
 
-fn verdict_str(v: Verdict) -> &'static str {
+fn verdict_str(v: &Outcome) -> &'static str {
     match v {
-        Verdict::Drop => "drop",
-        Verdict::Pass => "pass",
-        Verdict::Other(_) => "other",
+        Outcome::Ran(Verdict::Drop) => "drop",
+        Outcome::Ran(Verdict::Pass) => "pass",
+        Outcome::Ran(Verdict::Other(_)) => "other",
+        Outcome::Skipped(_) => "skipped",
     }
 }
 
 fn frame_text(f: &FrameResult) -> String {
-    let mut line = format!("frame {:>6}  {:<4}", f.number, verdict_str(f.verdict));
+    let mut line = format!("frame {:>6}  {:<4}", f.number, verdict_str(&f.verdict));
+    if let Outcome::Skipped(reason) = &f.verdict {
+        let _ = write!(line, " ({reason})");
+    }
     if let Some(m) = &f.method {
         let _ = write!(line, "  {m}");
     }
@@ -63,7 +95,10 @@ fn frame_text(f: &FrameResult) -> String {
 }
 
 fn frame_json(f: &FrameResult) -> String {
-    let mut v = json!({ "frame": f.number, "verdict": verdict_str(f.verdict) });
+    let mut v = json!({ "frame": f.number, "verdict": verdict_str(&f.verdict) });
+    if let Outcome::Skipped(reason) = &f.verdict {
+        v["reason"] = json!(reason);
+    }
     if let Some(m) = &f.method {
         v["method"] = json!(m);
     }
@@ -85,9 +120,13 @@ fn frame_json(f: &FrameResult) -> String {
 
 fn summary_text(s: &Summary) -> String {
     let mut out = format!(
-        "summary: {} frames, {} dropped, {} passed\n",
+        "summary: {} frames, {} dropped, {} passed",
         s.frames, s.dropped, s.passed
     );
+    if s.skipped > 0 {
+        let _ = write!(out, ", {} skipped", s.skipped);
+    }
+    out.push('\n');
     for (p, n) in &s.dropped_by_rule {
         let _ = writeln!(out, "  {p}: {n} dropped");
     }
@@ -99,6 +138,7 @@ fn summary_json(s: &Summary) -> String {
         "frames": s.frames,
         "dropped": s.dropped,
         "passed": s.passed,
+        "skipped": s.skipped,
         "dropped_by_rule": s.dropped_by_rule,
     }});
     format!("{v}\n")
@@ -114,7 +154,7 @@ mod tests {
         let frames = vec![
             FrameResult {
                 number: 1,
-                verdict: Verdict::Drop,
+                verdict: Outcome::Ran(Verdict::Drop),
                 method: Some("INVITE".into()),
                 number_dialled: Some("+23276123456".into()),
                 rule: Some(("+232".parse().unwrap(), Action::Block)),
@@ -123,7 +163,7 @@ mod tests {
             },
             FrameResult {
                 number: 2,
-                verdict: Verdict::Pass,
+                verdict: Outcome::Ran(Verdict::Pass),
                 method: None,
                 number_dialled: None,
                 rule: None,
@@ -132,7 +172,7 @@ mod tests {
             },
             FrameResult {
                 number: 123456,
-                verdict: Verdict::Drop,
+                verdict: Outcome::Ran(Verdict::Drop),
                 method: Some("INVITE".into()),
                 number_dialled: Some("0900123".into()),
                 rule: Some(("0900".parse().unwrap(), Action::Block)),
@@ -141,7 +181,7 @@ mod tests {
             },
             FrameResult {
                 number: 4,
-                verdict: Verdict::Pass,
+                verdict: Outcome::Ran(Verdict::Pass),
                 method: Some("OPTIONS".into()),
                 number_dialled: Some("+4420".into()),
                 rule: Some(("+44".parse().unwrap(), Action::Allow)),
@@ -150,13 +190,17 @@ mod tests {
             },
             FrameResult {
                 number: 5,
-                verdict: Verdict::Other(7),
+                verdict: Outcome::Ran(Verdict::Other(7)),
                 method: None,
                 number_dialled: None,
                 rule: None,
                 snapped: Some((0, 64)),
                 reason: None,
             },
+            FrameResult::skipped(
+                6,
+                "10 bytes, shorter than the 14-byte Ethernet header".into(),
+            ),
         ];
         let summary = Summary::of(&frames);
         Replay { frames, summary }
@@ -171,7 +215,8 @@ mod tests {
              frame 123456  drop  INVITE  0900123  rule 0900 (block)  [snapped: 60 of 1514 bytes]\n\
              frame      4  pass  OPTIONS  +4420  rule +44 (allow)\n\
              frame      5  other  [snapped: 0 of 64 bytes]\n\
-             summary: 5 frames, 2 dropped, 2 passed\n  \
+             frame      6  skipped (10 bytes, shorter than the 14-byte Ethernet header)\n\
+             summary: 6 frames, 2 dropped, 2 passed, 1 skipped\n  \
              +232: 1 dropped\n  \
              0900: 1 dropped\n"
         );
@@ -186,7 +231,8 @@ mod tests {
 {"action":"block","frame":123456,"method":"INVITE","number":"0900123","rule":"0900","snapped":true,"verdict":"drop"}
 {"action":"allow","frame":4,"method":"OPTIONS","number":"+4420","rule":"+44","verdict":"pass"}
 {"frame":5,"snapped":true,"verdict":"other"}
-{"summary":{"dropped":2,"dropped_by_rule":{"+232":1,"0900":1},"frames":5,"passed":2}}
+{"frame":6,"reason":"10 bytes, shorter than the 14-byte Ethernet header","verdict":"skipped"}
+{"summary":{"dropped":2,"dropped_by_rule":{"+232":1,"0900":1},"frames":6,"passed":2,"skipped":1}}
 "#
         );
     }
@@ -203,7 +249,7 @@ mod tests {
         );
         assert_eq!(
             render(&r, true),
-            "{\"summary\":{\"dropped\":0,\"dropped_by_rule\":{},\"frames\":0,\"passed\":0}}\n"
+            "{\"summary\":{\"dropped\":0,\"dropped_by_rule\":{},\"frames\":0,\"passed\":0,\"skipped\":0}}\n"
         );
     }
 }

@@ -194,13 +194,16 @@ pub async fn serve(path: PathBuf, hub: Hub) -> Result<()> {
 /// Serves `sipguard events` clients on `listener` within `limits`.
 pub async fn serve_with(listener: UnixListener, hub: Hub, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.max_clients));
+    let mut backoff = super::metrics::AcceptBackoff::new("events socket");
     loop {
         let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
             Err(e) => {
-                // E.g. out of file descriptors: don't spin.
-                warn!("events socket: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // E.g. out of file descriptors: a growing pause, never a busy loop.
+                backoff.failed(&e).await;
                 continue;
             }
         };

@@ -31,8 +31,14 @@ use crate::{
     report::{self, DaemonStatus, Parts, Report},
 };
 
-/// Reads the report and renders it.
-pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result<String> {
+/// Reads the report and renders it, with per-rule series for the `top_rules` busiest rules of
+/// each interface.
+pub fn render(
+    pins: &PinRoot,
+    state: &StateDir,
+    status: &DaemonStatus,
+    top_rules: usize,
+) -> Result<String> {
     let parts = Parts {
         rules: true,
         counters: true,
@@ -44,7 +50,7 @@ pub fn render(pins: &PinRoot, state: &StateDir, status: &DaemonStatus) -> Result
     } else {
         Report::read(pins, state, parts)?
     };
-    report::metrics::render(&report, status).context("encoding the metrics")
+    report::metrics::render(&report, status, top_rules).context("encoding the metrics")
 }
 
 /// Binds the metrics listener (at start, so a busy port is a clear error, not a silent gap).
@@ -66,10 +72,79 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep-alive is off, so a connection carries one request.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
-/// Connections served at once. Over it, new connections wait in the kernel's listen backlog
-/// (no task, no file descriptor in the daemon) until one ends, which an idle one does within
+/// Connections served at once. Over it, a new connection is accepted, told `503 Service
+/// Unavailable` and closed at once: it never holds a task or a file descriptor, and the listen
+/// backlog stays empty. A slot frees when a connection ends, which an idle one does within
 /// [`HEADER_READ_TIMEOUT`] and any within [`CONNECTION_LIFETIME`].
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// Per-rule series exported per interface: the busiest rules only (see
+/// [`report::metrics::render`]), so a scrape stays small whatever the rule count.
+pub const TOP_RULES: usize = report::metrics::TOP_RULES;
+
+/// What an over-the-cap client is told before the connection is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n";
+
+/// The first pause after a failed `accept` (out of file descriptors, of memory, of buffers):
+/// the failed connection stays queued, so retrying at once would spin.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between retries while `accept` keeps failing.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The pause after each failed `accept`, doubling from [`ACCEPT_BACKOFF_MIN`] to
+/// [`ACCEPT_BACKOFF_MAX`] while the failures last, and logged once per burst of failures (and
+/// once when accepting works again). Never a busy loop.
+#[derive(Debug)]
+pub(crate) struct AcceptBackoff {
+    what: &'static str,
+    delay: Option<Duration>,
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    pub(crate) fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            delay: None,
+            failures: 0,
+        }
+    }
+
+    /// The pause after a failed accept, and whether this failure starts a burst (is logged).
+    pub(crate) fn delay(&mut self) -> (Duration, bool) {
+        self.failures += 1;
+        let (d, first) = match self.delay {
+            None => (ACCEPT_BACKOFF_MIN, true),
+            Some(d) => ((d * 2).min(ACCEPT_BACKOFF_MAX), false),
+        };
+        self.delay = Some(d);
+        (d, first)
+    }
+
+    /// Waits after the failed accept `e`.
+    pub(crate) async fn failed(&mut self, e: &std::io::Error) {
+        let (d, first) = self.delay();
+        if first {
+            warn!(
+                "{}: accept failed: {e}; retrying every {:?} to {:?} until it works again",
+                self.what, ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX
+            );
+        }
+        tokio::time::sleep(d).await;
+    }
+
+    /// An accept worked: ends a burst of failures.
+    pub(crate) fn succeeded(&mut self) {
+        if self.failures > 0 {
+            info!(
+                "{}: accepting again after {} failed accepts",
+                self.what, self.failures
+            );
+        }
+        self.delay = None;
+        self.failures = 0;
+    }
+}
 
 /// The bounds of the metrics server (the constants above; tests shorten them).
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +152,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub connection_lifetime: Duration,
     pub max_connections: usize,
+    /// Per-rule series per interface (the busiest rules; `[metrics] top_rules`).
+    pub top_rules: usize,
 }
 
 impl Default for Limits {
@@ -85,46 +162,66 @@ impl Default for Limits {
             header_read_timeout: HEADER_READ_TIMEOUT,
             connection_lifetime: CONNECTION_LIFETIME,
             max_connections: MAX_CONNECTIONS,
+            top_rules: TOP_RULES,
         }
     }
 }
 
-/// Serves `GET /metrics` until the daemon stops.
+/// Serves `GET /metrics` until the daemon stops, within the default [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     pins: PinRoot,
     state: StateDir,
     status: Arc<Mutex<DaemonStatus>>,
 ) {
-    serve_with(listener, Limits::default(), move || {
+    serve_limited(listener, Limits::default(), pins, state, status).await
+}
+
+/// Serves `GET /metrics` until the daemon stops, within `limits`.
+pub async fn serve_limited(
+    listener: TcpListener,
+    limits: Limits,
+    pins: PinRoot,
+    state: StateDir,
+    status: Arc<Mutex<DaemonStatus>>,
+) {
+    serve_with(listener, limits, move || {
         let st = status.lock().map(|s| s.clone()).unwrap_or_default();
-        render(&pins, &state, &st)
+        render(&pins, &state, &st, limits.top_rules)
     })
     .await
 }
 
-/// Serves `GET /metrics` with the body `render` makes (run on the blocking pool: it reads
-/// the BPF maps), within `limits`.
+/// Serves `GET /metrics` with the body `render` makes, within `limits`.
+///
+/// `render` runs on the blocking pool (it reads the BPF maps), never on the daemon's own
+/// (current-thread) runtime, and one at a time: a scrape that arrives while a render runs
+/// waits for the next one to start, and scrapes that waited together share its body.
 pub async fn serve_with(
     listener: TcpListener,
     limits: Limits,
     render: impl Fn() -> Result<String> + Send + Sync + 'static,
 ) {
-    let render: Renderer = Arc::new(render);
+    let render = Arc::new(SingleFlight::new(render));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = AcceptBackoff::new("metrics");
     loop {
-        // A slot first, then accept: over the cap, connections wait in the listen backlog.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
+            Ok((sock, _)) => {
+                backoff.succeeded();
+                sock
+            }
             Err(e) => {
-                // E.g. out of file descriptors: don't spin.
-                warn!("metrics: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // E.g. out of file descriptors (EMFILE/ENFILE), ENOBUFS, ENOMEM.
+                backoff.failed(&e).await;
                 continue;
             }
+        };
+        // Over the cap: refused and closed at once, not held.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let _ = sock.try_write(BUSY);
+            drop(sock);
+            continue;
         };
         let render = render.clone();
         tokio::spawn(async move {
@@ -143,7 +240,48 @@ pub async fn serve_with(
     }
 }
 
-type Renderer = Arc<dyn Fn() -> Result<String> + Send + Sync>;
+type Renderer = Arc<SingleFlight>;
+type Body = Result<Bytes, Arc<anyhow::Error>>;
+
+/// One render at a time; callers that waited for the same render share its result.
+pub(crate) struct SingleFlight {
+    render: Arc<dyn Fn() -> Result<String> + Send + Sync>,
+    /// Renders started so far, and the body of the last one.
+    last: tokio::sync::Mutex<(u64, Option<Body>)>,
+    started: std::sync::atomic::AtomicU64,
+}
+
+impl SingleFlight {
+    fn new(render: impl Fn() -> Result<String> + Send + Sync + 'static) -> Self {
+        Self {
+            render: Arc::new(render),
+            last: tokio::sync::Mutex::new((0, None)),
+            started: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A body rendered after this call began: the render in progress is not reused (its
+    /// reading may predate the request), the next one is, by everyone waiting for it.
+    async fn get(&self) -> Body {
+        use std::sync::atomic::Ordering;
+        let seen = self.started.load(Ordering::SeqCst);
+        let mut last = self.last.lock().await;
+        if last.0 > seen
+            && let Some(body) = &last.1
+        {
+            return body.clone();
+        }
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let render = self.render.clone();
+        let body = tokio::task::spawn_blocking(move || render())
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("rendering the metrics panicked: {e}")))
+            .map(Bytes::from)
+            .map_err(Arc::new);
+        *last = (self.started.load(Ordering::SeqCst), Some(body.clone()));
+        body
+    }
+}
 
 async fn respond(
     req: Request<Incoming>,
@@ -158,12 +296,9 @@ async fn respond(
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return Ok(r);
     }
-    let body = tokio::task::spawn_blocking(move || render())
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("rendering the metrics panicked: {e}")));
-    Ok(match body {
+    Ok(match render.get().await {
         Ok(body) => {
-            let mut r = Response::new(Full::new(Bytes::from(body)));
+            let mut r = Response::new(Full::new(body));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             r
@@ -206,6 +341,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(300),
             connection_lifetime: Duration::from_secs(3),
             max_connections: 2,
+            top_rules: TOP_RULES,
         }
     }
 
@@ -314,31 +450,126 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn over_the_cap_a_connection_waits_until_the_idle_ones_time_out() {
+    async fn over_the_cap_a_connection_is_refused_at_once_not_held() {
         let limits = short();
         let addr = server(limits, Ok(BODY)).await;
-        let start = Instant::now();
         // Fill every slot with clients that send nothing.
         let mut idle = Vec::new();
         for _ in 0..limits.max_connections {
             idle.push(TcpStream::connect(addr).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        // The cap+1'th connection is accepted by the kernel (listen backlog) but not served ...
+        // The cap+1'th connection is told 503 and closed straight away, long before the idle
+        // ones time out.
+        let start = Instant::now();
         let mut extra = TcpStream::connect(addr).await.unwrap();
-        extra.write_all(get("/metrics").as_bytes()).await.unwrap();
-        let mut byte = [0u8; 1];
-        let early = tokio::time::timeout(Duration::from_millis(150), extra.read(&mut byte)).await;
-        assert!(early.is_err(), "served while every slot was taken");
-        // ... until the idle ones time out; then it is answered.
         let resp = read_all(&mut extra).await;
-        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
-        assert!(start.elapsed() >= limits.header_read_timeout);
+        assert!(
+            resp.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{resp}"
+        );
+        assert!(
+            start.elapsed() < limits.header_read_timeout,
+            "held for {:?}",
+            start.elapsed()
+        );
+        // The idle ones time out; then the server goes on serving.
         for mut s in idle {
             assert!(!read_all(&mut s).await.contains("200 OK"));
         }
-        // And the server goes on serving.
         let resp = request(addr, &get("/metrics")).await;
         assert!(resp.ends_with(BODY), "{resp}");
+    }
+
+    #[tokio::test]
+    async fn a_slowloris_client_is_closed_by_the_header_timeout() {
+        let limits = short();
+        let addr = server(limits, Ok(BODY)).await;
+        let start = Instant::now();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // One byte at a time, every 50 ms: never a whole head within the timeout.
+        let head = get("/metrics").into_bytes();
+        let mut closed_at = None;
+        for b in head.iter().cycle().take(200) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if s.write_all(&[*b]).await.is_err() {
+                closed_at = Some(start.elapsed());
+                break;
+            }
+            let mut buf = [0u8; 64];
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await
+            {
+                assert!(!String::from_utf8_lossy(&buf[..n]).contains("200 OK"));
+                closed_at = Some(start.elapsed());
+                break;
+            }
+        }
+        let took = closed_at.expect("the slow client is disconnected");
+        assert!(took >= limits.header_read_timeout, "closed after {took:?}");
+        assert!(took < limits.connection_lifetime, "closed after {took:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn renders_run_off_the_runtime_one_at_a_time_and_are_shared() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let renders = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 16,
+            ..short()
+        };
+        let (r, g) = (renders.clone(), running.clone());
+        tokio::spawn(serve_with(l, limits, move || {
+            assert_eq!(g.fetch_add(1, Ordering::SeqCst), 0, "one render at a time");
+            // A slow, blocking render: the runtime must keep running meanwhile.
+            std::thread::sleep(Duration::from_millis(400));
+            g.fetch_sub(1, Ordering::SeqCst);
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(BODY.to_string())
+        }));
+        let scrapes: Vec<_> = (0..8)
+            .map(|_| tokio::spawn(async move { request(addr, &get("/metrics")).await }))
+            .collect();
+        // The (single-threaded) runtime ticks while the renders block.
+        let start = Instant::now();
+        let mut ticks = 0;
+        while start.elapsed() < Duration::from_millis(300) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            ticks += 1;
+        }
+        assert!(
+            ticks >= 10,
+            "the runtime was blocked: {ticks} ticks in 300 ms"
+        );
+        for s in scrapes {
+            assert!(s.await.unwrap().ends_with(BODY));
+        }
+        // Eight concurrent scrapes: the first render, and one more for all who waited.
+        let n = renders.load(Ordering::SeqCst);
+        assert!(n <= 2, "{n} renders for 8 concurrent scrapes");
+    }
+
+    #[test]
+    fn accept_backoff_grows_to_a_second_and_logs_once_per_burst() {
+        let mut b = AcceptBackoff::new("test");
+        let delays: Vec<(Duration, bool)> = (0..7).map(|_| b.delay()).collect();
+        let ms = |d: u64| Duration::from_millis(d);
+        assert_eq!(
+            delays,
+            [
+                (ms(100), true),
+                (ms(200), false),
+                (ms(400), false),
+                (ms(800), false),
+                (ms(1000), false),
+                (ms(1000), false),
+                (ms(1000), false),
+            ]
+        );
+        b.succeeded();
+        assert_eq!(b.delay(), (ms(100), true), "a new burst is logged again");
     }
 }

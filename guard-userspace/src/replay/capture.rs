@@ -14,18 +14,24 @@
 //! (113) and `LINUX_SLL2` (276), get an Ethernet II header (zero MACs, ethertype from the SLL
 //! protocol field) in place of their own header; raw IP, `RAW` (101) with the ethertype taken
 //! from the IP version nibble, `IPV4` (228) and `IPV6` (229) with the ethertype the link type
-//! names, get an Ethernet II header in front. Any other link type is an error.
+//! names, get an Ethernet II header in front. Frames of any other link type are skipped.
 //!
 //! Frames are numbered from 1 in file order, counting packet blocks only, as Wireshark numbers
 //! them. Only the captured bytes are available: a frame cut by the capture's snapshot length is
 //! returned as captured, with [`Frame::snapped`] set.
 //!
-//! The whole file is read into memory (a capture worth replaying is small) and parsed as a slice
-//! with `pcap-parser`'s record and block parsers: a record that claims more bytes than the file
-//! holds is recognised as truncation, and every record or block parsed shortens what is left,
-//! so reading ends on every input.
+//! The file is read in chunks, one record or block at a time, with `pcap-parser`'s record and
+//! block parsers (never whole: memory stays bounded by [`MAX_RECORD`] whatever the file size):
+//! a record that claims more bytes than the file holds is recognised as truncation, and every
+//! record or block parsed shortens what is left, so reading ends on every input. Only regular
+//! files are read (a FIFO or `/dev/zero` is refused), and a run of all-zero pcap records (a
+//! preallocated or sparse file) ends the reading with an error.
+//!
+//! A packet that cannot become a frame (an unsupported link type, a cooked header cut short,
+//! raw IP that is not IP) is an [`Item::Skipped`] with its reason, not the end of the file; an
+//! unsupported link type is noted once per interface ([`Item::Note`]).
 
-use std::path::Path;
+use std::{collections::VecDeque, io::Read, path::Path};
 
 use pcap_parser::nom::{self, IResult};
 use pcap_parser::traits::PcapNGPacketBlock;
@@ -69,6 +75,17 @@ pub enum CaptureError {
         #[source]
         source: std::io::Error,
     },
+    /// Not a regular file (a FIFO, a device, a directory).
+    #[error("{path}: {kind}, not a regular file (replay reads capture files only)")]
+    NotRegular { path: String, kind: &'static str },
+    /// A record or block longer than [`MAX_RECORD`].
+    #[error("{path}: frame {frame}: a record or block of more than {} MiB (not a capture replay reads)", MAX_RECORD >> 20)]
+    TooLarge { path: String, frame: u64 },
+    /// A run of all-zero pcap records: the rest of the file is zeros.
+    #[error(
+        "{path}: frame {frame}: all-zero records from here on (time 0, length 0): the file is zero-filled, not a capture"
+    )]
+    ZeroFilled { path: String, frame: u64 },
     /// The file is empty.
     #[error("{path}: empty file (not a pcap or pcapng file)")]
     Empty { path: String },
@@ -149,40 +166,109 @@ fn ip_version(version: Option<u8>) -> String {
     }
 }
 
-/// Reads every frame (Ethernet II) of a pcap or pcapng file.
-///
-/// The file is read into memory first; see [`parse_frames`].
-pub fn read_frames(path: &Path) -> Result<Vec<Frame>, CaptureError> {
+/// The most a record or block may hold: more is refused as not a capture this reader takes
+/// (the buffer never grows past it, whatever a length field claims).
+pub const MAX_RECORD: usize = 16 << 20;
+
+/// Consecutive all-zero pcap record headers (time 0, lengths 0) that end the reading: the rest
+/// of the file is zeros (preallocated, sparse), not packets.
+const ZERO_RUN: u32 = 16;
+
+/// What reading yields, in file order.
+#[derive(Debug)]
+pub enum Item {
+    /// A frame to run.
+    Frame(Frame),
+    /// A packet that cannot become an Ethernet II frame; `problem` names it.
+    Skipped { number: u64, problem: CaptureError },
+    /// Said once, e.g. for an interface whose link type is not supported (its frames are
+    /// skipped).
+    Note(String),
+}
+
+impl CaptureError {
+    /// The message without the `path: frame N: ` it starts with.
+    pub fn reason(&self) -> String {
+        let msg = self.to_string();
+        match msg.split_once(": frame ") {
+            Some((_, rest)) => rest
+                .split_once(": ")
+                .map_or(msg.clone(), |(_, r)| r.to_string()),
+            None => msg,
+        }
+    }
+}
+
+/// Opens a capture file for [`Reader`]: a regular file only (a FIFO or device is refused, not
+/// waited on or read forever), with a pcap or pcapng magic number.
+pub fn open(path: &Path) -> Result<Reader<std::fs::File>, CaptureError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| CaptureError::Io {
+    let io = |source| CaptureError::Io {
         path: name.clone(),
         source,
-    })?;
-    parse_frames(&name, &bytes)
+    };
+    // Non-blocking: opening a FIFO without a writer must not hang.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let t = meta.file_type();
+        let kind = if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(CaptureError::NotRegular { path: name, kind });
+    }
+    Reader::new(name, file)
+}
+
+/// Reads every frame (Ethernet II) of a pcap or pcapng file, strictly: the first packet that
+/// cannot become a frame is an error (see [`Reader`] for the lenient reading replay does).
+pub fn read_frames(path: &Path) -> Result<Vec<Frame>, CaptureError> {
+    strict(open(path)?)
 }
 
 /// The same, from bytes already in memory (`name` is used in error messages).
-///
-/// The format (pcap or pcapng) is recognised from the magic number at the start; then
-/// `pcap-parser`'s record or block parsers walk the slice one record or block at a time. The
-/// first problem found ends the reading with an error; frames before it are not returned.
 pub fn parse_frames(name: &str, bytes: &[u8]) -> Result<Vec<Frame>, CaptureError> {
-    let mut state = State {
-        path: name.to_string(),
-        frames: Vec::new(),
-        interfaces: Vec::new(),
-        big_endian: false,
-    };
-    match Format::of(bytes) {
-        Some(Format::Pcap) => state.read_pcap(bytes)?,
-        Some(Format::PcapNg) => state.read_pcapng(bytes)?,
-        None if bytes.is_empty() => return Err(CaptureError::Empty { path: state.path }),
-        None => return Err(CaptureError::NotCapture { path: state.path }),
+    strict(Reader::new(name.to_string(), bytes)?)
+}
+
+fn strict<R: Read>(mut r: Reader<R>) -> Result<Vec<Frame>, CaptureError> {
+    let mut frames = Vec::new();
+    while let Some(item) = r.next_item()? {
+        match item {
+            Item::Frame(f) => frames.push(f),
+            Item::Skipped { problem, .. } => return Err(problem),
+            Item::Note(_) => {}
+        }
     }
-    Ok(state.frames)
+    Ok(frames)
+}
+
+/// Every item of a capture in memory, leniently (as replay reads a file).
+pub fn parse_items(name: &str, bytes: &[u8]) -> Result<Vec<Item>, CaptureError> {
+    let mut r = Reader::new(name.to_string(), bytes)?;
+    let mut items = Vec::new();
+    while let Some(item) = r.next_item()? {
+        items.push(item);
+    }
+    Ok(items)
 }
 
 /// The two capture formats, told apart by the first four bytes of the file.
+#[derive(Clone, Copy)]
 enum Format {
     Pcap,
     PcapNg,
@@ -222,109 +308,322 @@ struct Interface {
     link: Linktype,
     /// Snapshot length; 0 means no limit.
     snaplen: u32,
+    /// Its unsupported link type was noted.
+    noted: bool,
 }
 
-/// What the reader has learnt so far, and the frames it has made.
+/// The bytes of the file not parsed yet: read in chunks, at most [`MAX_RECORD`] and a chunk
+/// held at once.
+struct Input<R> {
+    src: R,
+    buf: Vec<u8>,
+    pos: usize,
+    eof: bool,
+}
+
+const CHUNK: usize = 64 << 10;
+
+/// Why more bytes could not be had.
+enum Short {
+    /// The file ends.
+    End,
+    /// [`MAX_RECORD`] bytes are held and the record is still incomplete.
+    TooLarge,
+}
+
+impl<R: Read> Input<R> {
+    fn rest(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// Reads more of the file after what is held.
+    fn more(&mut self, path: &str) -> Result<Result<(), Short>, CaptureError> {
+        if self.eof {
+            return Ok(Err(Short::End));
+        }
+        if self.buf.len() - self.pos >= MAX_RECORD {
+            return Ok(Err(Short::TooLarge));
+        }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let have = self.buf.len();
+        self.buf.resize(have + CHUNK, 0);
+        let n = loop {
+            match self.src.read(&mut self.buf[have..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(CaptureError::Io {
+                        path: path.to_string(),
+                        source,
+                    });
+                }
+            }
+        };
+        self.buf.truncate(have + n);
+        if n == 0 {
+            self.eof = true;
+            return Ok(Err(Short::End));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Whether the file is read to its end.
+    fn at_end(&mut self, path: &str) -> Result<bool, CaptureError> {
+        while self.pos == self.buf.len() {
+            if self.more(path)?.is_err() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Reads a capture one record or block at a time, without holding the file: each packet is
+/// an [`Item`] (a frame, or a packet skipped with its reason), and only a problem with the file
+/// itself (truncated, malformed, zero-filled, a record over [`MAX_RECORD`]) is an error.
+pub struct Reader<R> {
+    input: Input<R>,
+    state: State,
+    format: Format,
+    /// Classic pcap: the link type and record parser from the file header.
+    pcap: Option<(Linktype, RecordParser)>,
+    /// Classic pcap: consecutive all-zero record headers.
+    zero_run: u32,
+}
+
+impl<R: Read> Reader<R> {
+    /// Checks the magic number and reads the file (or first section) header.
+    pub fn new(path: String, src: R) -> Result<Self, CaptureError> {
+        let mut input = Input {
+            src,
+            buf: Vec::new(),
+            pos: 0,
+            eof: false,
+        };
+        while input.rest().len() < 4 {
+            if input.more(&path)?.is_err() {
+                break;
+            }
+        }
+        let format = match Format::of(input.rest()) {
+            Some(f) => f,
+            None if input.rest().is_empty() => return Err(CaptureError::Empty { path }),
+            None => return Err(CaptureError::NotCapture { path }),
+        };
+        let mut r = Reader {
+            input,
+            state: State {
+                path,
+                count: 0,
+                interfaces: Vec::new(),
+                big_endian: false,
+                pending: VecDeque::new(),
+                noted_file: false,
+            },
+            format,
+            pcap: None,
+            zero_run: 0,
+        };
+        match format {
+            Format::Pcap => r.pcap_header()?,
+            Format::PcapNg => r.section_header()?,
+        }
+        Ok(r)
+    }
+
+    /// The next item, or `None` at the end of the file.
+    pub fn next_item(&mut self) -> Result<Option<Item>, CaptureError> {
+        loop {
+            if let Some(item) = self.state.pending.pop_front() {
+                return Ok(Some(item));
+            }
+            if self.input.at_end(&self.state.path)? {
+                return Ok(None);
+            }
+            match self.format {
+                Format::Pcap => self.pcap_record()?,
+                Format::PcapNg => self.pcapng_block()?,
+            }
+        }
+    }
+
+    fn pcap_header(&mut self) -> Result<(), CaptureError> {
+        loop {
+            let rest = self.input.rest();
+            // With a known magic number, the header parser can only fail for want of bytes.
+            if let Ok((after, header)) = pcap_parser::parse_pcap_header(rest) {
+                let parse_record: RecordParser = if header.is_modified_format() {
+                    pcap_parser::parse_pcap_frame_modified
+                } else if header.is_bigendian() {
+                    pcap_parser::parse_pcap_frame_be
+                } else {
+                    pcap_parser::parse_pcap_frame
+                };
+                self.pcap = Some((header.network, parse_record));
+                let used = rest.len() - after.len();
+                self.input.consume(used);
+                return Ok(());
+            }
+            if self.input.more(&self.state.path)?.is_err() {
+                return Err(CaptureError::TruncatedHeader {
+                    path: self.state.path.clone(),
+                });
+            }
+        }
+    }
+
+    fn section_header(&mut self) -> Result<(), CaptureError> {
+        loop {
+            let rest = self.input.rest();
+            let incomplete = match pcap_parser::parse_sectionheaderblock(rest) {
+                Ok((after, shb)) => {
+                    let used = rest.len() - after.len();
+                    self.state.block(Block::SectionHeader(shb));
+                    self.input.consume(used);
+                    return Ok(());
+                }
+                Err(nom::Err::Incomplete(_)) => true,
+                // The byte-order magic is wrong.
+                Err(nom::Err::Error(PcapError::HeaderNotRecognized)) => {
+                    return Err(CaptureError::NotCapture {
+                        path: self.state.path.clone(),
+                    });
+                }
+                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => {
+                    return Err(self.state.malformed(&e));
+                }
+            };
+            if incomplete && self.input.more(&self.state.path)?.is_err() {
+                return Err(CaptureError::TruncatedHeader {
+                    path: self.state.path.clone(),
+                });
+            }
+        }
+    }
+
+    /// One classic pcap record.
+    fn pcap_record(&mut self) -> Result<(), CaptureError> {
+        let Some((link, parse_record)) = self.pcap else {
+            return Ok(());
+        };
+        loop {
+            let rest = self.input.rest();
+            // A record parser only fails for want of bytes: the file ends inside the record
+            // header, or before the captured length the header gives.
+            if let Ok((after, record)) = parse_record(rest) {
+                if rest.get(..16).is_some_and(|h| h.iter().all(|&b| b == 0)) {
+                    self.zero_run += 1;
+                    if self.zero_run >= ZERO_RUN {
+                        return Err(CaptureError::ZeroFilled {
+                            path: self.state.path.clone(),
+                            frame: self.state.count + 2 - u64::from(ZERO_RUN),
+                        });
+                    }
+                } else {
+                    self.zero_run = 0;
+                }
+                // Every record is at least its 16-byte header long, so the input shrinks.
+                let used = rest.len() - after.len();
+                self.state.push(link, None, record.data, record.origlen);
+                self.input.consume(used);
+                return Ok(());
+            }
+            match self.input.more(&self.state.path)? {
+                Ok(()) => {}
+                Err(Short::End) => {
+                    return Err(CaptureError::TruncatedFrame {
+                        path: self.state.path.clone(),
+                        frame: self.state.count + 1,
+                    });
+                }
+                Err(Short::TooLarge) => return Err(self.state.too_large()),
+            }
+        }
+    }
+
+    /// One pcapng block, parsed in the byte order of its section.
+    fn pcapng_block(&mut self) -> Result<(), CaptureError> {
+        loop {
+            let parse_block = if self.state.big_endian {
+                pcap_parser::parse_block_be
+            } else {
+                pcap_parser::parse_block_le
+            };
+            let rest = self.input.rest();
+            // Every block is at least 12 bytes long, so the input shrinks. pcap-parser 0.17 does
+            // not check that for a Process Information Block (it subtracts 12 from a length it
+            // only checks against 4: an overflow panic in debug builds, found by fuzzing), so it
+            // is checked here first.
+            if let Some(&len) = rest.get(4..).and_then(|r| r.first_chunk::<4>()) {
+                let len = if self.state.big_endian {
+                    u32::from_be_bytes(len)
+                } else {
+                    u32::from_le_bytes(len)
+                };
+                if len < 12 {
+                    return Err(CaptureError::Malformed {
+                        path: self.state.path.clone(),
+                        after: self.state.count,
+                        detail: format!("block length {len}, less than the 12-byte minimum"),
+                    });
+                }
+            }
+            match parse_block(rest) {
+                Ok((after, block)) => {
+                    let used = rest.len() - after.len();
+                    self.state.block(block);
+                    self.input.consume(used);
+                    return Ok(());
+                }
+                Err(nom::Err::Incomplete(_)) => {}
+                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => {
+                    return Err(self.state.malformed(&e));
+                }
+            }
+            match self.input.more(&self.state.path)? {
+                Ok(()) => {}
+                Err(Short::End) => return Err(self.state.truncated(self.input.rest())),
+                Err(Short::TooLarge) => return Err(self.state.too_large()),
+            }
+        }
+    }
+}
+
+/// What the reader has learnt so far, and the items it has made but not handed out.
 struct State {
     path: String,
-    frames: Vec<Frame>,
+    /// Packets seen so far (frames and skipped ones).
+    count: u64,
     /// Interfaces of the current pcapng section, by interface id.
     interfaces: Vec<Interface>,
     /// Byte order of the current pcapng section.
     big_endian: bool,
+    pending: VecDeque<Item>,
+    /// Classic pcap: its unsupported link type was noted.
+    noted_file: bool,
 }
 
 impl State {
     /// Number the next frame will get.
     fn next_number(&self) -> u64 {
-        self.frames.len() as u64 + 1
+        self.count + 1
     }
 
-    /// Reads a classic pcap file (its magic number checked): the file header, then records to
-    /// the end of the file.
-    fn read_pcap(&mut self, bytes: &[u8]) -> Result<(), CaptureError> {
-        // With a known magic number, the header parser can only fail for want of bytes.
-        let Ok((mut rest, header)) = pcap_parser::parse_pcap_header(bytes) else {
-            return Err(CaptureError::TruncatedHeader {
-                path: self.path.clone(),
-            });
-        };
-        let parse_record: RecordParser = if header.is_modified_format() {
-            pcap_parser::parse_pcap_frame_modified
-        } else if header.is_bigendian() {
-            pcap_parser::parse_pcap_frame_be
-        } else {
-            pcap_parser::parse_pcap_frame
-        };
-        while !rest.is_empty() {
-            // A record parser only fails for want of bytes: the file ends inside the record
-            // header, or before the captured length the header gives.
-            let Ok((after, record)) = parse_record(rest) else {
-                return Err(CaptureError::TruncatedFrame {
-                    path: self.path.clone(),
-                    frame: self.next_number(),
-                });
-            };
-            // Every record is at least its 16-byte header long, so `rest` shrinks.
-            rest = after;
-            self.push(header.network, record.data, record.origlen)?;
-        }
-        Ok(())
-    }
-
-    /// Reads a pcapng file (its magic number checked): blocks to the end of the file, each
-    /// parsed in the byte order of its section.
-    fn read_pcapng(&mut self, bytes: &[u8]) -> Result<(), CaptureError> {
-        let mut rest = match pcap_parser::parse_sectionheaderblock(bytes) {
-            Ok((rest, shb)) => {
-                self.block(Block::SectionHeader(shb))?;
-                rest
-            }
-            Err(nom::Err::Incomplete(_)) => {
-                return Err(CaptureError::TruncatedHeader {
-                    path: self.path.clone(),
-                });
-            }
-            // The byte-order magic is wrong.
-            Err(nom::Err::Error(PcapError::HeaderNotRecognized)) => {
-                return Err(CaptureError::NotCapture {
-                    path: self.path.clone(),
-                });
-            }
-            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => return Err(self.malformed(&e)),
-        };
-        while !rest.is_empty() {
-            let parse_block = if self.big_endian {
-                pcap_parser::parse_block_be
-            } else {
-                pcap_parser::parse_block_le
-            };
-            // Every block is at least 12 bytes long, so `rest` shrinks. pcap-parser 0.17 does not
-            // check that for a Process Information Block (it subtracts 12 from a length it only
-            // checks against 4: an overflow panic in debug builds), so it is checked here first.
-            if let Some(len) = self.block_len(rest)
-                && len < 12
-            {
-                return Err(CaptureError::Malformed {
-                    path: self.path.clone(),
-                    after: self.frames.len() as u64,
-                    detail: format!("block length {len}, less than the 12-byte minimum"),
-                });
-            }
-            match parse_block(rest) {
-                Ok((after, block)) => {
-                    rest = after;
-                    self.block(block)?;
-                }
-                Err(nom::Err::Incomplete(_)) => return Err(self.truncated(rest)),
-                Err(nom::Err::Error(e) | nom::Err::Failure(e)) => return Err(self.malformed(&e)),
-            }
-        }
-        Ok(())
+    fn skip(&mut self, problem: CaptureError) {
+        self.count += 1;
+        self.pending.push_back(Item::Skipped {
+            number: self.count,
+            problem,
+        });
     }
 
     /// Takes in one pcapng block.
-    fn block(&mut self, block: Block<'_>) -> Result<(), CaptureError> {
+    fn block(&mut self, block: Block<'_>) {
         match block {
             Block::SectionHeader(shb) => {
                 self.interfaces.clear();
@@ -334,43 +633,51 @@ impl State {
                 self.interfaces.push(Interface {
                     link: idb.linktype,
                     snaplen: idb.snaplen,
+                    noted: false,
                 });
             }
-            Block::EnhancedPacket(epb) => {
-                let link = self.interface(epb.if_id)?.link;
-                self.push(link, epb.packet_data(), epb.origlen)?;
-            }
+            Block::EnhancedPacket(epb) => match self.interface(epb.if_id) {
+                Ok(link) => {
+                    self.push(link, Some(epb.if_id), epb.packet_data(), epb.origlen);
+                }
+                Err(e) => self.skip(e),
+            },
             Block::SimplePacket(spb) => {
                 // A Simple Packet Block belongs to interface 0 and holds min(original length,
                 // snapshot length) bytes, padded to 32 bits.
-                let iface = self.interface(0)?;
-                let (link, snaplen) = (iface.link, iface.snaplen);
-                let mut data = spb.packet_data();
-                if snaplen != 0 {
-                    data = data.get(..snaplen as usize).unwrap_or(data);
+                match self.interface(0) {
+                    Ok(link) => {
+                        let snaplen = self.interfaces[0].snaplen;
+                        let mut data = spb.packet_data();
+                        if snaplen != 0 {
+                            data = data.get(..snaplen as usize).unwrap_or(data);
+                        }
+                        self.push(link, Some(0), data, spb.origlen);
+                    }
+                    Err(e) => self.skip(e),
                 }
-                self.push(link, data, spb.origlen)?;
             }
             // The parser reads the block type as little-endian whatever the section's order.
             Block::Unknown(unknown)
                 if unknown.block_type == OPB_TYPE
                     || unknown.block_type == OPB_TYPE.swap_bytes() =>
             {
-                return Err(CaptureError::ObsoletePacketBlock {
+                let e = CaptureError::ObsoletePacketBlock {
                     path: self.path.clone(),
                     frame: self.next_number(),
-                });
+                };
+                self.skip(e);
             }
             // Statistics, name resolution, secrets, custom blocks...: nothing to replay.
             _ => {}
         }
-        Ok(())
     }
 
-    /// The interface `id` of the current section, for the next frame.
-    fn interface(&self, id: u32) -> Result<&Interface, CaptureError> {
+    /// The link type of interface `id` of the current section, for the next frame.
+    fn interface(&self, id: u32) -> Result<Linktype, CaptureError> {
         self.interfaces
             .get(id as usize)
+            .map(|i| i.link)
             .ok_or_else(|| CaptureError::UnknownInterface {
                 path: self.path.clone(),
                 frame: self.next_number(),
@@ -378,16 +685,46 @@ impl State {
             })
     }
 
-    /// Turns the captured bytes of the next frame into an Ethernet II frame and keeps it.
-    fn push(&mut self, link: Linktype, captured: &[u8], origlen: u32) -> Result<(), CaptureError> {
+    /// Turns the captured bytes of the next packet into an Ethernet II frame, or a skipped
+    /// packet with its reason; `iface` is the pcapng interface (`None`: classic pcap).
+    fn push(&mut self, link: Linktype, iface: Option<u32>, captured: &[u8], origlen: u32) {
         let number = self.next_number();
         let snapped = (captured.len() as u64) < u64::from(origlen);
-        let (data, original_len) = to_ethernet(link, captured, origlen).map_err(|p| match p {
-            LinkProblem::Unsupported => CaptureError::UnsupportedLinkType {
-                path: self.path.clone(),
-                frame: number,
-                link_type: link.0,
-            },
+        let problem = match to_ethernet(link, captured, origlen) {
+            Ok((data, original_len)) => {
+                self.count += 1;
+                self.pending.push_back(Item::Frame(Frame {
+                    number,
+                    data,
+                    original_len,
+                    snapped,
+                }));
+                return;
+            }
+            Err(p) => p,
+        };
+        let e = match problem {
+            LinkProblem::Unsupported => {
+                let noted = match iface {
+                    Some(id) => &mut self.interfaces[id as usize].noted,
+                    None => &mut self.noted_file,
+                };
+                if !std::mem::replace(noted, true) {
+                    let whose = match iface {
+                        Some(id) => format!("interface {id}"),
+                        None => "the file".to_string(),
+                    };
+                    self.pending.push_back(Item::Note(format!(
+                        "{}: {whose} has link type {}, which replay cannot turn into Ethernet II frames: its frames are skipped",
+                        self.path, link.0
+                    )));
+                }
+                CaptureError::UnsupportedLinkType {
+                    path: self.path.clone(),
+                    frame: number,
+                    link_type: link.0,
+                }
+            }
             LinkProblem::Short { header, need } => CaptureError::ShortLinkHeader {
                 path: self.path.clone(),
                 frame: number,
@@ -400,14 +737,16 @@ impl State {
                 frame: number,
                 version,
             },
-        })?;
-        self.frames.push(Frame {
-            number,
-            data,
-            original_len,
-            snapped,
-        });
-        Ok(())
+        };
+        self.skip(e);
+    }
+
+    /// The error for a record or block over [`MAX_RECORD`].
+    fn too_large(&self) -> CaptureError {
+        CaptureError::TooLarge {
+            path: self.path.clone(),
+            frame: self.next_number(),
+        }
     }
 
     /// The error for a pcapng file that ends inside a block; `rest` is what is left of it.
@@ -421,20 +760,9 @@ impl State {
         } else {
             CaptureError::TruncatedBlock {
                 path,
-                after: self.frames.len() as u64,
+                after: self.count,
             }
         }
-    }
-
-    /// The total length field of the pcapng block at the start of `rest`, in the section's byte
-    /// order, when its first eight bytes are there.
-    fn block_len(&self, rest: &[u8]) -> Option<u32> {
-        let &len = rest.get(4..)?.first_chunk::<4>()?;
-        Some(if self.big_endian {
-            u32::from_be_bytes(len)
-        } else {
-            u32::from_le_bytes(len)
-        })
     }
 
     /// Whether the partial pcapng block `rest` is a packet block (Enhanced, Simple or obsolete
@@ -462,7 +790,7 @@ impl State {
         };
         CaptureError::Malformed {
             path: self.path.clone(),
-            after: self.frames.len() as u64,
+            after: self.count,
             detail,
         }
     }
@@ -1152,25 +1480,6 @@ mod tests {
     }
 
     #[test]
-    fn block_shorter_than_its_header_is_malformed() {
-        // Found by the `capture` fuzz target: a Process Information Block (0x80000001) with a
-        // length of 4 made pcap-parser 0.17 subtract 12 from 4.
-        for big_endian in [false, true] {
-            let mut file = Ng::new(big_endian).bytes();
-            let o = Order(big_endian);
-            o.u32(&mut file, 0x8000_0001);
-            o.u32(&mut file, 4);
-            file.extend_from_slice(&[0, 0xff]);
-            let err = parse_frames("pib.pcapng", &file).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                "pib.pcapng: malformed pcapng block before the first frame (block length 4, less \
-                 than the 12-byte minimum)"
-            );
-        }
-    }
-
-    #[test]
     fn read_frames_from_disk() {
         let frames = three_ethernet_frames();
         let path =
@@ -1187,5 +1496,186 @@ mod tests {
             err.to_string()
                 .starts_with("/nonexistent/sipguard/capture.pcap: cannot read: ")
         );
+    }
+
+    /// The (number, reason) of each skipped item, the numbers of the frames, and the notes.
+    fn lenient(name: &str, file: &[u8]) -> (Vec<(u64, String)>, Vec<u64>, Vec<String>) {
+        let (mut skipped, mut frames, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+        for item in parse_items(name, file).unwrap() {
+            match item {
+                Item::Frame(f) => frames.push(f.number),
+                Item::Skipped { number, problem } => skipped.push((number, problem.reason())),
+                Item::Note(n) => notes.push(n),
+            }
+        }
+        (skipped, frames, notes)
+    }
+
+    #[test]
+    fn unsupported_link_types_are_skipped_per_interface_with_one_note() {
+        let e = eth(0x0800, &ipv4(1));
+        let file = Ng::new(false)
+            .idb(ETHERNET as u16, 0)
+            .idb(147, 0)
+            .epb(0, &e, e.len() as u32)
+            .epb(1, &e, e.len() as u32)
+            .epb(0, &e, e.len() as u32)
+            .epb(1, &e, e.len() as u32)
+            .epb(7, &e, e.len() as u32)
+            .bytes();
+        let (skipped, frames, notes) = lenient("capture.pcapng", &file);
+        assert_eq!(frames, [1, 3]);
+        assert_eq!(
+            skipped,
+            [
+                (2, "unsupported link type 147".to_string()),
+                (4, "unsupported link type 147".to_string()),
+                (
+                    5,
+                    "interface 7 has no Interface Description Block in this section".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            notes,
+            [
+                "capture.pcapng: interface 1 has link type 147, which replay cannot turn into Ethernet II frames: its frames are skipped"
+            ]
+        );
+        let file = pcap(false, false, 147, &whole(&[vec![1, 2, 3], vec![4]]));
+        let (skipped, frames, notes) = lenient("capture.pcap", &file);
+        assert!(frames.is_empty());
+        assert_eq!(skipped.len(), 2);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("the file has link type 147"), "{notes:?}");
+    }
+
+    #[test]
+    fn bad_cooked_and_raw_packets_are_skipped_not_the_file() {
+        let file = pcap(
+            false,
+            false,
+            RAW,
+            &whole(&[vec![0x20, 0, 0], ipv4(1), Vec::new()]),
+        );
+        let (skipped, frames, _) = lenient("raw.pcap", &file);
+        assert_eq!(frames, [2]);
+        assert_eq!(
+            skipped,
+            [
+                (
+                    1,
+                    "raw IP packet with IP version 2 (neither 4 nor 6)".to_string()
+                ),
+                (
+                    3,
+                    "raw IP packet is empty (no IP version to tell IPv4 from IPv6)".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_zero_filled_pcap_ends_with_an_error_not_millions_of_frames() {
+        let mut file = pcap(false, false, ETHERNET, &whole(&three_ethernet_frames()));
+        file.resize(file.len() + (1 << 20), 0);
+        let mut r = Reader::new("zeros.pcap".into(), &file[..]).unwrap();
+        let mut n = 0;
+        let err = loop {
+            match r.next_item() {
+                Ok(Some(_)) => n += 1,
+                Ok(None) => panic!("read to the end"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(n, 3 + ZERO_RUN as u64 - 1);
+        assert_eq!(
+            err.to_string(),
+            "zeros.pcap: frame 4: all-zero records from here on (time 0, length 0): the file is zero-filled, not a capture"
+        );
+        // A few zero-length records are packets (skipped later by replay), not the end.
+        let file = pcap(false, false, ETHERNET, &whole(&[Vec::new(), Vec::new()]));
+        assert_eq!(parse_frames("two.pcap", &file).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_record_claiming_gigabytes_is_refused_without_reading_them() {
+        let mut file = pcap(false, false, ETHERNET, &[]);
+        // Captured length 0xffff_fff0, then a little data.
+        file.extend_from_slice(&[
+            1, 0, 0, 0, 0, 0, 0, 0, 0xf0, 0xff, 0xff, 0xff, 0xf0, 0xff, 0xff, 0xff,
+        ]);
+        let err = parse_frames("big.pcap", &file).unwrap_err();
+        assert!(
+            matches!(err, CaptureError::TruncatedFrame { frame: 1, .. }),
+            "{err}"
+        );
+        // Longer than MAX_RECORD in the file: refused once MAX_RECORD bytes are held.
+        file.resize(file.len() + MAX_RECORD + CHUNK, 0xaa);
+        let err = parse_frames("big.pcap", &file).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "big.pcap: frame 1: a record or block of more than 16 MiB (not a capture replay reads)"
+        );
+    }
+
+    /// Peak resident memory of this process, in KiB.
+    fn vm_hwm_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_sparse_gigabyte_is_refused_quickly_in_bounded_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.pcap");
+        let header = pcap(false, false, ETHERNET, &whole(&three_ethernet_frames()));
+        std::fs::write(&path, &header).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let before = vm_hwm_kib();
+        let start = std::time::Instant::now();
+        let err = read_frames(&path).unwrap_err();
+        assert!(matches!(err, CaptureError::ZeroFilled { .. }), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        let grown = vm_hwm_kib().saturating_sub(before);
+        assert!(grown < 64 * 1024, "peak memory grew {grown} KiB");
+        // pcapng: zeros after the section header are a malformed block.
+        let ng = Ng::new(false).idb(ETHERNET as u16, 0).bytes();
+        std::fs::write(&path, &ng).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let err = read_frames(&path).unwrap_err();
+        assert!(matches!(err, CaptureError::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let err = read_frames(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/dev/zero: a device, not a regular file (replay reads capture files only)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer: refused at once, not waited on.
+        let err = read_frames(&fifo).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("fifo: a FIFO, not a regular file (replay reads capture files only)"),
+            "{err}"
+        );
+        let err = read_frames(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("a directory"), "{err}");
     }
 }

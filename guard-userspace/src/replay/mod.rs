@@ -21,13 +21,49 @@ use crate::{
     model::rules::Prefix,
 };
 
+/// The shortest frame `BPF_PROG_TEST_RUN` runs through an XDP program: an Ethernet header
+/// (`ETH_HLEN`); shorter is `EINVAL`.
+pub const MIN_FRAME: usize = 14;
+
+/// The longest frame `BPF_PROG_TEST_RUN` runs through an XDP program on 4 KiB pages: the
+/// linear part is a page less the XDP headroom (256) and the `skb_shared_info` tailroom (320),
+/// 3,520 bytes; the rest goes into at most `MAX_SKB_FRAGS` (17) page fragments. Longer is
+/// `ENOMEM` ("Cannot allocate memory").
+pub const MAX_FRAME: usize = 4096 - 256 - 320 + 17 * 4096;
+
+/// What became of a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The program ran; its verdict.
+    Ran(Verdict),
+    /// Not run, for this reason (too short or too long for the kernel's test run, a packet the
+    /// capture reader could not turn into a frame).
+    Skipped(String),
+}
+
+/// Why the kernel would not run `frame`, if it would not.
+pub fn unrunnable(frame: &[u8]) -> Option<String> {
+    let n = frame.len();
+    if n < MIN_FRAME {
+        Some(format!(
+            "{n} bytes, shorter than the {MIN_FRAME}-byte Ethernet header the kernel's test run needs"
+        ))
+    } else if n > MAX_FRAME {
+        Some(format!(
+            "{n} bytes, longer than the {MAX_FRAME} bytes the kernel's XDP test run takes"
+        ))
+    } else {
+        None
+    }
+}
+
 /// One frame of the capture as replay saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrameResult {
     /// Frame number in the capture, from 1.
     pub number: u64,
-    /// The program's verdict.
-    pub verdict: Verdict,
+    /// The program's verdict, or why the frame was skipped.
+    pub verdict: Outcome,
     /// The request method, for a frame the program took as a SIP candidate.
     pub method: Option<String>,
     /// The dialled number after normalisation, as [`guard_common::Number::display`] shows it.
@@ -36,7 +72,8 @@ pub struct FrameResult {
     pub rule: Option<(Prefix, Action)>,
     /// For a frame cut short by the capture's snap length: bytes captured, bytes on the wire.
     pub snapped: Option<(usize, usize)>,
-    /// Why a frame was dropped without a rule: a tiny first fragment, or `incomplete_action`.
+    /// Why a frame that ran was dropped without a rule: a tiny first fragment, or
+    /// `incomplete_action` (a skipped frame's reason is in [`Outcome::Skipped`]).
     pub reason: Option<&'static str>,
 }
 
@@ -46,6 +83,8 @@ pub struct Summary {
     pub frames: u64,
     pub dropped: u64,
     pub passed: u64,
+    /// Frames not run (see [`Outcome::Skipped`]).
+    pub skipped: u64,
     /// Drops per matched rule (the prefix as written), in prefix-string order.
     pub dropped_by_rule: BTreeMap<String, u64>,
 }
@@ -53,27 +92,32 @@ pub struct Summary {
 impl Summary {
     /// The totals of `frames`.
     pub fn of(frames: &[FrameResult]) -> Self {
-        let mut s = Summary {
-            frames: frames.len() as u64,
-            ..Summary::default()
-        };
+        let mut s = Summary::default();
         for f in frames {
-            match f.verdict {
-                Verdict::Drop => {
-                    s.dropped += 1;
-                    if let Some((p, _)) = &f.rule {
-                        *s.dropped_by_rule.entry(p.to_string()).or_default() += 1;
-                    }
-                }
-                Verdict::Pass => s.passed += 1,
-                Verdict::Other(_) => {}
-            }
+            s.add(f);
         }
         s
     }
+
+    /// Counts one more frame.
+    pub fn add(&mut self, f: &FrameResult) {
+        self.frames += 1;
+        match f.verdict {
+            Outcome::Ran(Verdict::Drop) => {
+                self.dropped += 1;
+                if let Some((p, _)) = &f.rule {
+                    *self.dropped_by_rule.entry(p.to_string()).or_default() += 1;
+                }
+            }
+            Outcome::Ran(Verdict::Pass) => self.passed += 1,
+            Outcome::Ran(Verdict::Other(_)) => {}
+            Outcome::Skipped(_) => self.skipped += 1,
+        }
+    }
 }
 
-/// A whole replay: every frame in capture order, and the totals.
+/// A whole replay: every frame in capture order, and the totals (for rendering tests; `run`
+/// hands frames out one at a time).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replay {
     pub frames: Vec<FrameResult>,
@@ -139,11 +183,25 @@ fn method(payload: &[u8]) -> Option<String> {
     (!tok.is_empty() && tok.bytes().all(|b| b.is_ascii_graphic())).then(|| tok.to_string())
 }
 
+/// What [`run`] reports as it goes.
+pub enum Event<'a> {
+    /// A frame's result.
+    Frame(&'a FrameResult),
+    /// A note about the capture (e.g. an interface whose frames are all skipped).
+    Note(&'a str),
+}
+
 /// Every frame of the capture at `capture_path` through a private filter instance loaded with
-/// the rules and settings of the config at `config_path`.
-pub fn run(config_path: &Path, capture_path: &Path) -> Result<Replay> {
+/// the rules and settings of the config at `config_path`, one at a time: `on` gets each result
+/// as it comes (nothing is kept but the totals). Frames the kernel will not run are skipped
+/// with their reason; only a capture file that cannot be read is an error.
+pub fn run(
+    config_path: &Path,
+    capture_path: &Path,
+    mut on: impl FnMut(Event<'_>) -> Result<()>,
+) -> Result<Summary> {
     let cfg = config::load(config_path)?;
-    let frames = capture::read_frames(capture_path)?;
+    let mut reader = capture::open(capture_path)?;
     let mut filter = Filter::load(&cfg.settings).context("loading a private filter instance")?;
     filter
         .maps
@@ -157,22 +215,62 @@ pub fn run(config_path: &Path, capture_path: &Path) -> Result<Replay> {
         .map(|(p, v)| (v.id, p))
         .collect();
 
-    let mut results = Vec::with_capacity(frames.len());
-    for f in &frames {
+    let mut summary = Summary::default();
+    while let Some(item) = reader.next_item()? {
+        let f = match item {
+            capture::Item::Frame(f) => f,
+            capture::Item::Note(n) => {
+                on(Event::Note(&n))?;
+                continue;
+            }
+            capture::Item::Skipped { number, problem } => {
+                let result = FrameResult::skipped(number, problem.reason());
+                summary.add(&result);
+                on(Event::Frame(&result))?;
+                continue;
+            }
+        };
+        let snapped = f.snapped.then_some((f.data.len(), f.original_len as usize));
+        if let Some(reason) = unrunnable(&f.data) {
+            let result = FrameResult {
+                snapped,
+                ..FrameResult::skipped(f.number, reason)
+            };
+            summary.add(&result);
+            on(Event::Frame(&result))?;
+            continue;
+        }
         let before = filter.global_counters()?;
-        let verdict = filter
-            .test_run(&f.data)
-            .with_context(|| format!("{}: frame {}", capture_path.display(), f.number))?;
+        let verdict = match filter.test_run(&f.data) {
+            Ok(v) => v,
+            Err(e) => {
+                // Whatever else the kernel refuses: this frame is skipped, not the capture.
+                let result = FrameResult {
+                    snapped,
+                    ..FrameResult::skipped(
+                        f.number,
+                        format!(
+                            "{} bytes, the kernel's test run refused it: {}",
+                            f.data.len(),
+                            anyhow::Error::from(e).root_cause()
+                        ),
+                    )
+                };
+                summary.add(&result);
+                on(Event::Frame(&result))?;
+                continue;
+            }
+        };
         let after = filter.global_counters()?;
         let moved = |c: Counter| after.counters[c as usize] > before.counters[c as usize];
         let payload = sip_payload(&f.data).filter(|_| moved(Counter::SipCandidates));
         let mut result = FrameResult {
             number: f.number,
-            verdict,
+            verdict: Outcome::Ran(verdict),
             method: payload.and_then(|(_, p)| method(p)),
             number_dialled: None,
             rule: None,
-            snapped: f.snapped.then_some((f.data.len(), f.original_len as usize)),
+            snapped,
             reason: if moved(Counter::TinyFirstFragments) {
                 Some("tiny first fragment")
             } else if moved(Counter::IncompleteActionApplied) {
@@ -194,13 +292,25 @@ pub fn run(config_path: &Path, capture_path: &Path) -> Result<Replay> {
                     .map(|(p, a)| (p.clone(), a));
             }
         }
-        results.push(result);
+        summary.add(&result);
+        on(Event::Frame(&result))?;
     }
-    let summary = Summary::of(&results);
-    Ok(Replay {
-        frames: results,
-        summary,
-    })
+    Ok(summary)
+}
+
+impl FrameResult {
+    /// A frame not run, for `reason`.
+    pub fn skipped(number: u64, reason: String) -> Self {
+        FrameResult {
+            number,
+            verdict: Outcome::Skipped(reason),
+            method: None,
+            number_dialled: None,
+            rule: None,
+            snapped: None,
+            reason: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -392,7 +502,7 @@ mod tests {
     fn summary_counts_verdicts_and_drops_per_rule() {
         let frame = |number, verdict, rule: Option<&str>| FrameResult {
             number,
-            verdict,
+            verdict: Outcome::Ran(verdict),
             method: None,
             number_dialled: None,
             rule: rule.map(|p| (p.parse().unwrap(), Action::Block)),
@@ -406,15 +516,40 @@ mod tests {
             frame(4, Verdict::Drop, Some("0900")),
             frame(5, Verdict::Other(7), None),
             frame(6, Verdict::Drop, None),
+            FrameResult::skipped(7, "too short".into()),
         ]);
         assert_eq!(
             s,
             Summary {
-                frames: 6,
+                frames: 7,
                 dropped: 4,
                 passed: 1,
+                skipped: 1,
                 dropped_by_rule: [("+232".to_string(), 2), ("0900".to_string(), 1)].into(),
             }
+        );
+    }
+
+    #[test]
+    fn frames_the_kernel_will_not_run_name_the_limit() {
+        assert_eq!(
+            unrunnable(&[]).unwrap(),
+            "0 bytes, shorter than the 14-byte Ethernet header the kernel's test run needs"
+        );
+        assert!(unrunnable(&[0; 10]).unwrap().contains("14-byte"));
+        assert_eq!(unrunnable(&[0; 14]), None);
+        assert_eq!(unrunnable(&vec![0; MAX_FRAME]), None);
+        assert_eq!(
+            unrunnable(&vec![0; 70_000]),
+            None,
+            "multi-buffer test runs take more than a page"
+        );
+        assert_eq!(
+            unrunnable(&vec![0; MAX_FRAME + 1]).unwrap(),
+            format!(
+                "{} bytes, longer than the 73152 bytes the kernel's XDP test run takes",
+                MAX_FRAME + 1
+            )
         );
     }
 }

@@ -3,13 +3,19 @@
 //! Generated from the same lists as `stats --json`, so no second list has to be kept in sync:
 //!
 //! - every per-rule counter [`RuleCounter`] is `sipguard_rule_<name>_total`, labelled with the
-//!   rule's `prefix`, `action` and `country` as `stats` shows them, and the `iface`;
+//!   rule's `prefix`, `action` and `country` as `stats` shows them, and the `iface`, for the
+//!   `top_rules` busiest rules of each interface (most matched packets first, ties by prefix;
+//!   [`TOP_RULES`] by default, `[metrics] top_rules`);
+//! - the same counters summed over every rule of an interface, exported or not, are
+//!   `sipguard_rules_<name>_total{iface}`, and `sipguard_rules_omitted{iface}` counts the rules
+//!   left out of the per-rule series;
 //! - every global counter [`Counter`] is `sipguard_<name>_total{iface}`;
 //! - the busiest [`TOP_SOURCES`] sources per interface are `sipguard_source_calls_total` and
 //!   `sipguard_source_packets_total`, labelled as `stats --sources` shows them;
 //! - gauges: rules loaded, rule capacity, program attached, last reload time and result.
 //!
-//! Label cardinality is bounded by the rule count (one series per rule, counter and interface).
+//! Label cardinality is bounded by `top_rules` (one series per exported rule, counter and
+//! interface), not by the rule count: a scrape stays small with a million rules.
 
 use std::time::SystemTime;
 
@@ -20,7 +26,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{DaemonStatus, Report};
+use super::{DaemonStatus, Report, RuleRow};
+
+/// Rules exported per interface by default (the busiest by matched packets).
+pub const TOP_RULES: usize = 500;
 
 /// Sources exported per interface (the busiest by calls): bounded label cardinality.
 pub const TOP_SOURCES: usize = 20;
@@ -62,13 +71,50 @@ where
     f
 }
 
-/// Renders `report` (read with rules, counters and sources) and the daemon's own status.
-pub fn render(report: &Report, status: &DaemonStatus) -> Result<String, std::fmt::Error> {
+/// The `top` busiest of `rules`: most matched packets first, ties by prefix.
+pub fn busiest_rules(rules: &[RuleRow], top: usize) -> Vec<&RuleRow> {
+    let order = |a: &&RuleRow, b: &&RuleRow| {
+        b.counters
+            .matched
+            .cmp(&a.counters.matched)
+            .then_with(|| a.prefix.cmp(&b.prefix))
+    };
+    let mut rows: Vec<&RuleRow> = rules.iter().collect();
+    if top < rows.len() {
+        if top == 0 {
+            return Vec::new();
+        }
+        rows.select_nth_unstable_by(top - 1, order);
+        rows.truncate(top);
+    }
+    rows.sort_unstable_by(order);
+    rows
+}
+
+/// Renders `report` (read with rules, counters and sources) and the daemon's own status, with
+/// per-rule series for the `top_rules` busiest rules of each interface.
+pub fn render(
+    report: &Report,
+    status: &DaemonStatus,
+    top_rules: usize,
+) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("sipguard");
     let per_rule: Vec<(RuleCounter, Family<RuleLabels, Counter>)> = RuleCounter::ALL
         .iter()
         .map(|&c| (c, family(&mut reg, &format!("rule_{}", c.name()), c.help())))
         .collect();
+    let rule_sums: Vec<(RuleCounter, Family<IfaceLabels, Counter>)> = RuleCounter::ALL
+        .iter()
+        .map(|&c| {
+            let help = format!("{} (summed over every rule of the interface)", c.help());
+            (c, family(&mut reg, &format!("rules_{}", c.name()), &help))
+        })
+        .collect();
+    let omitted: Family<IfaceLabels, Gauge> = family(
+        &mut reg,
+        "rules_omitted",
+        "Rules without per-rule series (beyond the top_rules busiest); counted in the sipguard_rules_*_total sums",
+    );
     let global: Vec<(GlobalCounter, Family<IfaceLabels, Counter>)> = GlobalCounter::ALL
         .iter()
         .map(|&c| (c, family(&mut reg, c.name(), c.help())))
@@ -117,7 +163,18 @@ pub fn render(report: &Report, status: &DaemonStatus) -> Result<String, std::fmt
             .get_or_create(&il)
             .set(i64::from(i.settings.max_rules));
         attached.get_or_create(&il).set(i64::from(i.attached));
+        let mut sums = guard_common::RuleCounters::default();
         for r in &i.rules {
+            sums += r.counters;
+        }
+        for (c, f) in &rule_sums {
+            f.get_or_create(&il).inc_by(sums.get(*c));
+        }
+        let top = busiest_rules(&i.rules, top_rules);
+        omitted
+            .get_or_create(&il)
+            .set((i.rules.len() - top.len()) as i64);
+        for r in top {
             let labels = RuleLabels {
                 iface: i.iface.clone(),
                 prefix: r.prefix.to_string(),
@@ -181,7 +238,7 @@ mod tests {
     #[test]
     fn metrics_equal_stats() {
         let report = sample();
-        let text = render(&report, &DaemonStatus::default()).unwrap();
+        let text = render(&report, &DaemonStatus::default(), TOP_RULES).unwrap();
         let scrape = parse(&text);
         let json = report.stats_json(None);
         let rules = json["rules"].as_array().unwrap();
@@ -257,7 +314,7 @@ mod tests {
             ),
             last_reload_ok: false,
         };
-        let scrape = parse(&render(&report, &status).unwrap());
+        let scrape = parse(&render(&report, &status, TOP_RULES).unwrap());
         let calls: Vec<&Sample> = scrape
             .samples
             .iter()
@@ -287,5 +344,95 @@ mod tests {
         );
         assert_eq!(one("sipguard_last_reload_timestamp_seconds", None), 1.7e9);
         assert_eq!(one("sipguard_last_reload_success", None), 0.0);
+    }
+
+    /// A report with `n` rules on eth1: rule `k` matched `k % 1000` packets.
+    fn many_rules(n: u32) -> Report {
+        let mut report = sample();
+        report.ifaces.truncate(1);
+        let template = report.ifaces[0].rules[0].clone();
+        report.ifaces[0].rules = (0..n)
+            .map(|k| RuleRow {
+                prefix: format!("+1{k:07}").parse().unwrap(),
+                id: k + 1,
+                counters: guard_common::RuleCounters {
+                    matched: u64::from(k % 1000),
+                    dropped: 1,
+                    ..Default::default()
+                },
+                ..template.clone()
+            })
+            .collect();
+        report.ifaces[0].rule_count = n as usize;
+        report
+    }
+
+    #[test]
+    fn only_the_busiest_rules_have_series_and_the_sums_cover_every_rule() {
+        let n = 262_144;
+        let report = many_rules(n);
+        let text = render(&report, &DaemonStatus::default(), TOP_RULES).unwrap();
+        assert!(
+            text.len() < 512 * 1024,
+            "{} bytes for {n} rules",
+            text.len()
+        );
+        let scrape = parse(&text);
+        let matched: Vec<&Sample> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "sipguard_rule_matched_total")
+            .collect();
+        assert_eq!(matched.len(), TOP_RULES);
+        // The busiest (999 matched) first, ties by prefix: the 262 rules with k % 1000 == 999
+        // (the lowest prefixes first), then 998...
+        assert!(matched.iter().all(|s| value(s) >= 998.0), "busiest only");
+        let mut exported: Vec<&str> = matched
+            .iter()
+            .filter(|s| value(s) == 998.0)
+            .map(|s| s.labels.get("prefix").unwrap())
+            .collect();
+        exported.sort();
+        assert_eq!(exported.len(), TOP_RULES - 262);
+        assert_eq!(exported[0], "+10000998", "ties go to the lowest prefix");
+        let one = |name: &str| {
+            let s: Vec<&Sample> = scrape.samples.iter().filter(|s| s.metric == name).collect();
+            assert_eq!(s.len(), 1, "{name}");
+            value(s[0])
+        };
+        let want: u64 = (0..u64::from(n)).map(|k| k % 1000).sum();
+        assert_eq!(one("sipguard_rules_matched_total"), want as f64);
+        assert_eq!(one("sipguard_rules_dropped_total"), f64::from(n));
+        assert_eq!(
+            one("sipguard_rules_omitted"),
+            f64::from(n) - TOP_RULES as f64
+        );
+        assert_eq!(one("sipguard_rules_loaded"), f64::from(n));
+
+        // A larger cap exports every rule; 0 exports none (the sums stay).
+        let all = parse(&render(&many_rules(700), &DaemonStatus::default(), 1000).unwrap());
+        let count = |s: &Scrape, m: &str| s.samples.iter().filter(|x| x.metric == m).count();
+        assert_eq!(count(&all, "sipguard_rule_matched_total"), 700);
+        let none = parse(&render(&many_rules(700), &DaemonStatus::default(), 0).unwrap());
+        assert_eq!(count(&none, "sipguard_rule_matched_total"), 0);
+        assert_eq!(count(&none, "sipguard_rules_matched_total"), 1);
+    }
+
+    #[test]
+    fn busiest_rules_order() {
+        let report = many_rules(3000);
+        let top = busiest_rules(&report.ifaces[0].rules, 5);
+        let got: Vec<String> = top.iter().map(|r| r.prefix.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "+10000999",
+                "+10001999",
+                "+10002999",
+                "+10000998",
+                "+10001998"
+            ]
+        );
+        assert_eq!(busiest_rules(&report.ifaces[0].rules, 5000).len(), 3000);
     }
 }

@@ -111,6 +111,11 @@ fn main() -> ExitCode {
     {
         return profile(fixture);
     }
+    if let [_, flag, root, state, top] = std::env::args().collect::<Vec<_>>().as_slice()
+        && flag == "--scrape-child"
+    {
+        return scrape_child(root, state, top);
+    }
     let mut repeat = 1_000_000u32;
     let mut rounds = 3u32;
     let mut capacity_rules = 1_000_000usize;
@@ -120,13 +125,22 @@ fn main() -> ExitCode {
         match a.as_str() {
             "--no-table" => table = false,
             "--no-capacity" => capacity = false,
+            "--scrape-only" => {
+                return match scrape_section(SCRAPE_RULES) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("scrape: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             _ => match (a.as_str(), args.next().and_then(|v| v.parse::<u64>().ok())) {
                 ("--repeat", Some(v)) => repeat = v as u32,
                 ("--rounds", Some(v)) => rounds = v as u32,
                 ("--capacity-rules", Some(v)) => capacity_rules = v as usize,
                 _ => {
                     eprintln!(
-                        "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)] [--capacity-rules N (default 1000000)] [--no-table] [--no-capacity]"
+                        "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)] [--capacity-rules N (default 1000000)] [--no-table] [--no-capacity] [--scrape-only]"
                     );
                     return ExitCode::from(2);
                 }
@@ -138,6 +152,10 @@ fn main() -> ExitCode {
     }
     if capacity && let Err(e) = capacity_section(capacity_rules) {
         eprintln!("capacity: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    if capacity && let Err(e) = scrape_section(SCRAPE_RULES) {
+        eprintln!("scrape: {e:#}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
@@ -628,6 +646,113 @@ fn capacity_section(n: usize) -> anyhow::Result<()> {
                 m.at_cpus(cpus, 64) as f64 / MB
             );
         }
+    }
+    Ok(())
+}
+
+/// Rules of the scrape measurement.
+const SCRAPE_RULES: usize = 262_144;
+
+/// `--scrape-child ROOT STATE TOP`: one /metrics render as the daemon makes it per scrape
+/// (the pinned maps read, the report rendered with per-rule series for the TOP busiest rules,
+/// `all` for every rule); prints `bytes seconds`.
+fn scrape_child(root: &str, state: &str, top: &str) -> ExitCode {
+    let top = if top == "all" {
+        usize::MAX
+    } else {
+        top.parse().unwrap_or(sipguard::daemon::metrics::TOP_RULES)
+    };
+    let pins = sipguard::kernel::pins::PinRoot::new(root);
+    let state = sipguard::config::state::StateDir::new(state);
+    let t = Instant::now();
+    match sipguard::daemon::metrics::render(
+        &pins,
+        &state,
+        &sipguard::report::DaemonStatus::default(),
+        top,
+    ) {
+        Ok(body) => {
+            println!("{} {}", body.len(), t.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("render: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One scrape in a child process: (bytes, seconds, the child's peak RSS in bytes).
+// Reaped with wait4(2) (for its rusage), which clippy does not see.
+#[allow(clippy::zombie_processes)]
+fn scrape_once(pf: &PinnedFilter, top: &str) -> anyhow::Result<(usize, f64, u64)> {
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("--scrape-child")
+        .arg(&pf.pins.root)
+        .arg(&pf.state.dir)
+        .arg(top)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawn the scrape child")?;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .context("child stdout")?
+        .read_to_string(&mut out)?;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("the scrape child failed ({status})");
+    }
+    let mut f = out.split_whitespace();
+    let bytes = f.next().context("bytes")?.parse()?;
+    let secs = f.next().context("seconds")?.parse()?;
+    Ok((bytes, secs, ru.ru_maxrss as u64 * 1024))
+}
+
+/// The scrape section: /metrics over `n` pinned rules (some with traffic), with the default
+/// per-rule series cap and with every rule (what a scrape was before the cap).
+fn scrape_section(n: usize) -> anyhow::Result<()> {
+    let big = Settings {
+        max_rules: (n as u32).next_power_of_two().max(1 << 16) * 2,
+        ..Setup::Default.settings()
+    };
+    let mut pf = PinnedFilter::new("scrape", big.max_rules);
+    let rules = rule_set(n);
+    pf.filter.maps.commit(&pf.settings.clone(), &rules)?;
+    pf.state.save_committed(&rules)?;
+    // Traffic to every 64th rule, so the busiest rules are a real choice.
+    for (i, p) in rules.keys().enumerate().filter(|(i, _)| i % 64 == 0) {
+        for _ in 0..(1 + i % 3) {
+            pf.filter.test_run(&invite_under(p))?;
+        }
+    }
+    println!();
+    println!(
+        "## Scrape ({n} rules, one interface; one render in a child process, as the daemon renders each scrape)"
+    );
+    println!();
+    println!("| per-rule series | scrape size | render time | peak RSS of the scraping process |");
+    println!("|---|---:|---:|---:|");
+    let default = sipguard::daemon::metrics::TOP_RULES.to_string();
+    for (label, top) in [
+        (
+            format!("top {default} (default `[metrics] top_rules`)"),
+            default.as_str(),
+        ),
+        ("every rule (before the cap)".to_string(), "all"),
+    ] {
+        let (bytes, secs, rss) = scrape_once(&pf, top)?;
+        println!(
+            "| {label} | {:.2} MB ({bytes} B) | {secs:.2} s | {:.0} MB |",
+            bytes as f64 / 1e6,
+            rss as f64 / 1e6
+        );
     }
     Ok(())
 }
