@@ -32,7 +32,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -41,7 +41,7 @@ impl Rng {
     }
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
     /// True with probability `num / den`.
     pub fn chance(&mut self, num: usize, den: usize) -> bool {
@@ -51,7 +51,7 @@ impl Rng {
         &xs[self.below(xs.len())]
     }
     pub fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.next_u64() as u8
     }
 }
 
@@ -112,7 +112,7 @@ fn digits(r: &mut Rng, n: usize) -> String {
             1 => {
                 let _ = write!(s, "%3{}", r.below(10));
             }
-            2 => s.push_str(*r.pick(&["%2B", "%2b", "%2D", "%2E", "%41", "%"])),
+            2 => s.push_str(r.pick::<&str>(&["%2B", "%2b", "%2D", "%2E", "%41", "%"])),
             _ => s.push((b'0' + r.below(10) as u8) as char),
         }
     }
@@ -125,13 +125,13 @@ fn uri(r: &mut Rng) -> String {
     if r.chance(1, 20) {
         u.push_str(&"-".repeat(r.below(1200)));
     }
-    u.push_str(*r.pick(DIALS));
+    u.push_str(r.pick::<&str>(DIALS));
     let n = r.below(20);
     u.push_str(&digits(r, n));
     if r.chance(1, 10) {
         u.push_str(&format!(";{}", "isub=1;".repeat(r.below(200))));
     }
-    u.push_str(*r.pick(ENDS));
+    u.push_str(r.pick::<&str>(ENDS));
     u
 }
 
@@ -147,16 +147,15 @@ fn message(r: &mut Rng, rfc: &[Vec<u8>]) -> Vec<u8> {
         }
         _ => {
             let u = uri(r);
-            request_with_call_id("INVITE", &u, *r.pick(CALL_IDS))
+            request_with_call_id("INVITE", &u, r.pick::<&str>(CALL_IDS))
         }
     };
-    if r.chance(1, 8) {
-        // A re-INVITE: a To tag.
-        if let Some(p) = m.windows(4).position(|w| w == b"To: ") {
-            if let Some(e) = m[p..].windows(2).position(|w| w == b"\r\n") {
-                m.splice(p + e..p + e, b";tag=abc".iter().copied());
-            }
-        }
+    // A re-INVITE: a To tag.
+    if r.chance(1, 8)
+        && let Some(p) = m.windows(4).position(|w| w == b"To: ")
+        && let Some(e) = m[p..].windows(2).position(|w| w == b"\r\n")
+    {
+        m.splice(p + e..p + e, b";tag=abc".iter().copied());
     }
     if r.chance(1, 10) {
         let n = r.below(700);
