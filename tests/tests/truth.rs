@@ -383,7 +383,7 @@ fn a_config_rewritten_in_place_is_never_applied_half_written() {
     for i in 0..16 {
         let mut f = std::fs::File::create(&cfg).expect("truncate");
         thread::sleep(Duration::from_millis(150));
-        write!(f, "{text}# rewrite {i}\n").expect("write");
+        writeln!(f, "{text}# rewrite {i}").expect("write");
         drop(f);
         thread::sleep(Duration::from_millis(150 + 37 * (i % 5)));
     }
