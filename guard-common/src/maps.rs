@@ -625,6 +625,7 @@ impl Event {
             len: self.number_len,
             plus: false,
             overflow: false,
+            context: 0,
         }
     }
 

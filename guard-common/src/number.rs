@@ -55,6 +55,9 @@ pub struct Number {
     pub plus: bool,
     /// More than `MAX_DIGITS` digits were dialled; the rest were not kept.
     pub overflow: bool,
+    /// How many leading digits came from a global `phone-context` (0 when none): the rest are the
+    /// local number as dialled in that context.
+    pub context: u8,
 }
 
 impl Number {
@@ -127,6 +130,30 @@ impl Number {
         } else {
             total as u8
         };
+    }
+
+    /// The number without its first `n` digits (n <= `MAX_DIGITS`), as a local number (no `+`,
+    /// no context). Loop-free, like [`Number::append`].
+    #[inline(always)]
+    fn without_lead(&self, n: u8) -> Number {
+        let s = 4 * (n as u32).min(MAX_DIGITS as u32); // 0..=120
+        let (hi, lo) = if s == 0 {
+            (self.hi, self.lo)
+        } else if s < 64 {
+            ((self.hi << s) | (self.lo >> (64 - s)), self.lo << s)
+        } else if s < 128 {
+            (self.lo << (s - 64), 0)
+        } else {
+            (0, 0)
+        };
+        Number {
+            hi,
+            lo,
+            len: self.len.saturating_sub(n),
+            plus: false,
+            overflow: self.overflow,
+            context: 0,
+        }
     }
 
     /// The first `MAX_INTL_PREFIX_DIGITS` digits, packed like `hi`'s top 32 bits.
@@ -295,12 +322,37 @@ impl IntlPrefixes {
     /// Normalises a dialled number: `+` numbers and numbers that start with a configured
     /// international prefix (stripped, longest first) are international; anything else is a
     /// national dial string matched as written.
+    ///
+    /// A local number in a global context (`tel:0023276123456;phone-context=+44`, see
+    /// [`Number::context`]) that starts with an international prefix dials out of that context:
+    /// it is that international number (`+23276123456`), not the context's country code
+    /// followed by the prefix, which no rule for the real destination would match.
     #[inline(always)]
     pub fn normalize(&self, n: &Number) -> (Domain, Number) {
-        let mut out = *n;
         if n.plus {
-            return (Domain::International, out);
+            if n.context == 0 {
+                return (Domain::International, *n);
+            }
+            let mut local = n.without_lead(n.context);
+            let best = self.longest_match(&local);
+            if best == 0 {
+                return (Domain::International, *n);
+            }
+            local.strip(best as u8);
+            return (Domain::International, local);
         }
+        let best = self.longest_match(n);
+        let mut out = *n;
+        if best == 0 {
+            return (Domain::National, out);
+        }
+        out.strip(best as u8);
+        (Domain::International, out)
+    }
+
+    /// The length of the longest configured prefix that `n` starts with, 0 if none.
+    #[inline(always)]
+    fn longest_match(&self, n: &Number) -> u32 {
         let mut best = 0u32;
         // Unrolled by hand: four slots, no loop for the verifier to walk.
         if self.slots[0].matches(n) && self.slots[0].len > best {
@@ -315,11 +367,7 @@ impl IntlPrefixes {
         if self.slots[3].matches(n) && self.slots[3].len > best {
             best = self.slots[3].len;
         }
-        if best == 0 {
-            return (Domain::National, out);
-        }
-        out.strip(best as u8);
-        (Domain::International, out)
+        best
     }
 }
 

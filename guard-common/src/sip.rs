@@ -201,6 +201,7 @@ impl Scanner {
                 len: 0,
                 plus: false,
                 overflow: false,
+                context: 0,
             },
             context: Number {
                 hi: 0,
@@ -208,6 +209,7 @@ impl Scanner {
                 len: 0,
                 plus: false,
                 overflow: false,
+                context: 0,
             },
             pos: 0,
             start: 0,
@@ -329,6 +331,7 @@ impl Scanner {
             len: k as u8,
             plus: false,
             overflow: false,
+            context: 0,
         };
         self.number.append(&digits);
     }
@@ -548,6 +551,7 @@ impl Scanner {
         }
         let mut out = self.context;
         out.append(&self.number);
+        out.context = self.context.len;
         out
     }
 }

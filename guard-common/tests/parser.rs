@@ -276,8 +276,18 @@ fn reference(payload: &[u8], intl_prefixes: &[&str]) -> RefResult {
                 return RefResult::Unresolved(keep_30(read.digits));
             }
             let after = ctx_from + context.stop_at;
+            // The local digits kept after the context's (30 digits in all).
+            let local: String = read
+                .digits
+                .chars()
+                .take(30usize.saturating_sub(context.digits.len()))
+                .collect();
             if context.digits.is_empty() {
                 (false, read.digits, after)
+            } else if intl_prefixes.iter().any(|p| local.starts_with(p)) {
+                // A local number that dials out of the context with an international prefix
+                // is that international number.
+                (false, local, after)
             } else {
                 // A global context: `+CC` followed by the number's digits.
                 (true, context.digits + &read.digits, after)
@@ -669,6 +679,21 @@ fn tel_numbers_and_phone_context() {
             intl("04420", true),
         ),
         (b"INVITE tel:004420 SIP/2.0\r\n", intl("4420", true)),
+        // A local number that dials out of its context with an international prefix is that
+        // international number, not the context's country code followed by the prefix.
+        (
+            b"INVITE tel:0023276123456;phone-context=+44 SIP/2.0\r\n",
+            intl("23276123456", true),
+        ),
+        (
+            b"INVITE sip:011-232-76123456;phone-context=+1@gw;user=phone SIP/2.0\r\n",
+            intl("23276123456", true),
+        ),
+        // A trunk prefix (`0`) alone is no international prefix: the context is prepended.
+        (
+            b"INVITE tel:0201234567;phone-context=+44 SIP/2.0\r\n",
+            intl("440201234567", true),
+        ),
     ];
     for (payload, expected) in cases {
         check(payload, DEFAULT, expected.clone());

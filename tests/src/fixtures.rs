@@ -326,6 +326,16 @@ pub fn cases() -> Vec<Case> {
         ),
         dropped("uri/crlf-keepalives-first", Pkt::v4(&[b"\r\n\r\n".as_slice(), &b()].concat()).build(), SL),
         dropped("uri/tel-phone-context", Pkt::v4(&invite("tel:76-123456;phone-context=+232")).build(), SL),
+        dropped(
+            "uri/context-dialled-out-tel",
+            Pkt::v4(&invite("tel:0023276123456;phone-context=+44")).build(),
+            SL,
+        ),
+        dropped(
+            "uri/context-dialled-out-sip",
+            Pkt::v4(&invite("sip:011-232-76123456;phone-context=+1@gw.example.net;user=phone")).build(),
+            SL,
+        ),
         dropped("uri/satellite", Pkt::v4(&invite("sip:+881631234567@gw.example.net")).build(), SAT),
         dropped("uri/nanp-jamaica", Pkt::v4(&invite("sip:+18765550100@gw.example.net")).build(), JM),
         passed_unmatched("uri/nanp-new-york", Pkt::v4(&invite("sip:+12125550100@gw.example.net")).build()),

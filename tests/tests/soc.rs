@@ -544,3 +544,57 @@ fn events_carry_vlan_addresses_and_the_normalised_number() {
     assert_eq!(f.test_run(&frame).unwrap(), sipguard::Verdict::Drop);
     assert!(ring.next().is_none(), "no event for a retransmission");
 }
+
+/// `[metrics] top_rules` caps the per-rule series; a reload changes it without a restart.
+#[test]
+fn metrics_top_rules_comes_from_the_config_and_a_reload_changes_it() {
+    let topo = Topology::new("tr");
+    let mut sg = Instance::new("toprules");
+    let defaults = sg.ok(&["default-config"]);
+    let cfg = sg.write(
+        "sipguard.toml",
+        &format!("{defaults}\n[metrics]\ntop_rules = 2\n"),
+    );
+    sg.start(&topo.router, &[&topo.guarded_if], &cfg, &[]);
+    let loaded = sg.stats()["rules"].as_array().unwrap().len();
+    assert!(loaded > 2, "the default config has more than 2 rules");
+    // (per-rule prefixes exported, sipguard_rules_omitted)
+    let exported = || {
+        let resp = scrape(&topo.router);
+        let body = resp.split("\r\n\r\n").nth(1).expect("body").to_string();
+        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .expect("parses");
+        let prefixes: std::collections::BTreeSet<String> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "sipguard_rule_matched_total")
+            .filter_map(|s| s.labels.get("prefix").map(str::to_string))
+            .collect();
+        let omitted = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "sipguard_rules_omitted")
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no sipguard_rules_omitted in\n{body}"));
+        (prefixes.len(), omitted as usize)
+    };
+    assert_eq!(exported(), (2, loaded - 2));
+    sg.write(
+        "sipguard.toml",
+        &format!("{defaults}\n[metrics]\ntop_rules = 0\n"),
+    );
+    sg.signal(libc::SIGHUP);
+    sg.wait_log("[metrics] top_rules changed", 1);
+    assert_eq!(exported(), (0, loaded));
+    sg.write("sipguard.toml", &defaults);
+    sg.signal(libc::SIGHUP);
+    sg.wait_log("[metrics] top_rules changed", 2);
+    assert_eq!(
+        exported(),
+        (loaded, 0),
+        "the default (500) exports every rule"
+    );
+}

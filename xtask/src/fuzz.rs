@@ -1,4 +1,4 @@
-//! `cargo xtask fuzz [--time SECS] [TARGET...]`: runs the cargo-fuzz targets in `fuzz/` one
+//! `cargo xtask fuzz [--time SECS] [--runs N] [TARGET...]`: runs the cargo-fuzz targets in `fuzz/` one
 //! after the other and prints a table of executions, exec/s and crashes.
 //!
 //! - cargo-fuzz is installed (`cargo install cargo-fuzz --locked`) when missing; the targets are
@@ -59,10 +59,17 @@ impl Outcome {
     }
 }
 
+/// How long each target runs: `secs` seconds, or `runs` executions if that comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub secs: u64,
+    pub runs: Option<u64>,
+}
+
 /// `cargo xtask fuzz`.
-pub fn run(secs: u64, targets: &[String]) -> anyhow::Result<std::process::ExitCode> {
+pub fn run(limit: Limit, targets: &[String]) -> anyhow::Result<std::process::ExitCode> {
     let targets = select(targets)?;
-    let outcomes = fuzz(&targets, secs)?;
+    let outcomes = fuzz(&targets, limit)?;
     print_table(&outcomes);
     Ok(if outcomes.iter().all(Outcome::ok) {
         std::process::ExitCode::SUCCESS
@@ -91,8 +98,9 @@ pub fn select(names: &[String]) -> anyhow::Result<Vec<(&'static str, u32)>> {
         .collect()
 }
 
-/// Installs cargo-fuzz if needed, builds the targets, then runs each for `secs` seconds.
-pub fn fuzz(targets: &[(&str, u32)], secs: u64) -> anyhow::Result<Vec<Outcome>> {
+/// Installs cargo-fuzz if needed, builds the targets, then runs each within `limit`.
+pub fn fuzz(targets: &[(&str, u32)], limit: Limit) -> anyhow::Result<Vec<Outcome>> {
+    let secs = limit.secs;
     ensure_cargo_fuzz()?;
     let root = util::workspace_root();
     let started = Instant::now();
@@ -133,6 +141,9 @@ pub fn fuzz(targets: &[(&str, u32)], secs: u64) -> anyhow::Result<Vec<Outcome>> 
             .arg(format!("-max_total_time={secs}"))
             .arg(format!("-max_len={max_len}"))
             .arg("-print_final_stats=1");
+        if let Some(runs) = limit.runs {
+            cmd.arg(format!("-runs={runs}"));
+        }
         outcomes.push(run_target(target, &mut cmd, &log)?);
     }
     Ok(outcomes)
@@ -277,7 +288,7 @@ pub fn smoke(secs: u64) -> anyhow::Result<String> {
         .copied()
         .filter(|(t, _)| !HOST_TARGETS.contains(t))
         .collect();
-    let outcomes = fuzz(&targets, secs)?;
+    let outcomes = fuzz(&targets, Limit { secs, runs: None })?;
     print_table(&outcomes);
     let executions: u64 = outcomes.iter().filter_map(|o| o.executions).sum();
     let bad: Vec<&str> = outcomes

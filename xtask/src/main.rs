@@ -51,9 +51,12 @@ enum Verb {
     Clippy,
     /// Run the cargo-fuzz targets in fuzz/ one after the other (nightly; installs cargo-fuzz).
     Fuzz {
-        /// Seconds per target.
+        /// Seconds per target (an upper bound when --runs is given).
         #[arg(long, default_value_t = 60)]
         time: u64,
+        /// Stop each target after this many executions (libFuzzer's -runs).
+        #[arg(long)]
+        runs: Option<u64>,
         /// Targets to run (default: all): uri_scanner, header_scanner, normalise, config, capture.
         targets: Vec<String>,
     },
@@ -67,7 +70,11 @@ fn main() -> ExitCode {
         Verb::Bench { args } => bench::run(&args),
         Verb::Demo => demo::run(),
         Verb::Clippy => clippy::run(),
-        Verb::Fuzz { time, targets } => fuzz::run(time, &targets),
+        Verb::Fuzz {
+            time,
+            runs,
+            targets,
+        } => fuzz::run(fuzz::Limit { secs: time, runs }, &targets),
     };
     result.unwrap_or_else(|e| {
         // `{:#}` prints the whole context chain on one line, without a backtrace.

@@ -54,6 +54,13 @@ pub const DEFAULT_PATH: &str = "/etc/sipguard/sipguard.toml";
 /// [`DEFAULT_PATH`] does not exist.
 pub const EMBEDDED: &str = include_str!("../../defaults/sipguard.toml");
 
+/// Default `[metrics] top_rules`: per-rule series for the 500 busiest rules of each interface,
+/// so that a scrape stays small (about 0.3 MB) whatever the rule count.
+pub const DEFAULT_TOP_RULES: u32 = 500;
+
+/// Most `[metrics] top_rules`: 100,000 rules of 13 series each are about 30 MB a scrape.
+pub const MAX_TOP_RULES: u32 = 100_000;
+
 /// Default `[metrics] listen` address: loopback only, unless the operator says otherwise.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9960";
 
@@ -185,6 +192,9 @@ pub struct ConfigFile {
     pub events: EventOutputs,
     /// `[metrics] listen`: the Prometheus endpoint, `None` when "off".
     pub metrics: Option<SocketAddr>,
+    /// `[metrics] top_rules`: per-rule series are exported for this many of each interface's
+    /// busiest rules (0: only the totals over all rules).
+    pub top_rules: u32,
 }
 
 // The file as serde reads it. Every value has a type that checks it as it is read, so a bad
@@ -247,6 +257,7 @@ impl RawSettings {
 struct RawMetrics {
     #[serde(default)]
     listen: MetricsListen,
+    top_rules: Option<Bounded<TopRules>>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +312,13 @@ impl Limits for MaxRules {
     const FIELD: &'static str = "max_rules";
     const MIN: u32 = 1;
     const MAX: u32 = guard_common::MAX_RULES_LIMIT;
+}
+
+enum TopRules {}
+impl Limits for TopRules {
+    const FIELD: &'static str = "top_rules";
+    const MIN: u32 = 0;
+    const MAX: u32 = MAX_TOP_RULES;
 }
 
 enum EventRate {}
@@ -742,6 +760,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         has_settings,
         events: raw.events,
         metrics: raw.metrics.listen.0,
+        top_rules: raw.metrics.top_rules.map_or(DEFAULT_TOP_RULES, |n| n.0),
     })
 }
 
@@ -963,6 +982,14 @@ action = "block"
             ),
             ("[metrics]\nlisten = 9960\n", "t.toml:2: invalid type"),
             (
+                "[metrics]\ntop_rules = -1\n",
+                "t.toml:2: top_rules: -1 is out of range (0 to 100000)",
+            ),
+            (
+                "[metrics]\ntop_rules = 100001\n",
+                "t.toml:2: top_rules: 100001 is out of range (0 to 100000)",
+            ),
+            (
                 "[events]\nstdout = true\nfiles = \"/tmp/e\"\n",
                 "t.toml:3: unknown field `files`",
             ),
@@ -1063,6 +1090,13 @@ action = "block"
         let c = p("[events]\n[metrics]\nlisten = \"[::1]:9000\"\n").unwrap();
         assert_eq!(c.events, EventOutputs::default());
         assert_eq!(c.metrics, Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(c.top_rules, DEFAULT_TOP_RULES);
+        let c = p("[metrics]\ntop_rules = 0\n").unwrap();
+        assert_eq!((c.metrics.is_some(), c.top_rules), (true, 0));
+        assert_eq!(
+            p("[metrics]\ntop_rules = 100000\n").unwrap().top_rules,
+            100_000
+        );
     }
 
     #[test]

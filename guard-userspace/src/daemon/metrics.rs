@@ -7,7 +7,10 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -77,10 +80,6 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// backlog stays empty. A slot frees when a connection ends, which an idle one does within
 /// [`HEADER_READ_TIMEOUT`] and any within [`CONNECTION_LIFETIME`].
 pub const MAX_CONNECTIONS: usize = 64;
-
-/// Per-rule series exported per interface: the busiest rules only (see
-/// [`report::metrics::render`]), so a scrape stays small whatever the rule count.
-pub const TOP_RULES: usize = report::metrics::TOP_RULES;
 
 /// What an over-the-cap client is told before the connection is closed.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n";
@@ -152,8 +151,6 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub connection_lifetime: Duration,
     pub max_connections: usize,
-    /// Per-rule series per interface (the busiest rules; `[metrics] top_rules`).
-    pub top_rules: usize,
 }
 
 impl Default for Limits {
@@ -162,32 +159,23 @@ impl Default for Limits {
             header_read_timeout: HEADER_READ_TIMEOUT,
             connection_lifetime: CONNECTION_LIFETIME,
             max_connections: MAX_CONNECTIONS,
-            top_rules: TOP_RULES,
         }
     }
 }
 
-/// Serves `GET /metrics` until the daemon stops, within the default [`Limits`].
+/// Serves `GET /metrics` until the daemon stops, within the default [`Limits`], with per-rule
+/// series for the `top_rules` busiest rules of each interface (`[metrics] top_rules`; the
+/// daemon stores a reloaded value there, and the next scrape uses it).
 pub async fn serve(
     listener: TcpListener,
     pins: PinRoot,
     state: StateDir,
     status: Arc<Mutex<DaemonStatus>>,
+    top_rules: Arc<AtomicUsize>,
 ) {
-    serve_limited(listener, Limits::default(), pins, state, status).await
-}
-
-/// Serves `GET /metrics` until the daemon stops, within `limits`.
-pub async fn serve_limited(
-    listener: TcpListener,
-    limits: Limits,
-    pins: PinRoot,
-    state: StateDir,
-    status: Arc<Mutex<DaemonStatus>>,
-) {
-    serve_with(listener, limits, move || {
+    serve_with(listener, Limits::default(), move || {
         let st = status.lock().map(|s| s.clone()).unwrap_or_default();
-        render(&pins, &state, &st, limits.top_rules)
+        render(&pins, &state, &st, top_rules.load(Ordering::Relaxed))
     })
     .await
 }
@@ -341,7 +329,6 @@ mod tests {
             header_read_timeout: Duration::from_millis(300),
             connection_lifetime: Duration::from_secs(3),
             max_connections: 2,
-            top_rules: TOP_RULES,
         }
     }
 

@@ -30,7 +30,10 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -235,10 +238,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         last_reload: None,
         last_reload_ok: true,
     }));
+    let top_rules = Arc::new(AtomicUsize::new(cfg.top_rules as usize));
     let metrics_task = match cfg.metrics {
         Some(addr) => {
             let listener = metrics::bind(addr).await?;
-            Some((addr, spawn_metrics(listener, &opts, &status)))
+            Some((addr, spawn_metrics(listener, &opts, &status, &top_rules)))
         }
         None => None,
     };
@@ -271,6 +275,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         socket,
         events_task,
         metrics: metrics_task,
+        top_rules,
         status,
         applied_events: cfg.events.clone(),
         applied_debug_log: cfg.settings.kernel_debug_log,
@@ -364,12 +369,14 @@ fn spawn_metrics(
     listener: tokio::net::TcpListener,
     opts: &RunOptions,
     status: &Arc<Mutex<DaemonStatus>>,
+    top_rules: &Arc<AtomicUsize>,
 ) -> JoinHandle<()> {
     tokio::spawn(metrics::serve(
         listener,
         opts.pins.clone(),
         opts.state.clone(),
         status.clone(),
+        top_rules.clone(),
     ))
 }
 
@@ -431,6 +438,8 @@ struct Daemon {
     socket: PathBuf,
     events_task: JoinHandle<()>,
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// `[metrics] top_rules`, read by each scrape (a reload stores the new value).
+    top_rules: Arc<AtomicUsize>,
     status: Arc<Mutex<DaemonStatus>>,
     applied_events: EventOutputs,
     applied_debug_log: bool,
@@ -684,8 +693,8 @@ impl Daemon {
         Ok((self.committed.len(), cfg))
     }
 
-    /// Applies what a reload changed besides the rules and settings: `[events]` and
-    /// `[metrics] listen` live; says which settings need a restart.
+    /// Applies what a reload changed besides the rules and settings: `[events]`,
+    /// `[metrics] listen` and `top_rules` live; says which settings need a restart.
     async fn apply_live(&mut self, cfg: &ConfigFile) {
         if cfg.events != self.applied_events {
             self.hub.set_outputs(cfg.events.clone());
@@ -695,6 +704,13 @@ impl Daemon {
                 "events output switched ([events] changed)"
             );
             self.applied_events = cfg.events.clone();
+        }
+        let top_rules = cfg.top_rules as usize;
+        if self.top_rules.swap(top_rules, Ordering::Relaxed) != top_rules {
+            info!(
+                top_rules,
+                "metrics: per-rule series for the {top_rules} busiest rules ([metrics] top_rules changed)"
+            );
         }
         let current = self.metrics.as_ref().map(|(a, _)| *a);
         if cfg.metrics != current {
@@ -746,7 +762,10 @@ impl Daemon {
         };
         match bound {
             Ok(l) => {
-                self.metrics = Some((addr, spawn_metrics(l, &self.opts, &self.status)));
+                self.metrics = Some((
+                    addr,
+                    spawn_metrics(l, &self.opts, &self.status, &self.top_rules),
+                ));
                 info!(listen = %addr, "metrics endpoint moved ([metrics] listen changed)");
             }
             Err(e) => {
@@ -756,7 +775,10 @@ impl Daemon {
                 if let Some(old) = current
                     && let Ok(l) = metrics::bind(old).await
                 {
-                    self.metrics = Some((old, spawn_metrics(l, &self.opts, &self.status)));
+                    self.metrics = Some((
+                        old,
+                        spawn_metrics(l, &self.opts, &self.status, &self.top_rules),
+                    ));
                     warn!(listen = %old, "metrics endpoint kept on the previous address");
                 }
             }

@@ -46,6 +46,7 @@ pub fn decode(bytes: &[u8], iface: &str, rules: &BTreeMap<u32, Prefix>) -> Optio
         len: ev.number_len,
         plus: false,
         overflow: false,
+        context: 0,
     };
     let domain = if ev.domain == Domain::International as u8 {
         Domain::International

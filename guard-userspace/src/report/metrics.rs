@@ -29,7 +29,7 @@ use prometheus_client::{
 use super::{DaemonStatus, Report, RuleRow};
 
 /// Rules exported per interface by default (the busiest by matched packets).
-pub const TOP_RULES: usize = 500;
+pub const TOP_RULES: usize = crate::config::file::DEFAULT_TOP_RULES as usize;
 
 /// Sources exported per interface (the busiest by calls): bounded label cardinality.
 pub const TOP_SOURCES: usize = 20;

@@ -660,7 +660,7 @@ fn scrape_child(root: &str, state: &str, top: &str) -> ExitCode {
     let top = if top == "all" {
         usize::MAX
     } else {
-        top.parse().unwrap_or(sipguard::daemon::metrics::TOP_RULES)
+        top.parse().unwrap_or(sipguard::report::metrics::TOP_RULES)
     };
     let pins = sipguard::kernel::pins::PinRoot::new(root);
     let state = sipguard::config::state::StateDir::new(state);
@@ -739,7 +739,7 @@ fn scrape_section(n: usize) -> anyhow::Result<()> {
     println!();
     println!("| per-rule series | scrape size | render time | peak RSS of the scraping process |");
     println!("|---|---:|---:|---:|");
-    let default = sipguard::daemon::metrics::TOP_RULES.to_string();
+    let default = sipguard::report::metrics::TOP_RULES.to_string();
     for (label, top) in [
         (
             format!("top {default} (default `[metrics] top_rules`)"),
