@@ -126,14 +126,14 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(Domain::from_u8(domain as u8), Some(domain));
 
-    // The LPM key: the domain byte, then exactly `len` digit nibbles.
+    // The LPM key: the policy (global: 0), the domain byte, then exactly `len` digit nibbles.
     let key = out.key(domain);
     let prefix_len = key.prefix_len;
     let data = key.data;
-    assert_eq!(prefix_len, 8 + 4 * u32::from(out.len));
-    assert_eq!(data[0], domain as u8);
-    for i in 0..(data.len() - 1) * 2 {
-        let nibble = (data[1 + i / 2] >> if i % 2 == 0 { 4 } else { 0 }) & 0xf;
+    assert_eq!(prefix_len, 24 + 4 * u32::from(out.len));
+    assert_eq!((data[0], data[1], data[2]), (0, 0, domain as u8));
+    for i in 0..(data.len() - 3) * 2 {
+        let nibble = (data[3 + i / 2] >> if i % 2 == 0 { 4 } else { 0 }) & 0xf;
         assert_eq!(nibble, out.digit(i).unwrap_or(0), "key nibble {i}: {out:?}");
     }
 

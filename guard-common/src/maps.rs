@@ -28,6 +28,64 @@ pub mod names {
     pub const EVENTS: &str = "SG_EVENTS";
     /// Per-CPU token bucket that bounds the event rate.
     pub const EVENT_BUCKET: &str = "SG_EVBUCKET";
+    /// The two customer tries (source CIDR, optionally per VLAN -> customer and policy),
+    /// double-buffered with the rule tries and config slots: a reload switches customers,
+    /// policies and rules together.
+    pub const CUSTOMERS: [&str; 2] = ["SG_CUST_A", "SG_CUST_B"];
+}
+
+/// Default capacity of each customer trie (its `max_entries`; an LPM trie allocates per entry,
+/// so the capacity costs nothing until used). Userspace sets `max_customers` at load.
+pub const MAX_CUSTOMERS: u32 = 1 << 20;
+
+/// Most `[[policy]]` tables: policy ids are 1..=MAX_POLICIES (0 is the global rules).
+pub const MAX_POLICIES: u32 = 4096;
+
+/// The customer trie's key data. Prefix bits run from the first byte: the outer VLAN
+/// (big-endian; 0 matches frames on any VLAN or none), the address family (4 or 6), a zero
+/// byte, then the source address as in [`Endpoint::addr`] (IPv4 in the first word). Words, not
+/// bytes, so the program fills it with word copies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CustomerKeyData {
+    pub scope: [u8; 4],
+    pub addr: [u32; 4],
+}
+
+/// Bits of a customer key before the address: VLAN, family and the zero byte.
+pub const CUSTOMER_SCOPE_BITS: u32 = 32;
+
+/// The customer-trie key of `addr` (as in [`Endpoint::addr`]) with `bits` of the address
+/// significant, on `vlan` (0: any): `(prefix_len, data)`.
+#[inline(always)]
+pub fn customer_key(vlan: u16, family: u8, addr: &[u32; 4], bits: u32) -> (u32, CustomerKeyData) {
+    let v = vlan.to_be_bytes();
+    (
+        CUSTOMER_SCOPE_BITS + bits,
+        CustomerKeyData {
+            scope: [v[0], v[1], family, 0],
+            addr: *addr,
+        },
+    )
+}
+
+/// Customer flag: the policy's rules apply on top of the global rules (`inherit = true`).
+pub const CUSTOMER_FLAG_INHERIT: u8 = 1;
+
+/// Value of the customer trie: which customer a source belongs to, and its policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CustomerValue {
+    /// The customer's id (1..; the order of `[[customer]]` tables, with runtime customers after).
+    pub id: u32,
+    /// The policy's id ([`crate::number::GLOBAL_POLICY`] for a customer without one).
+    pub policy: u16,
+    /// [`CUSTOMER_FLAG_INHERIT`].
+    pub flags: u8,
+    pub _pad: u8,
+    /// The prefix length of this entry's own key, so that the program can prefer the longer of
+    /// a VLAN-specific and an any-VLAN match.
+    pub prefix_len: u32,
 }
 
 /// Entries of [`names::CALLS`].
@@ -53,7 +111,7 @@ pub const MAX_RULES: u32 = 262_144;
 /// The largest `max_rules` an operator may configure.
 pub const MAX_RULES_LIMIT: u32 = 4_000_000;
 
-/// The rule trie's key data: domain byte + digit nibbles (see [`LookupKey`]).
+/// The rule trie's key data: policy, domain byte and digit nibbles (see [`LookupKey`]).
 pub type RuleKeyData = [u8; KEY_DATA_LEN];
 
 /// What a matching rule does.
@@ -318,8 +376,9 @@ pub struct Config {
     pub generation: u32,
     /// Slots 0 and 1: rules in this slot's trie (valid with a non-zero generation).
     pub rule_count: u32,
-    /// Reserved for later global settings; zero today.
-    pub _reserved: u32,
+    /// Slots 0 and 1: entries in this slot's customer trie. 0 (no customers configured, or a
+    /// config written before customers existed) skips the customer lookup.
+    pub customer_entries: u32,
 }
 
 // Both sides of the map agree on the value size: the kernel object is built from this struct.
@@ -358,7 +417,7 @@ impl Config {
             next_rule_id: 0,
             generation: 0,
             rule_count: 0,
-            _reserved: 0,
+            customer_entries: 0,
         }
     }
 
@@ -493,6 +552,24 @@ impl SourceKey {
     /// The source address: IPv4 if `family` is 4, else IPv6.
     pub fn ip(&self) -> IpAddr {
         words_ip(self.family, &self.addr)
+    }
+}
+
+impl CustomerKeyData {
+    /// The key of the CIDR `ip`/`bits` on `vlan` (0: any), laid out as the program looks it
+    /// up: `(prefix_len, data)`.
+    pub fn cidr(vlan: u16, ip: IpAddr, bits: u8) -> (u32, Self) {
+        let (addr, family) = addr_words(ip);
+        customer_key(vlan, family, &addr, bits as u32)
+    }
+
+    /// The VLAN, the address and its prefix length of a key made by [`CustomerKeyData::cidr`].
+    pub fn decode(&self, prefix_len: u32) -> (u16, IpAddr, u32) {
+        (
+            u16::from_be_bytes([self.scope[0], self.scope[1]]),
+            words_ip(self.scope[2] as u32, &self.addr),
+            prefix_len.saturating_sub(CUSTOMER_SCOPE_BITS),
+        )
     }
 }
 
@@ -645,8 +722,8 @@ pub struct TokenBucket {
     pub last_ns: u64,
 }
 
-/// Builds the rule-trie key for a rule prefix, in the layout `LookupKey` uses.
-pub fn rule_key(domain: crate::number::Domain, digits: &[u8]) -> Option<LookupKey> {
+/// Builds the rule-trie key for a rule prefix of `policy`, in the layout `LookupKey` uses.
+pub fn rule_key(policy: u16, domain: crate::number::Domain, digits: &[u8]) -> Option<LookupKey> {
     if digits.len() > crate::number::MAX_DIGITS {
         return None;
     }
@@ -657,7 +734,7 @@ pub fn rule_key(domain: crate::number::Domain, digits: &[u8]) -> Option<LookupKe
         }
         n.push(d);
     }
-    Some(n.key(domain))
+    Some(n.key_in(policy, domain))
 }
 
 #[cfg(feature = "user")]
@@ -672,6 +749,8 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     unsafe impl aya::Pod for SourceStats {}
     unsafe impl aya::Pod for CallSeen {}
+    unsafe impl aya::Pod for CustomerKeyData {}
+    unsafe impl aya::Pod for CustomerValue {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for TokenBucket {}
 }

@@ -9,8 +9,14 @@
 /// are matched on their leading `MAX_DIGITS` digits (E.164 numbers have at most 15).
 pub const MAX_DIGITS: usize = 30;
 
-/// Bytes of LPM key data: one domain byte, then `MAX_DIGITS` nibbles.
-pub const KEY_DATA_LEN: usize = 1 + MAX_DIGITS / 2;
+/// Bytes of LPM key data: the policy (two bytes), one domain byte, then `MAX_DIGITS` nibbles.
+pub const KEY_DATA_LEN: usize = 3 + MAX_DIGITS / 2;
+
+/// Bits of a rule key before the digits: the policy and the domain.
+pub const KEY_SCOPE_BITS: u32 = 24;
+
+/// The policy of the global rules (`[[rule]]`): rules of `[[policy]]` tables have ids from 1.
+pub const GLOBAL_POLICY: u16 = 0;
 
 /// Most digits an international dialling prefix (`00`, `011`, `010`, `0011`, ...) may have.
 pub const MAX_INTL_PREFIX_DIGITS: usize = 8;
@@ -179,14 +185,23 @@ impl Number {
         self.len = self.len.saturating_sub(n);
     }
 
-    /// The LPM key for this number in `domain`.
+    /// The LPM key for this number in `domain`, among the global rules.
     #[inline(always)]
     pub fn key(&self, domain: Domain) -> LookupKey {
+        self.key_in(GLOBAL_POLICY, domain)
+    }
+
+    /// The LPM key for this number in `domain`, among the rules of `policy`.
+    #[inline(always)]
+    pub fn key_in(&self, policy: u16, domain: Domain) -> LookupKey {
         let hi = self.hi.to_be_bytes();
         let lo = self.lo.to_be_bytes();
+        let p = policy.to_be_bytes();
         LookupKey {
-            prefix_len: 8 + 4 * self.len as u32,
+            prefix_len: KEY_SCOPE_BITS + 4 * self.len as u32,
             data: [
+                p[0],
+                p[1],
                 domain as u8,
                 hi[0],
                 hi[1],
@@ -372,7 +387,9 @@ impl IntlPrefixes {
 }
 
 /// LPM trie key: `prefix_len` bits of `data` are significant. Rules and lookups use the same
-/// layout: byte 0 is the `Domain`, then one nibble per digit. A lookup's `prefix_len` covers
+/// layout: bytes 0 and 1 are the policy (big-endian, [`GLOBAL_POLICY`] for the global rules),
+/// byte 2 the `Domain`, then one nibble per digit. Each policy's rules are a subtree of their
+/// own, so a lookup in one policy never matches another's rules. A lookup's `prefix_len` covers
 /// exactly the digits dialled, so zero padding can never match a rule's further digits.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -473,10 +490,13 @@ mod tests {
     fn key_prefix_len_covers_only_dialled_digits() {
         let k = num("232").key(Domain::International);
         let pl = k.prefix_len;
-        assert_eq!(pl, 8 + 12);
-        assert_eq!(k.data[0], 1);
-        assert_eq!(k.data[1], 0x23);
-        assert_eq!(k.data[2], 0x20);
+        assert_eq!(pl, 24 + 12);
+        assert_eq!((k.data[0], k.data[1]), (0, 0), "the global rules' policy");
+        assert_eq!(k.data[2], 1);
+        assert_eq!(k.data[3], 0x23);
+        assert_eq!(k.data[4], 0x20);
+        let k = num("232").key_in(0x0102, Domain::National);
+        assert_eq!(&k.data[..5], &[1, 2, 2, 0x23, 0x20]);
     }
 
     #[test]

@@ -3,15 +3,18 @@
 // Keys by reference, as in `verdict` (by value they cost verifier instructions).
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use guard_common::{
-    CONFIG_SELECTOR, CONFIG_SLOTS, CallSeen, Config, EVENT_RING_BYTES, Endpoint, GlobalCounters,
-    HDR_WINDOW, HeaderScanner, MAX_CALLS, MAX_RULES, MAX_SOURCES, RuleCounters, RuleKeyData,
-    RuleValue, Scanner, SourceKey, SourceStats, TokenBucket, WINDOW,
+    CONFIG_SELECTOR, CONFIG_SLOTS, CUSTOMER_FLAG_INHERIT, CallSeen, Config, CustomerKeyData,
+    CustomerValue, EVENT_RING_BYTES, Endpoint, GlobalCounters, HDR_WINDOW, HeaderScanner,
+    LookupKey, MAX_CALLS, MAX_CUSTOMERS, MAX_RULES, MAX_SOURCES, RuleCounters, RuleKeyData,
+    RuleValue, Scanner, SourceKey, SourceStats, TokenBucket, WINDOW, customer_key,
+    number::GLOBAL_POLICY,
 };
 
 use crate::layers::Frame;
@@ -23,6 +26,16 @@ static SG_RULES_A: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(M
 
 #[map(name = "SG_RULES_B")]
 static SG_RULES_B: LpmTrie<RuleKeyData, RuleValue> = LpmTrie::with_max_entries(MAX_RULES, 0);
+
+// Two customer tries, double-buffered with the rule tries: slot 0 uses A, slot 1 uses B.
+// MAX_CUSTOMERS is the default size; userspace sets `max_customers` at load.
+#[map(name = "SG_CUST_A")]
+static SG_CUST_A: LpmTrie<CustomerKeyData, CustomerValue> =
+    LpmTrie::with_max_entries(MAX_CUSTOMERS, BPF_F_NO_PREALLOC);
+
+#[map(name = "SG_CUST_B")]
+static SG_CUST_B: LpmTrie<CustomerKeyData, CustomerValue> =
+    LpmTrie::with_max_entries(MAX_CUSTOMERS, BPF_F_NO_PREALLOC);
 
 /// Rule id -> per-CPU counters, created on the rule's first match (no preallocation), so its
 /// memory follows the rules that see traffic, not max_rules x CPUs.
@@ -142,4 +155,75 @@ pub fn config() -> Option<(&'static Config, &'static LpmTrie<RuleKeyData, RuleVa
     let slot = SG_CONFIG.get(CONFIG_SELECTOR)?.active & 1;
     let rules = if slot == 0 { &SG_RULES_A } else { &SG_RULES_B };
     Some((SG_CONFIG.get(slot)?, rules))
+}
+
+/// The customer that `src` (arriving on outer VLAN `vlan`) belongs to in the live slot, packed
+/// by [`pack_customer`] (0: none). The longer of the VLAN-specific and the any-VLAN match wins;
+/// on a tie, the VLAN-specific one. A BPF function of its own, returning a scalar: its paths
+/// join in one verifier state at the return.
+#[inline(never)]
+pub fn customer(vlan: u32, src: &Endpoint) -> u64 {
+    let Some(sel) = SG_CONFIG.get(CONFIG_SELECTOR) else {
+        return 0;
+    };
+    let slot = sel.active & 1;
+    let customers = if slot == 0 { &SG_CUST_A } else { &SG_CUST_B };
+    let bits = if src.family == 4 { 32 } else { 128 };
+    let (len, data) = customer_key(0, src.family, &src.addr, bits);
+    let mut key = Key::new(len, data);
+    let any = customers.get(&key);
+    let tagged = if vlan != 0 {
+        key.data.scope = customer_key(vlan as u16, src.family, &src.addr, bits)
+            .1
+            .scope;
+        customers.get(&key)
+    } else {
+        None
+    };
+    match (tagged, any) {
+        (Some(t), Some(a)) if a.prefix_len > t.prefix_len => pack_customer(a),
+        (Some(t), _) => pack_customer(t),
+        (None, Some(a)) => pack_customer(a),
+        (None, None) => 0,
+    }
+}
+
+/// The rule that decides a number whose global-rules key is `key`, for the source's `customer`
+/// (from [`customer`]; 0 for none): the longest match among the customer's policy's rules and,
+/// when the policy inherits them (or the customer has no policy), the global rules; on a tie,
+/// the policy's rule. Packed as bit 63 (found), the action in bits 32..40, the id in 0..32; 0
+/// when no rule matches. A BPF function of its own, returning a scalar, like [`customer`].
+#[inline(never)]
+pub fn find_rule(key: &LookupKey, customer: u64) -> u64 {
+    let Some((_, rules)) = config() else {
+        return 0;
+    };
+    let mut k = Key::new(key.prefix_len, key.data);
+    let global = rules.get(&k);
+    let policy = (customer >> 32) as u16;
+    if customer >> 63 == 0 || policy == GLOBAL_POLICY {
+        return global.map_or(0, pack_rule);
+    }
+    let inherit = (customer >> 48) as u8 & CUSTOMER_FLAG_INHERIT != 0;
+    let p = policy.to_be_bytes();
+    k.data[0] = p[0];
+    k.data[1] = p[1];
+    match (rules.get(&k), global) {
+        (Some(o), Some(g)) if inherit && g.prefix_len > o.prefix_len => pack_rule(g),
+        (Some(o), _) => pack_rule(o),
+        (None, Some(g)) if inherit => pack_rule(g),
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn pack_rule(v: &RuleValue) -> u64 {
+    1 << 63 | (v.action as u64) << 32 | v.id as u64
+}
+
+/// A customer trie value as one scalar: bit 63 set, the id in bits 0..32, the policy in 32..48,
+/// the flags in 48..56.
+#[inline(always)]
+fn pack_customer(v: &CustomerValue) -> u64 {
+    1 << 63 | (v.flags as u64) << 48 | (v.policy as u64) << 32 | v.id as u64
 }

@@ -10,7 +10,6 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::generated::bpf_ktime_get_boot_ns,
-    maps::lpm_trie::Key,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -29,20 +28,29 @@ use crate::{
 /// Decides an INVITE that dials `number`. When the number was not read to its end (the scratch
 /// map's `incomplete`), its digits are a true prefix of it: a rule among them decides as usual,
 /// and when none does, `incomplete_action` does.
+///
+/// With customers configured, the source's customer (see `maps::customer`) picks the rules: the
+/// longest match among its policy's rules and, when the policy inherits them, the global rules;
+/// on a tie, the policy's rule. Frames from no customer get the global rules.
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 {
-    let Some((cfg, rules)) = maps::config() else {
+    let Some((cfg, _)) = maps::config() else {
         return XDP_PASS;
     };
     let (domain, normalized) = cfg.intl_prefixes.normalize(number);
-    let lk = normalized.key(domain);
-    let Some(rule) = rules.get(&Key::new(lk.prefix_len, lk.data)) else {
+    let customer = if cfg.customer_entries != 0 {
+        customer_of(ctx)
+    } else {
+        0
+    };
+    let rule = maps::find_rule(&normalized.key(domain), customer);
+    if rule >> 63 == 0 {
         return match maps::scratch() {
             Some(s) if s.incomplete != 0 => incomplete(c, cfg),
             _ => XDP_PASS,
         };
-    };
-    let (id, action) = (rule.id, rule.action);
+    }
+    let (id, action) = (rule as u32, (rule >> 32) as u8);
     if cfg.flags & CONFIG_FLAG_DEBUG_LOG != 0 {
         // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
         debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
@@ -86,6 +94,18 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         }
     }
     rc
+}
+
+/// The customer of the frame's source (see `maps::customer`), 0 for none; fills in the
+/// scratch map's endpoints. A BPF function of its own, returning a scalar.
+#[inline(never)]
+fn customer_of(ctx: &XdpContext) -> u64 {
+    let Some(s) = maps::scratch() else {
+        return 0;
+    };
+    let frame = s.frame;
+    layers::endpoints(ctx, &frame, &mut s.src, &mut s.dst);
+    maps::customer(frame.vlan as u32, &s.src)
 }
 
 /// Decides an INVITE whose number could not be read to its end and could be another number

@@ -36,7 +36,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// Frame under construction. `build()` gives the bytes.
 #[derive(Clone, Debug)]
 pub struct Pkt {
-    tags: Vec<u16>,
+    /// (TPID, VLAN id), outermost first.
+    tags: Vec<(u16, u16)>,
     ethertype: Option<u16>,
     l3: L3,
     sport: u16,
@@ -47,6 +48,8 @@ pub struct Pkt {
     truncate: Option<usize>,
     /// TCP instead of UDP: flags and bytes of options.
     tcp: Option<(u8, usize)>,
+    /// Source address instead of [`SRC4`] / [`SRC6`].
+    src: Option<std::net::IpAddr>,
 }
 
 pub const SRC4: [u8; 4] = [192, 0, 2, 10];
@@ -71,7 +74,14 @@ impl Pkt {
             udp_len: None,
             truncate: None,
             tcp: None,
+            src: None,
         }
+    }
+
+    /// From `ip` (IPv4 for a [`Pkt::v4`] frame, IPv6 for a [`Pkt::v6`] one).
+    pub fn src(mut self, ip: &str) -> Self {
+        self.src = Some(ip.parse().expect("an IP address"));
+        self
     }
 
     /// IPv4/UDP to port 5060.
@@ -93,9 +103,16 @@ impl Pkt {
         Self::new(L3::V6 { exts: Vec::new() }, payload)
     }
 
-    /// Adds a VLAN tag with this TPID (0x8100 or 0x88a8), outermost first.
+    /// Adds an 802.1Q tag with VLAN `id`, after any tags already added.
+    pub fn vlan_id(mut self, id: u16) -> Self {
+        self.tags.push((0x8100, id));
+        self
+    }
+
+    /// Adds a VLAN tag with this TPID (0x8100 or 0x88a8), outermost first: VLAN 100, then 101.
     pub fn vlan(mut self, tpid: u16) -> Self {
-        self.tags.push(tpid);
+        let id = 100 + self.tags.len() as u16;
+        self.tags.push((tpid, id));
         self
     }
 
@@ -192,9 +209,9 @@ impl Pkt {
             L3::V4 { .. } => 0x0800,
             L3::V6 { .. } => 0x86dd,
         });
-        for (i, tpid) in self.tags.iter().enumerate() {
+        for (tpid, id) in &self.tags {
             f.extend_from_slice(&tpid.to_be_bytes());
-            f.extend_from_slice(&(100 + i as u16).to_be_bytes()); // TCI: VLAN 100, 101
+            f.extend_from_slice(&id.to_be_bytes()); // TCI: priority 0, the VLAN id
         }
         f.extend_from_slice(&inner.to_be_bytes());
 
@@ -242,7 +259,10 @@ impl Pkt {
                 let frags = (frag_offset & 0x1fff) | if *more_frags { 0x2000 } else { 0 };
                 h.extend_from_slice(&frags.to_be_bytes());
                 h.extend_from_slice(&[64, *proto, 0, 0]);
-                h.extend_from_slice(&SRC4);
+                h.extend_from_slice(&match self.src {
+                    Some(std::net::IpAddr::V4(a)) => a.octets(),
+                    _ => SRC4,
+                });
                 h.extend_from_slice(&DST4);
                 h.resize(20 + options - if *options > 0 { 1 } else { 0 }, 1); // NOPs
                 if *options > 0 {
@@ -288,7 +308,10 @@ impl Pkt {
                 f.extend_from_slice(&[0x60, 0, 0, 0]);
                 f.extend_from_slice(&(payload_len as u16).to_be_bytes());
                 f.extend_from_slice(&[codes[0], 64]);
-                f.extend_from_slice(&SRC6);
+                f.extend_from_slice(&match self.src {
+                    Some(std::net::IpAddr::V6(a)) => a.octets(),
+                    _ => SRC6,
+                });
                 f.extend_from_slice(&DST6);
                 f.extend_from_slice(&ext_bytes);
             }

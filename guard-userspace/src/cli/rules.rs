@@ -352,7 +352,7 @@ fn stage_edit(maps: &mut Maps, delta: &Delta) -> Result<Pending> {
     for p in &delta.remove {
         rules.remove(p);
     }
-    let (_, p) = maps.stage_full(&settings, &rules)?;
+    let (_, p) = maps.stage_full(&settings, &rules, None)?;
     Ok(p)
 }
 

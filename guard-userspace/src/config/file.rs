@@ -40,8 +40,12 @@ use serde::{
 use thiserror::Error;
 use toml::Spanned;
 
+use guard_common::number::GLOBAL_POLICY;
+use ipnet::IpNet;
+
 use crate::model::{
     country,
+    customers::{Customer, Customers, Policy},
     rules::{Origin, Prefix, Rule, RuleSet},
     settings::{Settings, TinyFragment},
 };
@@ -195,6 +199,10 @@ pub struct ConfigFile {
     /// `[metrics] top_rules`: per-rule series are exported for this many of each interface's
     /// busiest rules (0: only the totals over all rules).
     pub top_rules: u32,
+    /// `[[policy]]` and `[[customer]]` (the policies' rules are in `rules`, under their ids).
+    pub customers: Customers,
+    /// Warnings that do not stop the config (a customer with no sources).
+    pub warnings: Vec<String>,
 }
 
 // The file as serde reads it. Every value has a type that checks it as it is read, so a bad
@@ -212,6 +220,31 @@ struct RawFile {
     metrics: RawMetrics,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    policy: Vec<Spanned<RawPolicy>>,
+    #[serde(default)]
+    customer: Vec<Spanned<RawCustomer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Option<Spanned<String>>,
+    inherit: Option<bool>,
+    comment: Option<String>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCustomer {
+    name: Option<Spanned<String>>,
+    #[serde(default)]
+    sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    vlans: Vec<Spanned<i64>>,
+    policy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -675,9 +708,60 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     settings.to_config().map_err(|e| whole(e.to_string()))?;
 
     let mut rules = RuleSet::new();
+    add_rules(&mut rules, GLOBAL_POLICY, raw.rule, &lines, &at)?;
+    let mut warnings = Vec::new();
+    let customers = customers(
+        &mut rules,
+        raw.policy,
+        raw.customer,
+        &lines,
+        &at,
+        &mut warnings,
+    )?;
+    // A config file's rules must fit its own max_rules. An import file (no [settings]) is
+    // checked against the live maps' size when it is applied.
+    let limit = if has_settings {
+        settings.max_rules
+    } else {
+        guard_common::MAX_RULES_LIMIT
+    };
+    if rules.len() > limit as usize {
+        return Err(whole(format!(
+            "{} rules: the rule map holds at most {limit}{}",
+            rules.len(),
+            if has_settings {
+                " (max_rules in [settings])"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(ConfigFile {
+        path: path.to_path_buf(),
+        settings,
+        fail_mode,
+        rules,
+        has_settings,
+        events: raw.events,
+        metrics: raw.metrics.listen.0,
+        top_rules: raw.metrics.top_rules.map_or(DEFAULT_TOP_RULES, |n| n.0),
+        customers,
+        warnings,
+    })
+}
+
+/// Adds `raw` rules to `rules` under `policy`: a rule needs an action and a prefix or a
+/// country; the same prefix twice with different actions is a conflict.
+fn add_rules(
+    rules: &mut RuleSet,
+    policy: u16,
+    raw: Vec<Spanned<RawRule>>,
+    lines: &LineIndex,
+    at: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<(), ConfigError> {
     // Where each prefix was defined, for conflict messages.
     let mut defined_at: BTreeMap<Prefix, usize> = BTreeMap::new();
-    for r in raw.rule {
+    for r in raw {
         let line = lines.line_of(r.span().start);
         let RawRule {
             prefix,
@@ -708,6 +792,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             }
         };
         for prefix in prefixes {
+            let prefix = prefix.in_policy(policy);
             if let Some(old) = rules.get(&prefix) {
                 if old.action != action {
                     return Err(at(
@@ -734,34 +819,205 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
             );
         }
     }
-    // A config file's rules must fit its own max_rules. An import file (no [settings]) is
-    // checked against the live maps' size when it is applied.
-    let limit = if has_settings {
-        settings.max_rules
+    Ok(())
+}
+
+/// A customer or policy name: 1 to 64 of `A-Z a-z 0-9 . _ -` (it is a metrics label and a CLI
+/// argument).
+fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
     } else {
-        guard_common::MAX_RULES_LIMIT
-    };
-    if rules.len() > limit as usize {
-        return Err(whole(format!(
-            "{} rules: the rule map holds at most {limit}{}",
-            rules.len(),
-            if has_settings {
-                " (max_rules in [settings])"
-            } else {
-                ""
-            }
-        )));
+        Err(format!(
+            "{kind} name `{name}`: use 1 to 64 letters, digits, `.`, `_` or `-`"
+        ))
     }
-    Ok(ConfigFile {
-        path: path.to_path_buf(),
-        settings,
-        fail_mode,
-        rules,
-        has_settings,
-        events: raw.events,
-        metrics: raw.metrics.listen.0,
-        top_rules: raw.metrics.top_rules.map_or(DEFAULT_TOP_RULES, |n| n.0),
-    })
+}
+
+/// `[[policy]]` (their rules go into `rules` under the policy's id) and `[[customer]]`.
+fn customers(
+    rules: &mut RuleSet,
+    raw_policies: Vec<Spanned<RawPolicy>>,
+    raw_customers: Vec<Spanned<RawCustomer>>,
+    lines: &LineIndex,
+    at: &dyn Fn(usize, String) -> ConfigError,
+    warnings: &mut Vec<String>,
+) -> Result<Customers, ConfigError> {
+    let mut out = Customers::default();
+    if raw_policies.len() > guard_common::MAX_POLICIES as usize {
+        let line = lines.line_of(
+            raw_policies[guard_common::MAX_POLICIES as usize]
+                .span()
+                .start,
+        );
+        return Err(at(
+            line,
+            format!("too many policies: at most {}", guard_common::MAX_POLICIES),
+        ));
+    }
+    let mut policy_at: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, p) in raw_policies.into_iter().enumerate() {
+        let line = lines.line_of(p.span().start);
+        let RawPolicy {
+            name,
+            inherit,
+            comment,
+            rule,
+        } = p.into_inner();
+        let Some(name) = name else {
+            return Err(at(line, "policy has no `name`".into()));
+        };
+        let name_line = lines.line_of(name.span().start);
+        let name = name.into_inner();
+        check_name("policy", &name).map_err(|m| at(name_line, m))?;
+        if let Some(first) = policy_at.insert(name.clone(), name_line) {
+            return Err(at(
+                name_line,
+                format!("duplicate policy name `{name}` (first at line {first})"),
+            ));
+        }
+        let id = (i + 1) as u16;
+        add_rules(rules, id, rule, lines, at)?;
+        out.policies.push(Policy {
+            name,
+            id,
+            inherit: inherit.unwrap_or(true),
+            comment,
+        });
+    }
+    let mut customer_at: BTreeMap<String, usize> = BTreeMap::new();
+    // (VLAN, CIDR) -> (customer, line): a CIDR belongs to one customer per VLAN.
+    let mut cidr_at: BTreeMap<(u16, IpNet), (String, usize)> = BTreeMap::new();
+    for (i, c) in raw_customers.into_iter().enumerate() {
+        let line = lines.line_of(c.span().start);
+        let RawCustomer {
+            name,
+            sources,
+            vlans,
+            policy,
+        } = c.into_inner();
+        let Some(name) = name else {
+            return Err(at(line, "customer has no `name`".into()));
+        };
+        let name_line = lines.line_of(name.span().start);
+        let name = name.into_inner();
+        check_name("customer", &name).map_err(|m| at(name_line, m))?;
+        if let Some(first) = customer_at.insert(name.clone(), name_line) {
+            return Err(at(
+                name_line,
+                format!("duplicate customer name `{name}` (first at line {first})"),
+            ));
+        }
+        let policy = match policy {
+            Some(p) => {
+                let p_line = lines.line_of(p.span().start);
+                let p = p.into_inner();
+                if out.policy(&p).is_none() {
+                    let known: Vec<&str> = out.policies.iter().map(|p| p.name.as_str()).collect();
+                    return Err(at(
+                        p_line,
+                        format!(
+                            "customer `{name}`: unknown policy `{p}` (policies: {})",
+                            if known.is_empty() {
+                                "none defined".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let mut vlan_ids = Vec::new();
+        for v in vlans {
+            let v_line = lines.line_of(v.span().start);
+            let v = v.into_inner();
+            match u16::try_from(v) {
+                Ok(id @ 1..=4094) => {
+                    if !vlan_ids.contains(&id) {
+                        vlan_ids.push(id);
+                    }
+                }
+                _ => {
+                    return Err(at(
+                        v_line,
+                        format!("customer `{name}`: VLAN {v} is outside 1..4094"),
+                    ));
+                }
+            }
+        }
+        let mut nets = Vec::new();
+        for src in sources {
+            let s_line = lines.line_of(src.span().start);
+            let text = src.into_inner();
+            let net: IpNet = match text.parse::<IpNet>() {
+                Ok(n) => n,
+                Err(_) => match text.parse::<std::net::IpAddr>() {
+                    Ok(ip) => IpNet::from(ip),
+                    Err(_) => {
+                        return Err(at(
+                            s_line,
+                            format!(
+                                "customer `{name}`: source `{text}` is not an IPv4 or IPv6 CIDR (e.g. 198.51.100.0/24, 2001:db8::/32)"
+                            ),
+                        ));
+                    }
+                },
+            };
+            if net.trunc() != net {
+                return Err(at(
+                    s_line,
+                    format!(
+                        "customer `{name}`: source `{text}` has host bits set (the network is {})",
+                        net.trunc()
+                    ),
+                ));
+            }
+            let scopes: Vec<u16> = if vlan_ids.is_empty() {
+                vec![0]
+            } else {
+                vlan_ids.clone()
+            };
+            for vlan in scopes {
+                if let Some((other, other_line)) = cidr_at.get(&(vlan, net)) {
+                    let on = if vlan == 0 {
+                        String::new()
+                    } else {
+                        format!(" on VLAN {vlan}")
+                    };
+                    return Err(at(
+                        s_line,
+                        format!(
+                            "customer `{name}`: source {net}{on} is already customer `{other}`'s (line {other_line})"
+                        ),
+                    ));
+                }
+                cidr_at.insert((vlan, net), (name.clone(), s_line));
+            }
+            if !nets.contains(&net) {
+                nets.push(net);
+            }
+        }
+        if nets.is_empty() {
+            warnings.push(format!(
+                "line {line}: customer `{name}` has no sources: no traffic is matched to it"
+            ));
+        }
+        out.customers.push(Customer {
+            name,
+            id: (i + 1) as u32,
+            sources: nets,
+            vlans: vlan_ids,
+            policy,
+        });
+    }
+    Ok(out)
 }
 
 /// Byte offsets where lines start, for turning spans into line numbers in O(log n).
@@ -794,6 +1050,86 @@ mod tests {
 
     fn err(text: &str) -> String {
         p(text).expect_err("must fail").to_string()
+    }
+
+    #[test]
+    fn customers_and_policies_errors_name_the_line() {
+        let policy =
+            "[[policy]]\nname = \"barred\"\n[[policy.rule]]\nprefix = \"+\"\naction = \"block\"\n";
+        let cases: &[(&str, &str)] = &[
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/24\"]\npolicy = \"nope\"\n",
+                "t.toml:9: customer `a`: unknown policy `nope` (policies: barred)",
+            ),
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/33\"]\n",
+                "t.toml:8: customer `a`: source `198.51.100.0/33` is not an IPv4 or IPv6 CIDR",
+            ),
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"198.51.100.7/24\"]\n",
+                "t.toml:8: customer `a`: source `198.51.100.7/24` has host bits set (the network is 198.51.100.0/24)",
+            ),
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"2001:db8::1/32\"]\n",
+                "t.toml:8: customer `a`: source `2001:db8::1/32` has host bits set (the network is 2001:db8::/32)",
+            ),
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/24\"]\n[[customer]]\nname = \"b\"\nsources = [\"203.0.113.0/24\", \"198.51.100.0/24\"]\n",
+                "t.toml:11: customer `b`: source 198.51.100.0/24 is already customer `a`'s (line 8)",
+            ),
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/24\"]\nvlans = [4095]\n",
+                "t.toml:9: customer `a`: VLAN 4095 is outside 1..4094",
+            ),
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/24\"]\nvlans = [0]\n",
+                "t.toml:9: customer `a`: VLAN 0 is outside 1..4094",
+            ),
+            (
+                "[[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/24\"]\n[[customer]]\nname = \"a\"\n",
+                "t.toml:10: duplicate customer name `a` (first at line 7)",
+            ),
+            (
+                "[[policy]]\nname = \"barred\"\n",
+                "t.toml:7: duplicate policy name `barred` (first at line 2)",
+            ),
+            (
+                "[[policy]]\nname = \"x\"\n[[policy.rule]]\nprefix = \"+44\"\naction = \"block\"\n[[policy.rule]]\nprefix = \"+44\"\naction = \"allow\"\n",
+                "t.toml:11: rule conflict: +44 is `allow` here but `block` at line 8",
+            ),
+            (
+                "[[policy]]\nname = \"bad name\"\n",
+                "t.toml:7: policy name `bad name`: use 1 to 64 letters",
+            ),
+            (
+                "[[customer]]\nsources = []\n",
+                "t.toml:6: customer has no `name`",
+            ),
+        ];
+        for (tail, want) in cases {
+            let text = format!("{policy}{tail}");
+            let got = err(&text);
+            assert!(
+                got.starts_with(want),
+                "for {text:?}\n got: {got}\nwant: {want}..."
+            );
+        }
+        // The same CIDR on different VLANs is two customers' (overlapping address plans).
+        let c = p(&format!(
+            "{policy}[[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/24\"]\nvlans = [100]\n\
+             [[customer]]\nname = \"b\"\nsources = [\"198.51.100.0/24\"]\nvlans = [200]\npolicy = \"barred\"\n\
+             [[customer]]\nname = \"empty\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.customers.customers.len(), 3);
+        assert_eq!(c.customers.entries().len(), 2);
+        assert_eq!(
+            c.warnings,
+            ["line 15: customer `empty` has no sources: no traffic is matched to it"]
+        );
+        // The policy's rule is in the rule set under its id, apart from the global rules.
+        assert_eq!(c.rules.len(), 1);
+        assert!(c.rules.keys().all(|p| p.policy == 1));
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub(super) fn attach_iface(
             Err(e) => warn!("kernel debug log requested but unavailable: {e}"),
         }
     }
-    let report = filter.maps.commit(&cfg.settings, rules)?;
+    let report = filter
+        .maps
+        .commit_all(&cfg.settings, rules, Some(&cfg.customers.entries()))?;
     info!(
         iface,
         added = report.added,

@@ -188,6 +188,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         for w in cfg.settings.unreachable_rules(&rules) {
             warn!("{w}");
         }
+        for w in &cfg.warnings {
+            warn!("{w}");
+        }
         for iface in &opts.ifaces {
             let had_state = opts.pins.iface_dir(iface).join(PINNED_MAPS[0]).exists();
             let attached = attach::attach_iface(&opts, iface, &cfg, &rules);
@@ -666,6 +669,10 @@ impl Daemon {
         for w in cfg.settings.unreachable_rules(&rules) {
             warn!("{w}");
         }
+        for w in &cfg.warnings {
+            warn!(config = %source, "{w}");
+        }
+        let customers = cfg.customers.entries();
         for g in self.guarded.iter_mut() {
             if g.state == IfState::Detached {
                 info!(
@@ -678,7 +685,7 @@ impl Daemon {
             let r = g
                 .filter
                 .maps
-                .commit(&cfg.settings, &rules)
+                .commit_all(&cfg.settings, &rules, Some(&customers))
                 .with_context(|| format!("interface {}", g.iface))?;
             info!(iface = %g.iface, added = r.added, changed = r.changed, removed = r.removed, total = r.total, "rules committed");
             if let Ok(mut ids) = g.rule_ids.lock() {

@@ -98,6 +98,8 @@ impl Filter {
     /// [`Maps::capacity`] with `max_rules`. Settings and rules are left as they are; commit them
     /// next.
     pub fn load_pinned(dir: &Path, max_rules: u32) -> Result<Self, FilterError> {
+        // Rule tries pinned before policies existed are re-keyed into the new ones.
+        let unscoped = super::maps::take_unscoped_tries(dir)?;
         // Counters pinned by an older version (a per-CPU array) move into the new hash.
         let legacy = super::maps::take_legacy_stats(dir)?;
         let paths: Vec<(&'static str, std::path::PathBuf)> = PINNED_MAPS
@@ -123,6 +125,13 @@ impl Filter {
         }
         for (id, values) in legacy {
             f.maps.set_rule_counters(id, values)?;
+        }
+        if !unscoped.is_empty() {
+            f.maps.restore_rules(&unscoped)?;
+            tracing::info!(
+                rules = unscoped.len(),
+                "carried the rules of an older sipguard's pinned tries over (ids and counters kept)"
+            );
         }
         Ok(f)
     }

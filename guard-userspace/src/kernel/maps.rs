@@ -53,19 +53,27 @@ use aya::{
     },
 };
 use guard_common::{
-    Action, CONFIG_SELECTOR, Config, GlobalCounters, RuleCounters, RuleKeyData, RuleValue,
-    SourceKey, SourceStats, maps::names,
+    Action, CONFIG_SELECTOR, CUSTOMER_FLAG_INHERIT, Config, CustomerKeyData, CustomerValue,
+    GlobalCounters, RuleCounters, RuleKeyData, RuleValue, SourceKey, SourceStats, maps::names,
 };
 use thiserror::Error;
 
 use super::sys::{self, wait_for_readers};
 use crate::model::{
+    customers::CustomerEntry,
     rules::{Origin, Prefix, Rule, RuleSet},
     settings::{Settings, SettingsError},
 };
 
-/// Maps pinned next to [`PINNED_MAPS`] so calls, sources and queued events survive a restart.
-pub const AUX_PINNED: [&str; 3] = [names::CALLS, names::SOURCES, names::EVENTS];
+/// Maps pinned next to [`PINNED_MAPS`] so calls, sources, queued events and customers survive a
+/// restart (each may be missing in pins made before it existed).
+pub const AUX_PINNED: [&str; 5] = [
+    names::CALLS,
+    names::SOURCES,
+    names::EVENTS,
+    names::CUSTOMERS[0],
+    names::CUSTOMERS[1],
+];
 
 /// Every map userspace works with, by pin name.
 pub const PINNED_MAPS: [&str; 6] = [
@@ -167,6 +175,14 @@ pub enum MapsError {
     Standby(#[source] Box<MapsError>),
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
+    #[error(
+        "the customer map is full: {wanted} customer entries (sources x VLANs) do not fit (it holds at most {max}); nothing was changed"
+    )]
+    CustomersFull { wanted: usize, max: u32 },
+    #[error(
+        "the pinned maps have no customer maps (made by an older sipguard): restart the daemon (`sipguard run`) once to add them"
+    )]
+    NoCustomerMaps,
 }
 
 fn map_err(name: &'static str, action: impl Into<String>) -> impl FnOnce(MapError) -> MapsError {
@@ -195,6 +211,37 @@ fn not_found(e: &MapError) -> bool {
 }
 
 type Trie = LpmTrie<MapData, RuleKeyData, RuleValue>;
+type CustomerTrie = LpmTrie<MapData, CustomerKeyData, CustomerValue>;
+
+/// A customer trie key that can be compared and hashed: `(prefix_len, scope, addr)`.
+type CustomerKey = (u32, [u8; 4], [u32; 4]);
+
+fn customer_key(e: &CustomerEntry) -> (CustomerKey, CustomerValue) {
+    let (len, data) = CustomerKeyData::cidr(e.vlan, e.net.addr(), e.net.prefix_len());
+    (
+        (len, data.scope, data.addr),
+        CustomerValue {
+            id: e.customer,
+            policy: e.policy,
+            flags: if e.inherit { CUSTOMER_FLAG_INHERIT } else { 0 },
+            _pad: 0,
+            prefix_len: len,
+        },
+    )
+}
+
+fn aya_customer_key(k: &CustomerKey) -> Key<CustomerKeyData> {
+    Key::new(
+        k.0,
+        CustomerKeyData {
+            scope: k.1,
+            addr: k.2,
+        },
+    )
+}
+
+/// Writes to a customer trie: set (`Some`) or remove (`None`).
+type CustomerOps = Vec<(CustomerKey, Option<CustomerValue>)>;
 type Stats = PerCpuHashMap<MapData, u32, RuleCounters>;
 
 /// What a commit changed, for logs.
@@ -287,12 +334,14 @@ pub struct Pending {
     dead_ids: Vec<u32>,
     /// Full commits: every live or retired id, so that any other counter entry can go.
     live_ids: Option<BTreeSet<u32>>,
+    /// The standby customer trie's writes.
+    customer_ops: CustomerOps,
 }
 
 impl Pending {
     /// Whether the standby trie needs any write (without one, no grace period is needed).
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.customer_ops.is_empty()
     }
 }
 
@@ -312,6 +361,9 @@ pub struct Maps {
     batch: bool,
     /// Rules removed by full commits, whose ids and counters are kept (see the module docs).
     retired: Retired,
+    /// The customer tries, double-buffered like the rule tries (absent in pins made before
+    /// customers existed).
+    customers: Option<[CustomerTrie; 2]>,
 }
 
 impl Maps {
@@ -321,8 +373,17 @@ impl Maps {
         let (a, b) = (take(names::RULES[0])?, take(names::RULES[1])?);
         let (stats, counters) = (take(names::RULE_STATS)?, take(names::COUNTERS)?);
         let (config, ports) = (take(names::CONFIG)?, take(names::SIP_PORTS)?);
+        let customers = [take(names::CUSTOMERS[0])?, take(names::CUSTOMERS[1])?];
         let sources = ebpf.take_map(names::SOURCES);
-        Self::from_maps([a, b], stats, counters, config, ports, sources)
+        Self::from_maps(
+            [a, b],
+            stats,
+            counters,
+            config,
+            ports,
+            sources,
+            Some(customers),
+        )
     }
 
     /// Opens the maps pinned in `dir` (as [`Maps::pin`] left them).
@@ -349,7 +410,12 @@ impl Maps {
             .exists()
             .then(|| open(names::SOURCES))
             .transpose()?;
-        Self::from_maps([a, b], stats, counters, config, ports, sources)
+        let customers = if names::CUSTOMERS.iter().all(|n| dir.join(n).exists()) {
+            Some([open(names::CUSTOMERS[0])?, open(names::CUSTOMERS[1])?])
+        } else {
+            None
+        };
+        Self::from_maps([a, b], stats, counters, config, ports, sources, customers)
     }
 
     fn from_maps(
@@ -359,6 +425,7 @@ impl Maps {
         config: Map,
         ports: Map,
         sources: Option<Map>,
+        customers: Option<[Map; 2]>,
     ) -> Result<Self, MapsError> {
         let rules = [
             Trie::try_from(a).map_err(map_err(names::RULES[0], "open"))?,
@@ -386,7 +453,98 @@ impl Maps {
             stats_capacity,
             batch: true,
             retired: Retired::default(),
+            customers: match customers {
+                Some([a, b]) => Some([
+                    CustomerTrie::try_from(a).map_err(map_err(names::CUSTOMERS[0], "open"))?,
+                    CustomerTrie::try_from(b).map_err(map_err(names::CUSTOMERS[1], "open"))?,
+                ]),
+                None => None,
+            },
         })
+    }
+
+    /// Writes `rules` (from [`take_unscoped_tries`]) into both tries as they are, ids
+    /// included, and marks both slots unknown, so that the next commit is a full sync that
+    /// keeps these ids.
+    pub fn restore_rules(&mut self, rules: &[(TrieKey, RuleValue)]) -> Result<(), MapsError> {
+        let ops: Vec<Op> = rules.iter().map(|(k, v)| (*k, Some(*v))).collect();
+        for slot in 0..2 {
+            self.mark_dirty(slot)?;
+            self.apply_ops(slot, &ops, rules.len())?;
+        }
+        Ok(())
+    }
+
+    /// The customer trie `slot`'s entries.
+    fn customer_entries(
+        &self,
+        slot: u32,
+    ) -> Result<HashMap<CustomerKey, CustomerValue>, MapsError> {
+        let Some(tries) = &self.customers else {
+            return Ok(HashMap::new());
+        };
+        let name = names::CUSTOMERS[slot as usize & 1];
+        let trie = &tries[slot as usize & 1];
+        let mut out = HashMap::new();
+        for key in trie.keys() {
+            let key = key.map_err(map_err(name, "iterate keys"))?;
+            match trie.get(&key, 0) {
+                Ok(v) => {
+                    let d = key.data();
+                    out.insert((key.prefix_len(), d.scope, d.addr), v);
+                }
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(name, "read customer")(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The customers of the live slot, as `(VLAN, CIDR, value)`.
+    pub fn customers(&self) -> Result<Vec<(u16, std::net::IpAddr, u32, CustomerValue)>, MapsError> {
+        let live = self.active_slot()?;
+        let mut out: Vec<_> = self
+            .customer_entries(live)?
+            .into_iter()
+            .map(|((len, scope, addr), v)| {
+                let (vlan, ip, bits) = CustomerKeyData { scope, addr }.decode(len);
+                (vlan, ip, bits, v)
+            })
+            .collect();
+        out.sort_by_key(|(vlan, ip, bits, _)| (*vlan, *ip, *bits));
+        Ok(out)
+    }
+
+    /// Applies `ops` to customer trie `slot`: removals first, so a full trie can be replaced.
+    fn apply_customer_ops(&mut self, slot: u32, ops: &CustomerOps) -> Result<(), MapsError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let Some(tries) = &mut self.customers else {
+            return Err(MapsError::NoCustomerMaps);
+        };
+        let name = names::CUSTOMERS[slot as usize & 1];
+        let trie = &mut tries[slot as usize & 1];
+        let max = trie.map().info().map(|i| i.max_entries()).unwrap_or(0);
+        for (k, _) in ops.iter().filter(|(_, v)| v.is_none()) {
+            match trie.remove(&aya_customer_key(k)) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(name, "remove customer")(e)),
+            }
+        }
+        let wanted = ops.iter().filter(|(_, v)| v.is_some()).count();
+        for (k, v) in ops {
+            let Some(v) = v else { continue };
+            trie.insert(&aya_customer_key(k), *v, 0)
+                .map_err(|e| match errno(&e) {
+                    Some(libc::ENOSPC) | Some(libc::E2BIG) => {
+                        MapsError::CustomersFull { wanted, max }
+                    }
+                    _ => map_err(name, "insert customer")(e),
+                })?;
+        }
+        Ok(())
     }
 
     /// Rules each trie holds at most (its `max_entries`: `max_rules` when it was created).
@@ -735,7 +893,18 @@ impl Maps {
         settings: &Settings,
         rules: &RuleSet,
     ) -> Result<CommitReport, MapsError> {
-        let (report, pending) = self.stage_full(settings, rules)?;
+        self.commit_all(settings, rules, None)
+    }
+
+    /// [`Maps::commit`] with the customers too (`None`: the live customers stay), all three
+    /// switched live together.
+    pub fn commit_all(
+        &mut self,
+        settings: &Settings,
+        rules: &RuleSet,
+        customers: Option<&[CustomerEntry]>,
+    ) -> Result<CommitReport, MapsError> {
+        let (report, pending) = self.stage_full(settings, rules, customers)?;
         if !pending.is_empty() {
             wait_for_readers();
         }
@@ -743,13 +912,15 @@ impl Maps {
         Ok(report)
     }
 
-    /// The first half of [`Maps::commit`]: `settings` and `rules` are live when it returns.
+    /// The first half of [`Maps::commit_all`]: `settings`, `rules` and `customers` (`None`:
+    /// the live ones) are live when it returns.
     pub fn stage_full(
         &mut self,
         settings: &Settings,
         rules: &RuleSet,
+        customers: Option<&[CustomerEntry]>,
     ) -> Result<(CommitReport, Pending), MapsError> {
-        let config = settings.to_config()?;
+        let mut config = settings.to_config()?;
         if rules.len() > self.capacity as usize {
             return Err(MapsError::Full {
                 wanted: rules.len(),
@@ -871,6 +1042,39 @@ impl Maps {
         }
         let generation = next_generation(self.slot(live)?.generation, self.slot(next)?.generation);
 
+        // Customers: the standby trie is made equal to the wanted set before the switch, and
+        // the other one after it (in `finish`), as for the rules.
+        let live_customers = self.customer_entries(live)?;
+        let wanted_customers: HashMap<CustomerKey, CustomerValue> = match customers {
+            Some(c) => {
+                if !c.is_empty() && self.customers.is_none() {
+                    return Err(MapsError::NoCustomerMaps);
+                }
+                c.iter().map(customer_key).collect()
+            }
+            None => live_customers.clone(),
+        };
+        let customer_diff = |have: &HashMap<CustomerKey, CustomerValue>| -> CustomerOps {
+            let mut ops: CustomerOps = have
+                .keys()
+                .filter(|k| !wanted_customers.contains_key(k))
+                .map(|k| (*k, None))
+                .collect();
+            ops.extend(
+                wanted_customers
+                    .iter()
+                    .filter(|(k, v)| have.get(k) != Some(v))
+                    .map(|(k, v)| (*k, Some(*v))),
+            );
+            ops
+        };
+        let next_customer_ops = customer_diff(&self.customer_entries(next)?);
+        let standby_customer_ops = customer_diff(&live_customers);
+        config.customer_entries = wanted_customers.len() as u32;
+        // A failed write leaves the standby trie half-written; it is never switched live (the
+        // error returns before the switch), and the next full commit rewrites it.
+        self.apply_customer_ops(next, &next_customer_ops)?;
+
         // Ports: new ones first (they are not double-buffered; a port added early only means
         // the old rules see it for a moment).
         let new_ports: BTreeSet<u16> = settings.sip_ports.iter().copied().collect();
@@ -900,6 +1104,7 @@ impl Maps {
                 config,
                 dead_ids,
                 live_ids: Some(live_ids),
+                customer_ops: standby_customer_ops,
             },
         ))
     }
@@ -974,6 +1179,7 @@ impl Maps {
                 config: live_config,
                 dead_ids,
                 live_ids: None,
+                customer_ops: Vec::new(),
             };
             return Ok(Some((report, pending)));
         }
@@ -1002,6 +1208,7 @@ impl Maps {
                 config,
                 dead_ids,
                 live_ids: None,
+                customer_ops: Vec::new(),
             },
         )))
     }
@@ -1015,6 +1222,7 @@ impl Maps {
     }
 
     fn finish_inner(&mut self, p: Pending) -> Result<(), MapsError> {
+        self.apply_customer_ops(p.slot, &p.customer_ops)?;
         if !p.ops.is_empty() || self.slot(p.slot)?.generation != p.config.generation {
             self.mark_dirty(p.slot)?;
             self.apply_ops(p.slot, &p.ops, p.config.rule_count as usize)?;
@@ -1133,6 +1341,63 @@ impl Maps {
 /// Counters pinned by an older sipguard (a per-CPU array indexed by rule id) for the rules in
 /// the pinned tries, and the array's pin removed, so that the loader creates the per-CPU hash in
 /// its place; the caller writes the counters into it. Empty when the pin is not an array.
+/// Key data bytes of the rule tries before policies (domain byte and digit nibbles, no policy).
+const UNSCOPED_KEY_DATA: usize = 16;
+
+/// Rule tries pinned in `dir` by a sipguard before policies (keys without the policy bytes):
+/// their rules, re-keyed as global rules with the same ids (so their counters go on), and the
+/// old pins removed so that loading creates the new tries. Put the rules back with
+/// [`Maps::restore_rules`]. Empty when the pins are current or absent.
+pub fn take_unscoped_tries(dir: &Path) -> Result<Vec<(TrieKey, RuleValue)>, MapsError> {
+    let mut out: BTreeMap<TrieKey, RuleValue> = BTreeMap::new();
+    for name in names::RULES {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let open_err = |source| MapsError::OpenPin {
+            path: path.display().to_string(),
+            source,
+        };
+        let data = MapData::from_pin(&path).map_err(open_err)?;
+        let key_size = data
+            .info()
+            .map(|i| i.key_size())
+            .map_err(map_err(name, "read map info"))?;
+        if key_size as usize != 4 + UNSCOPED_KEY_DATA {
+            continue;
+        }
+        let trie = LpmTrie::<MapData, [u8; UNSCOPED_KEY_DATA], RuleValue>::try_from(
+            Map::from_map_data(data).map_err(open_err)?,
+        )
+        .map_err(map_err(name, "open"))?;
+        for kv in trie.iter() {
+            let (k, mut v) = match kv {
+                Ok(kv) => kv,
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(map_err(name, "iterate")(e)),
+            };
+            let mut data = [0u8; guard_common::number::KEY_DATA_LEN];
+            data[2..].copy_from_slice(&k.data());
+            let scope = guard_common::number::KEY_SCOPE_BITS - 8;
+            v.prefix_len += scope as u16;
+            out.insert(
+                TrieKey {
+                    prefix_len: k.prefix_len() + scope,
+                    data,
+                },
+                v,
+            );
+        }
+        drop(trie);
+        std::fs::remove_file(&path).map_err(|source| MapsError::Unpin {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(out.into_iter().collect())
+}
+
 pub fn take_legacy_stats(dir: &Path) -> Result<Vec<(u32, PerCpuValues<RuleCounters>)>, MapsError> {
     let path = dir.join(names::RULE_STATS);
     if !path.exists() {
@@ -1235,8 +1500,8 @@ mod tests {
         let v = rule_value(&p, 7, Action::Block);
         let plen = p.key().prefix_len;
         assert_eq!(u32::from(v.prefix_len), plen);
-        assert_eq!(v.prefix_len, 8 + 3 * 4);
+        assert_eq!(v.prefix_len, 24 + 3 * 4);
         let all: Prefix = "+".parse().unwrap();
-        assert_eq!(rule_value(&all, 0, Action::Monitor).prefix_len, 8);
+        assert_eq!(rule_value(&all, 0, Action::Monitor).prefix_len, 24);
     }
 }

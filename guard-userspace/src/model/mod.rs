@@ -2,6 +2,7 @@
 //! it imports nothing from the rest of the crate.
 
 pub mod country;
+pub mod customers;
 pub mod rules;
 pub mod settings;
 pub mod time;

@@ -5,7 +5,11 @@
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
-use guard_common::{Action, Domain, LookupKey, RuleKeyData, number::MAX_DIGITS, rule_key};
+use guard_common::{
+    Action, Domain, LookupKey, RuleKeyData,
+    number::{GLOBAL_POLICY, KEY_SCOPE_BITS, MAX_DIGITS},
+    rule_key,
+};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -25,9 +29,13 @@ pub enum RuleError {
     TooLong { prefix: String, len: usize },
 }
 
-/// A validated destination prefix.
+/// A validated destination prefix, in the rules of one policy.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Prefix {
+    /// The policy whose rules it belongs to: [`GLOBAL_POLICY`] for `[[rule]]` (and runtime)
+    /// rules, the policy's id (see `model::policy`) for the rules of a `[[policy]]`. Not part of
+    /// how the prefix is written (`Display`, `FromStr`): views name the policy beside it.
+    pub policy: u16,
     pub domain: Domain,
     /// Digit values 0..=9.
     pub digits: Vec<u8>,
@@ -37,7 +45,7 @@ impl Prefix {
     /// The LPM trie key of this prefix.
     pub fn key(&self) -> LookupKey {
         // Validated on construction: at most MAX_DIGITS digits, each 0..=9.
-        rule_key(self.domain, &self.digits).expect("validated prefix")
+        rule_key(self.policy, self.domain, &self.digits).expect("validated prefix")
     }
 }
 
@@ -45,25 +53,33 @@ impl Prefix {
     /// Decodes a rule-trie key (`prefix_len` bits of `data`) back into a prefix. `None` for a
     /// key that no `Prefix` produces (unknown domain byte, a partial nibble, a non-digit).
     pub fn from_key(prefix_len: u32, data: &RuleKeyData) -> Option<Self> {
-        let domain = match data[0] {
+        let policy = u16::from_be_bytes([data[0], data[1]]);
+        let domain = match data[2] {
             1 => Domain::International,
             2 => Domain::National,
             _ => return None,
         };
-        let bits = prefix_len.checked_sub(8)?;
+        let bits = prefix_len.checked_sub(KEY_SCOPE_BITS)?;
         if bits % 4 != 0 || bits as usize / 4 > MAX_DIGITS {
             return None;
         }
         let digits = (0..bits as usize / 4)
             .map(|i| {
-                let byte = data[1 + i / 2];
+                let byte = data[3 + i / 2];
                 if i % 2 == 0 { byte >> 4 } else { byte & 0x0f }
             })
             .collect::<Vec<u8>>();
-        digits
-            .iter()
-            .all(|&d| d <= 9)
-            .then_some(Self { domain, digits })
+        digits.iter().all(|&d| d <= 9).then_some(Self {
+            policy,
+            domain,
+            digits,
+        })
+    }
+
+    /// The same prefix among the rules of `policy`.
+    pub fn in_policy(mut self, policy: u16) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The digits as a string, without the `+`.
@@ -103,7 +119,11 @@ impl FromStr for Prefix {
                 len: digits.len(),
             });
         }
-        Ok(Self { domain, digits })
+        Ok(Self {
+            policy: GLOBAL_POLICY,
+            domain,
+            digits,
+        })
     }
 }
 
@@ -119,16 +139,33 @@ impl fmt::Display for Prefix {
     }
 }
 
+/// Stored form (state files): the prefix as written, behind `p<POLICY>:` for a policy's rule
+/// (`p3:+232`), so that a stored rule set keeps its scopes.
 impl Serialize for Prefix {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if self.policy == GLOBAL_POLICY {
+            s.collect_str(self)
+        } else {
+            s.collect_str(&format_args!("p{}:{self}", self.policy))
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Prefix {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        let (policy, written) = match s.strip_prefix('p').and_then(|r| r.split_once(':')) {
+            Some((id, rest)) => (
+                id.parse::<u16>()
+                    .map_err(|_| serde::de::Error::custom(format!("bad policy in `{s}`")))?,
+                rest,
+            ),
+            None => (GLOBAL_POLICY, s.as_str()),
+        };
+        written
+            .parse::<Prefix>()
+            .map(|p| p.in_policy(policy))
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -228,13 +265,22 @@ mod tests {
             let k = prefix.key();
             assert_eq!(Prefix::from_key(k.prefix_len, &k.data), Some(prefix), "{p}");
         }
+        let scoped: Prefix = "+232".parse::<Prefix>().unwrap().in_policy(4095);
+        let k = scoped.key();
+        assert_eq!(
+            Prefix::from_key(k.prefix_len, &k.data),
+            Some(scoped.clone())
+        );
+        let stored = serde_json::to_string(&scoped).unwrap();
+        assert_eq!(stored, "\"p4095:+232\"");
+        assert_eq!(serde_json::from_str::<Prefix>(&stored).unwrap(), scoped);
         let mut data = [0u8; guard_common::number::KEY_DATA_LEN];
-        data[0] = 3;
-        assert_eq!(Prefix::from_key(8, &data), None);
-        data[0] = 1;
-        data[1] = 0xa0;
-        assert_eq!(Prefix::from_key(12, &data), None);
-        assert_eq!(Prefix::from_key(10, &data), None);
+        data[2] = 3;
+        assert_eq!(Prefix::from_key(24, &data), None);
+        data[2] = 1;
+        data[3] = 0xa0;
+        assert_eq!(Prefix::from_key(28, &data), None);
+        assert_eq!(Prefix::from_key(26, &data), None);
     }
 
     #[test]

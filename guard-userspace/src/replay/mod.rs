@@ -205,8 +205,8 @@ pub fn run(
     let mut filter = Filter::load(&cfg.settings).context("loading a private filter instance")?;
     filter
         .maps
-        .commit(&cfg.settings, &cfg.rules)
-        .context("loading the rules of the config into the private instance")?;
+        .commit_all(&cfg.settings, &cfg.rules, Some(&cfg.customers.entries()))
+        .context("loading the rules and customers of the config into the private instance")?;
     let intl = cfg.settings.to_config()?.intl_prefixes;
     let by_id: BTreeMap<u32, Prefix> = filter
         .maps

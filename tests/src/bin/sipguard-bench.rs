@@ -474,7 +474,7 @@ fn capacity_section(n: usize) -> anyhow::Result<()> {
     // 1. Load into a fresh filter: live after the first trie, done after the second.
     let mut f = Filter::load(&big)?;
     let t = Instant::now();
-    let (_, pending) = f.maps.stage_full(&big, &rules)?;
+    let (_, pending) = f.maps.stage_full(&big, &rules, None)?;
     let live = t.elapsed();
     wait_for_readers();
     f.maps.finish(pending)?;
