@@ -2,7 +2,8 @@
 //! international prefixes (`IntlPrefix::from_digits` on the bytes, or raw slot values), the rest
 //! is scanned for a Number (or, when the scanner finds none, taken digit by digit). Checks
 //! `IntlPrefixes::normalize` against a plain reference (longest matching prefix stripped), the
-//! length bounds, that `+` numbers stay international and unchanged, and that the LPM key's
+//! length bounds, that `+` numbers stay international and unchanged (but a local number that
+//! dials out of its phone-context with an international prefix), and that the LPM key's
 //! `prefix_len` and nibbles match the digits.
 #![no_main]
 
@@ -94,16 +95,34 @@ fuzz_target!(|data: &[u8]| {
     let (domain, out) = set.normalize(&n);
     common::check_number(&out);
     assert!(out.len <= n.len);
-    assert_eq!(out.plus, n.plus);
     assert_eq!(out.overflow, n.overflow);
 
-    if n.plus {
+    // A local number in a global phone-context (the scanner prepended the context's digits)
+    // that starts with an international prefix dials out of the context: that number.
+    let local = || {
+        let mut l = Number::default();
+        for d in n.digits().skip(usize::from(n.context)) {
+            l.push(d);
+        }
+        l
+    };
+    if n.plus && n.context > 0 && longest_match(&set, &local()) > 0 {
+        let l = local();
+        let best = longest_match(&set, &l);
+        assert_eq!(domain, Domain::International);
+        assert!(!out.plus);
+        assert!(
+            out.digits().eq(l.digits().skip(best)),
+            "dialled out of the context: {n:?} -> {out:?}"
+        );
+    } else if n.plus {
         assert_eq!(
             (domain, out),
             (Domain::International, n),
             "a + number must stay as it is"
         );
     } else {
+        assert_eq!(out.plus, n.plus);
         let best = longest_match(&set, &n);
         if best == 0 {
             assert_eq!(

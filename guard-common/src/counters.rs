@@ -170,6 +170,11 @@ global_counters! {
     /// Counted together with `dropped` or `would_drop` when the action is block or monitor.
     IncompleteActionApplied = 23, "incomplete_action_applied",
         "INVITEs with an incompletely read number that no rule decided (incomplete_action applied)";
+    /// Counted together with `dropped`; the daemon sends the response.
+    Rejected = 24, "rejected",
+        "INVITEs dropped by a reject rule and handed to the daemon for a SIP final response";
+    RepliesLost = 25, "replies_lost",
+        "Rejected INVITEs whose response could not be requested (the reply ring buffer was full)";
 }
 
 rule_counters! {

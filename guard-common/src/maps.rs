@@ -32,7 +32,43 @@ pub mod names {
     /// double-buffered with the rule tries and config slots: a reload switches customers,
     /// policies and rules together.
     pub const CUSTOMERS: [&str; 2] = ["SG_CUST_A", "SG_CUST_B"];
+    /// Rejected INVITEs (addresses and headers) for the daemon to answer (ring buffer).
+    pub const REPLIES: &str = "SG_REPLIES";
 }
+
+/// Bytes of the reply ring buffer: about 230 rejected INVITEs waiting for their response.
+pub const REPLY_RING_BYTES: u32 = 256 * 1024;
+
+/// What the program hands the daemon for a rejected INVITE, followed in the ring record by the
+/// copied payload (`payload_len` of [`REPLY_PAYLOAD_BYTES`] bytes: the request line and the
+/// headers the response copies). A record is `src`, `dst` (as [`Endpoint`]s), this head, then
+/// the payload: [`REPLY_RECORD_LEN`] bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyHead {
+    pub rule_id: u32,
+    /// Payload bytes copied (at most [`REPLY_PAYLOAD_BYTES`]).
+    pub payload_len: u32,
+    /// Outer VLAN id (0: untagged).
+    pub vlan: u16,
+    /// The frame's flags (bit 0: TCP).
+    pub flags: u8,
+    /// 4 or 6.
+    pub family: u8,
+    /// The frame's destination and source MAC addresses, as they were on the wire.
+    pub macs: [u8; 12],
+    pub _pad: [u8; 4],
+}
+
+/// Payload bytes a reply record carries: the header window and a spare word.
+pub const REPLY_PAYLOAD_BYTES: usize = crate::headers::HDR_WINDOW + 8;
+
+/// Bytes of one reply record: two endpoints, the head, the payload.
+pub const REPLY_RECORD_LEN: usize =
+    2 * core::mem::size_of::<Endpoint>() + core::mem::size_of::<ReplyHead>() + REPLY_PAYLOAD_BYTES;
+
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
+const _: () = assert!(core::mem::size_of::<ReplyHead>() == 28);
 
 /// Default capacity of each customer trie (its `max_entries`; an LPM trie allocates per entry,
 /// so the capacity costs nothing until used). Userspace sets `max_customers` at load.
@@ -124,28 +160,44 @@ pub enum Action {
     Allow = 2,
     /// Pass, but count as would-drop.
     Monitor = 3,
+    /// Drop the INVITE and answer the caller with a SIP final response (403 by default; the
+    /// daemon sends it). Over TCP, and in `monitor` mode, it acts as `block`.
+    Reject = 4,
 }
 
 impl Action {
     /// Every action, in discriminant order.
-    pub const ALL: [Action; 3] = [Action::Block, Action::Allow, Action::Monitor];
+    pub const ALL: [Action; 4] = [
+        Action::Block,
+        Action::Allow,
+        Action::Monitor,
+        Action::Reject,
+    ];
 
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Block),
             2 => Some(Self::Allow),
             3 => Some(Self::Monitor),
+            4 => Some(Self::Reject),
             _ => None,
         }
     }
 
-    /// The name used in config files, the CLI and output: `block`, `allow` or `monitor`.
+    /// The name used in config files, the CLI and output: `block`, `allow`, `monitor` or
+    /// `reject`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Action::Block => "block",
             Action::Allow => "allow",
             Action::Monitor => "monitor",
+            Action::Reject => "reject",
         }
+    }
+
+    /// Whether the action stops the call (`block`, `reject`).
+    pub const fn stops(self) -> bool {
+        matches!(self, Action::Block | Action::Reject)
     }
 }
 
@@ -164,6 +216,7 @@ impl core::str::FromStr for Action {
             "block" => Ok(Action::Block),
             "allow" => Ok(Action::Allow),
             "monitor" => Ok(Action::Monitor),
+            "reject" => Ok(Action::Reject),
             other => Err(ParseActionError {
                 input: Quoted::new(other),
             }),
@@ -226,7 +279,7 @@ impl core::fmt::Debug for Quoted {
     }
 }
 
-/// `"…".parse::<Action>()` failed: "unknown action `drop` (expected block, allow or monitor)".
+/// `"…".parse::<Action>()` failed: "unknown action `drop` (expected block, allow, monitor or reject)".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParseActionError {
     input: Quoted,
@@ -243,7 +296,7 @@ impl core::fmt::Display for ParseActionError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "unknown action `{}` (expected block, allow or monitor)",
+            "unknown action `{}` (expected block, allow, monitor or reject)",
             self.input
         )
     }
@@ -752,6 +805,7 @@ mod pod {
     unsafe impl aya::Pod for CustomerKeyData {}
     unsafe impl aya::Pod for CustomerValue {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for ReplyHead {}
     unsafe impl aya::Pod for TokenBucket {}
 }
 
@@ -881,15 +935,15 @@ mod tests {
         assert_eq!(e.input(), "drop");
         assert_eq!(
             e.to_string(),
-            "unknown action `drop` (expected block, allow or monitor)"
+            "unknown action `drop` (expected block, allow, monitor or reject)"
         );
         assert_eq!(
             "Block".parse::<Action>().unwrap_err().to_string(),
-            "unknown action `Block` (expected block, allow or monitor)"
+            "unknown action `Block` (expected block, allow, monitor or reject)"
         );
         assert_eq!(
             "".parse::<Action>().unwrap_err().to_string(),
-            "unknown action `` (expected block, allow or monitor)"
+            "unknown action `` (expected block, allow, monitor or reject)"
         );
         assert_eq!(std::format!("{:>7}|", Action::Allow), "  allow|");
     }

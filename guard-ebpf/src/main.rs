@@ -14,6 +14,7 @@
 mod events;
 mod layers;
 mod maps;
+mod reply;
 mod sip;
 mod verdict;
 

@@ -13,7 +13,8 @@ use guard_common::{
     CONFIG_SELECTOR, CONFIG_SLOTS, CUSTOMER_FLAG_INHERIT, CallSeen, Config, CustomerKeyData,
     CustomerValue, EVENT_RING_BYTES, Endpoint, GlobalCounters, HDR_WINDOW, HeaderScanner,
     LookupKey, MAX_CALLS, MAX_CUSTOMERS, MAX_RULES, MAX_SOURCES, RuleCounters, RuleKeyData,
-    RuleValue, Scanner, SourceKey, SourceStats, TokenBucket, WINDOW, customer_key,
+    REPLY_PAYLOAD_BYTES, REPLY_RECORD_LEN, REPLY_RING_BYTES, ReplyHead, RuleValue, Scanner,
+    SourceKey, SourceStats, TokenBucket, WINDOW, customer_key,
     number::GLOBAL_POLICY,
 };
 
@@ -69,6 +70,10 @@ pub static SG_SOURCES: LruHashMap<SourceKey, SourceStats> =
 #[map(name = "SG_EVENTS")]
 pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 
+/// Rejected INVITEs for the daemon to answer (see `reply`).
+#[map(name = "SG_REPLIES")]
+pub static SG_REPLIES: RingBuf = RingBuf::with_byte_size(REPLY_RING_BYTES, 0);
+
 /// Per-CPU token bucket that bounds the event rate (config `event_rate` / `event_burst`).
 #[map(name = "SG_EVBUCKET")]
 static SG_EVBUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
@@ -89,6 +94,9 @@ pub struct Scratch {
     /// Filled in only for INVITEs that matched a rule (sources and events need them).
     pub src: Endpoint,
     pub dst: Endpoint,
+    /// For a rejected INVITE: `src`, `dst`, this and `payload` are one reply record, sent as
+    /// they lie (see `reply::request`).
+    pub reply: ReplyHead,
     /// The payload's first bytes: [`WINDOW`] of them for the request line, extended to
     /// [`HDR_WINDOW`] (never copied twice) for an INVITE whose headers are read.
     pub payload: [u64; PAYLOAD_WORDS],
@@ -102,6 +110,19 @@ pub struct Scratch {
     /// `sip::Window::launder`).
     pub index: u32,
 }
+
+// A reply record is the scratch bytes from `src` to the end of `payload`, with no gap.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(offset_of!(Scratch, dst) == offset_of!(Scratch, src) + size_of::<Endpoint>());
+    assert!(offset_of!(Scratch, reply) == offset_of!(Scratch, dst) + size_of::<Endpoint>());
+    assert!(offset_of!(Scratch, payload) == offset_of!(Scratch, reply) + size_of::<ReplyHead>());
+    assert!(PAYLOAD_WORDS * 8 == REPLY_PAYLOAD_BYTES);
+    assert!(
+        offset_of!(Scratch, payload) + PAYLOAD_WORDS * 8 - offset_of!(Scratch, src)
+            == REPLY_RECORD_LEN
+    );
+};
 
 /// This CPU's global counters.
 #[inline(always)]

@@ -278,7 +278,7 @@ const FAST_WINDOW: usize = 64;
 /// offsets (what the verifier can check), and no byte is copied twice. Returns false when the
 /// frame would not give the bytes its lengths promised.
 #[inline(always)]
-fn copy_payload(ctx: &XdpContext, s: &mut maps::Scratch, upto: usize) -> bool {
+pub fn copy_payload(ctx: &XdpContext, s: &mut maps::Scratch, upto: usize) -> bool {
     let frame = s.frame;
     let len = frame.payload_len as u32;
     let mut lo = 0u32;

@@ -20,7 +20,7 @@ use guard_common::{
 
 use crate::{
     events::{self, Decision},
-    layers,
+    layers, reply,
     maps::{self, SG_CALLS, SG_SOURCES},
     sip,
 };
@@ -55,29 +55,40 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
         debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
     }
-    let Some(stats) = maps::rule_counters(id) else {
-        // The counter map is full (or out of memory): the verdict still stands.
-        return enforce(c, cfg, action, &mut RuleCounters::default());
+    let mut spare = RuleCounters::default();
+    let counted = maps::rule_counters(id);
+    // Without counters (the counter map is full, or out of memory) the verdict still stands,
+    // without call accounting.
+    let accounting = counted.is_some() && cfg.flags & CONFIG_FLAG_NO_CALLS == 0;
+    let stats = match counted {
+        Some(s) => s,
+        None => &mut spare,
     };
     stats.matched += 1;
-    if cfg.flags & CONFIG_FLAG_NO_CALLS != 0 {
-        return enforce(c, cfg, action, stats);
-    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let new_call = count_call(ctx, c, stats, id, now);
-    if let Some(s) = maps::scratch() {
-        let frame = s.frame;
-        layers::endpoints(ctx, &frame, &mut s.src, &mut s.dst);
-    }
-    track_source(id, new_call, now);
+    let new_call = accounting && {
+        let new_call = count_call(ctx, c, stats, id, now);
+        if let Some(s) = maps::scratch() {
+            let frame = s.frame;
+            layers::endpoints(ctx, &frame, &mut s.src, &mut s.dst);
+        }
+        track_source(id, new_call, now);
+        new_call
+    };
     let rc = enforce(c, cfg, action, stats);
+    if rc == XDP_DROP && action == Action::Reject as u8 {
+        c.bump(Counter::Rejected);
+        if reply::request(ctx, id) == 0 {
+            c.bump(Counter::RepliesLost);
+        }
+    }
     if new_call {
         let verdict = if rc == XDP_DROP {
             EVENT_DROP
         } else if matches!(
             Action::from_u8(action),
-            Some(Action::Block | Action::Monitor)
+            Some(Action::Block | Action::Monitor | Action::Reject)
         ) {
             EVENT_WOULD_DROP
         } else {
@@ -123,11 +134,12 @@ pub fn unresolved(c: &mut GlobalCounters) -> u32 {
 fn incomplete(c: &mut GlobalCounters, cfg: &Config) -> u32 {
     c.bump(Counter::IncompleteActionApplied);
     match cfg.incomplete_action() {
-        Action::Block if cfg.mode == Mode::Enforce as u32 => {
+        // `reject` is refused for incomplete_action (no rule to answer for); as block.
+        Action::Block | Action::Reject if cfg.mode == Mode::Enforce as u32 => {
             c.bump(Counter::Dropped);
             XDP_DROP
         }
-        Action::Block | Action::Monitor => {
+        Action::Block | Action::Reject | Action::Monitor => {
             c.bump(Counter::WouldDrop);
             XDP_PASS
         }
@@ -139,12 +151,12 @@ fn incomplete(c: &mut GlobalCounters, cfg: &Config) -> u32 {
 #[inline(always)]
 fn enforce(c: &mut GlobalCounters, cfg: &Config, action: u8, stats: &mut RuleCounters) -> u32 {
     match Action::from_u8(action) {
-        Some(Action::Block) if cfg.mode == Mode::Enforce as u32 => {
+        Some(Action::Block | Action::Reject) if cfg.mode == Mode::Enforce as u32 => {
             c.bump(Counter::Dropped);
             stats.dropped += 1;
             XDP_DROP
         }
-        Some(Action::Block) | Some(Action::Monitor) => {
+        Some(Action::Block | Action::Reject | Action::Monitor) => {
             c.bump(Counter::WouldDrop);
             stats.would_drop += 1;
             XDP_PASS

@@ -20,9 +20,10 @@ pub const RULES: &[(&str, Action, u32)] = &[
     ("+1876", Action::Block, 5),  // Jamaica (NANP: area-code granularity)
 ];
 
-/// Counters that depend on earlier frames (the Call-ID cache, the event budget); the fixture
-/// table does not assert them.
-pub const CALL_COUNTERS: [Counter; 6] = [
+/// Counters that depend on earlier frames (the Call-ID cache, the event budget, the reply
+/// ring); the fixture table does not assert them.
+pub const CALL_COUNTERS: [Counter; 7] = [
+    Counter::RepliesLost,
     Counter::Calls,
     Counter::Retransmissions,
     Counter::Reinvites,

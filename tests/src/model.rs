@@ -69,7 +69,10 @@ impl Outcome {
             d.push("verdict".to_string());
         }
         for c in Counter::ALL {
-            if matches!(c, Counter::EventsSent | Counter::EventsSuppressed) {
+            if matches!(
+                c,
+                Counter::EventsSent | Counter::EventsSuppressed | Counter::RepliesLost
+            ) {
                 continue;
             }
             if self.counters[c as usize] != other.counters[c as usize] {
@@ -347,11 +350,11 @@ impl Model {
     fn incomplete(&self, o: &mut Outcome) {
         o.bump(Counter::IncompleteActionApplied);
         match self.settings.incomplete_action {
-            Action::Block if self.settings.mode == Mode::Enforce => {
+            Action::Block | Action::Reject if self.settings.mode == Mode::Enforce => {
                 o.bump(Counter::Dropped);
                 o.verdict = Verdict::Drop;
             }
-            Action::Block | Action::Monitor => o.bump(Counter::WouldDrop),
+            Action::Block | Action::Reject | Action::Monitor => o.bump(Counter::WouldDrop),
             Action::Allow => {}
         }
     }
@@ -384,18 +387,26 @@ impl Model {
             }
         }
         match rule.action {
-            Action::Block if self.settings.mode == Mode::Enforce => {
+            Action::Block | Action::Reject if self.settings.mode == Mode::Enforce => {
                 o.bump(Counter::Dropped);
                 rc.dropped += 1;
                 o.verdict = Verdict::Drop;
+                if rule.action == Action::Reject {
+                    // A reply record is queued, or counted as lost when the ring is full
+                    // (`replies_lost` is not compared: it depends on the ring's state).
+                    o.bump(Counter::Rejected);
+                }
             }
-            Action::Block | Action::Monitor => {
+            Action::Block | Action::Reject | Action::Monitor => {
                 o.bump(Counter::WouldDrop);
                 rc.would_drop += 1;
             }
             Action::Allow => o.bump(Counter::AllowedByException),
         }
-        let event = matches!(rule.action, Action::Block | Action::Monitor);
+        let event = matches!(
+            rule.action,
+            Action::Block | Action::Monitor | Action::Reject
+        );
         if new_call && event {
             // Sent or suppressed (the rate budget): compared as the sum.
             o.bump(Counter::EventsSent);

@@ -179,7 +179,7 @@ mod tests {
         };
         let e = err(&["sipguard", "rules", "add", "+232", "--action", "drop"]);
         assert!(
-            e.contains("unknown action `drop` (expected block, allow or monitor)"),
+            e.contains("unknown action `drop` (expected block, allow, monitor or reject)"),
             "{e}"
         );
         let e = err(&["sipguard", "rules", "add", "+23a", "--action", "block"]);

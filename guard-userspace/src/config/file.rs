@@ -772,7 +772,7 @@ fn add_rules(
         let Some(Parsed(action)) = action else {
             return Err(at(
                 line,
-                "rule has no `action` (block, allow or monitor)".into(),
+                "rule has no `action` (block, allow, monitor or reject)".into(),
             ));
         };
         let (prefixes, country) = match (prefix, country) {
@@ -1461,7 +1461,7 @@ action = "block"
         );
         let e = err("[settings]\nincomplete_action = \"drop\"\n");
         assert!(
-            e.starts_with("t.toml:2: unknown action `drop` (expected block, allow or monitor)"),
+            e.starts_with("t.toml:2: unknown action `drop` (expected block, allow, monitor or reject)"),
             "{e}"
         );
         assert_eq!(c.fail_mode, FailMode::Keep);

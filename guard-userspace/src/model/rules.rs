@@ -310,7 +310,7 @@ mod tests {
         assert!(format!("+{}", "1".repeat(30)).parse::<Prefix>().is_ok());
         assert_eq!(
             "drop".parse::<Action>().unwrap_err().to_string(),
-            "unknown action `drop` (expected block, allow or monitor)"
+            "unknown action `drop` (expected block, allow, monitor or reject)"
         );
     }
 }

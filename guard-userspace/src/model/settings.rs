@@ -20,6 +20,10 @@ pub enum SettingsError {
     TooManyIntlPrefixes(usize),
     #[error("max_rules: {0} is out of range (1 to {MAX_RULES_LIMIT})")]
     MaxRules(u64),
+    #[error(
+        "incomplete_action = \"reject\": a response needs a rule to answer for; use block, allow or monitor"
+    )]
+    IncompleteReject,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,6 +192,9 @@ impl Settings {
         }
         config.event_rate = self.event_rate;
         config.event_burst = self.event_burst;
+        if self.incomplete_action == guard_common::Action::Reject {
+            return Err(SettingsError::IncompleteReject);
+        }
         config.incomplete_action = self.incomplete_action as u32;
         if self.tiny_first_fragment == TinyFragment::Pass {
             config.flags |= guard_common::CONFIG_FLAG_PASS_TINY_FRAGMENTS;
