@@ -12,10 +12,9 @@ use aya_ebpf::{
 use guard_common::{
     CONFIG_SELECTOR, CONFIG_SLOTS, CUSTOMER_FLAG_INHERIT, CallSeen, Config, CustomerKeyData,
     CustomerValue, EVENT_RING_BYTES, Endpoint, GlobalCounters, HDR_WINDOW, HeaderScanner,
-    LookupKey, MAX_CALLS, MAX_CUSTOMERS, MAX_RULES, MAX_SOURCES, RuleCounters, RuleKeyData,
-    REPLY_PAYLOAD_BYTES, REPLY_RECORD_LEN, REPLY_RING_BYTES, ReplyHead, RuleValue, Scanner,
-    SourceKey, SourceStats, TokenBucket, WINDOW, customer_key,
-    number::GLOBAL_POLICY,
+    LookupKey, MAX_CALLS, MAX_CUSTOMERS, MAX_RULES, MAX_SOURCES, REPLY_PAYLOAD_BYTES,
+    REPLY_RECORD_LEN, REPLY_RING_BYTES, ReplyHead, RuleCounters, RuleKeyData, RuleValue, Scanner,
+    SourceKey, SourceStats, TokenBucket, WINDOW, customer_key, number::GLOBAL_POLICY,
 };
 
 use crate::layers::Frame;

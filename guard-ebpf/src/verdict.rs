@@ -20,9 +20,9 @@ use guard_common::{
 
 use crate::{
     events::{self, Decision},
-    layers, reply,
+    layers,
     maps::{self, SG_CALLS, SG_SOURCES},
-    sip,
+    reply, sip,
 };
 
 /// Decides an INVITE that dials `number`. When the number was not read to its end (the scratch

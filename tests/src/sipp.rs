@@ -45,13 +45,15 @@ fn spawn_sipp<A: AsRef<std::ffi::OsStr>>(
 }
 
 /// One SIP message from a trace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TracedMsg {
     pub sent: bool,
     /// Request or status line.
     pub first_line: String,
     pub call_id: String,
     pub cseq: String,
+    /// When sipp logged it: seconds since midnight (the trace's `HH:MM:SS.micros`).
+    pub at: Option<f64>,
 }
 
 impl TracedMsg {
@@ -79,7 +81,18 @@ impl TracedMsg {
 pub fn parse_trace(text: &str) -> Vec<TracedMsg> {
     let mut out = Vec::new();
     for block in text.split("-----------------------------------------------") {
-        let mut lines = block.lines().skip(1);
+        let mut lines = block.lines();
+        // ` 2026-11-30 15:00:53.493967`: the time of day.
+        let at = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|t| {
+                let mut p = t.split(':');
+                let h: f64 = p.next()?.parse().ok()?;
+                let m: f64 = p.next()?.parse().ok()?;
+                let s: f64 = p.next()?.parse().ok()?;
+                Some(h * 3600.0 + m * 60.0 + s)
+            });
         let Some(what) = lines.next() else { continue };
         let sent = what.contains("message sent");
         if !sent && !what.contains("message received") {
@@ -107,6 +120,7 @@ pub fn parse_trace(text: &str) -> Vec<TracedMsg> {
             first_line: first_line.to_string(),
             call_id,
             cseq,
+            at,
         });
     }
     out
@@ -175,6 +189,12 @@ pub struct Call {
     pub answered: bool,
     /// A 200 to the BYE came back: the call completed.
     pub completed: bool,
+    /// The final error response to the INVITE, if one came back (a `reject` rule's).
+    pub refused: Option<u16>,
+    /// Seconds from the first INVITE sent to that response.
+    pub refused_after: Option<f64>,
+    /// When the first INVITE was sent (seconds since midnight).
+    pub first_invite_at: Option<f64>,
 }
 
 /// What a UAC run did, from its trace.
@@ -268,6 +288,13 @@ pub fn run_uac(spec: &UacSpec<'_>) -> UacRun {
             (true, Some("INVITE"), _) => {
                 c.invites_sent += 1;
                 c.uri = m.uri().unwrap_or_default().to_string();
+                c.first_invite_at = c.first_invite_at.or(m.at);
+            }
+            (false, _, Some(code @ 400..=699)) if m.cseq.ends_with("INVITE") => {
+                c.refused.get_or_insert(code);
+                if c.refused_after.is_none() {
+                    c.refused_after = c.first_invite_at.zip(m.at).map(|(a, b)| b - a);
+                }
             }
             (false, _, Some(200)) if m.cseq.ends_with("INVITE") => c.answered = true,
             (false, _, Some(200)) if m.cseq.ends_with("BYE") => c.completed = true,

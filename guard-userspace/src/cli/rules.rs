@@ -346,6 +346,7 @@ fn stage_edit(maps: &mut Maps, delta: &Delta) -> Result<Pending> {
                 comment: None,
                 country: None,
                 origin: Origin::Runtime,
+                status: None,
             },
         );
     }
@@ -368,6 +369,7 @@ pub fn country_rules(cc: &str, action: Action, comment: Option<String>) -> Resul
                 comment: comment.clone().or_else(|| Some(c.name.clone())),
                 country: Some(c.alpha2.clone()),
                 origin: Origin::Runtime,
+                status: None,
             },
         );
     }

@@ -46,6 +46,7 @@ use ipnet::IpNet;
 use crate::model::{
     country,
     customers::{Customer, Customers, Policy},
+    reply::{Status, StatusError},
     rules::{Origin, Prefix, Rule, RuleSet},
     settings::{Settings, TinyFragment},
 };
@@ -203,6 +204,9 @@ pub struct ConfigFile {
     pub customers: Customers,
     /// Warnings that do not stop the config (a customer with no sources).
     pub warnings: Vec<String>,
+    /// `[settings] reject_code` / `reject_reason`: the response of `reject` rules that give
+    /// none of their own (403 Forbidden).
+    pub reject: Status,
 }
 
 // The file as serde reads it. Every value has a type that checks it as it is read, so a bad
@@ -261,6 +265,8 @@ struct RawSettings {
     max_rules: Option<Bounded<MaxRules>>,
     incomplete_action: Option<Parsed<Action>>,
     tiny_first_fragment: Option<Parsed<TinyFragment>>,
+    reject_code: Option<Spanned<i64>>,
+    reject_reason: Option<Spanned<String>>,
 }
 
 impl RawSettings {
@@ -300,6 +306,8 @@ struct RawRule {
     country: Option<Spanned<CountryPrefixes>>,
     action: Option<Parsed<Action>>,
     comment: Option<String>,
+    reject_code: Option<Spanned<i64>>,
+    reject_reason: Option<Spanned<String>>,
 }
 
 /// A value read from a TOML string by its `FromStr` (for guard-common's `Mode` and `Action`),
@@ -700,6 +708,16 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     })?;
 
     let has_settings = raw.settings.is_some();
+    let reject = match &raw.settings {
+        Some(RawSettings {
+            reject_code,
+            reject_reason,
+            ..
+        }) if reject_code.is_some() || reject_reason.is_some() => {
+            status_of(reject_code.clone(), reject_reason.clone(), &lines, &at)?
+        }
+        _ => Status::forbidden(),
+    };
     let (settings, fail_mode) = raw
         .settings
         .map(RawSettings::into_settings)
@@ -747,6 +765,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         top_rules: raw.metrics.top_rules.map_or(DEFAULT_TOP_RULES, |n| n.0),
         customers,
         warnings,
+        reject,
     })
 }
 
@@ -768,12 +787,32 @@ fn add_rules(
             country,
             action,
             comment,
+            reject_code,
+            reject_reason,
         } = r.into_inner();
         let Some(Parsed(action)) = action else {
             return Err(at(
                 line,
                 "rule has no `action` (block, allow, monitor or reject)".into(),
             ));
+        };
+        let status = if reject_code.is_some() || reject_reason.is_some() {
+            let spanned = reject_code
+                .as_ref()
+                .map(|c| c.span().start)
+                .or(reject_reason.as_ref().map(|r| r.span().start))
+                .unwrap_or_default();
+            if action != Action::Reject {
+                return Err(at(
+                    lines.line_of(spanned),
+                    format!(
+                        "reject_code and reject_reason belong to `reject` rules; this rule is `{action}`"
+                    ),
+                ));
+            }
+            Some(status_of(reject_code, reject_reason, lines, at)?)
+        } else {
+            None
         };
         let (prefixes, country) = match (prefix, country) {
             (Some(p), None) => (vec![p], None),
@@ -815,11 +854,31 @@ fn add_rules(
                     comment: comment.clone(),
                     country: country.clone(),
                     origin: Origin::Config,
+                    status: status.clone(),
                 },
             );
         }
     }
     Ok(())
+}
+
+/// A reject status from `reject_code` / `reject_reason` (each defaulting to 403 Forbidden's).
+fn status_of(
+    code: Option<Spanned<i64>>,
+    reason: Option<Spanned<String>>,
+    lines: &LineIndex,
+    at: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<Status, ConfigError> {
+    let d = Status::forbidden();
+    let line = |pos: Option<usize>| lines.line_of(pos.unwrap_or_default());
+    let code_at = code.as_ref().map(|c| c.span().start);
+    let reason_at = reason.as_ref().map(|r| r.span().start);
+    let code = code.map_or(i64::from(d.code), |c| *c.get_ref());
+    let reason = reason.map_or(d.reason.clone(), |r| r.into_inner());
+    Status::new(code, &reason).map_err(|e| match e {
+        StatusError::Code(_) => at(line(code_at), e.to_string()),
+        _ => at(line(reason_at), e.to_string()),
+    })
 }
 
 /// A customer or policy name: 1 to 64 of `A-Z a-z 0-9 . _ -` (it is a metrics label and a CLI
@@ -1461,7 +1520,9 @@ action = "block"
         );
         let e = err("[settings]\nincomplete_action = \"drop\"\n");
         assert!(
-            e.starts_with("t.toml:2: unknown action `drop` (expected block, allow, monitor or reject)"),
+            e.starts_with(
+                "t.toml:2: unknown action `drop` (expected block, allow, monitor or reject)"
+            ),
             "{e}"
         );
         assert_eq!(c.fail_mode, FailMode::Keep);

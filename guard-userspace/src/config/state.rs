@@ -113,6 +113,7 @@ impl Overlay {
                     comment: r.comment.clone(),
                     country: r.country.clone(),
                     origin: Origin::Runtime,
+                    status: None,
                 },
             );
         }
@@ -369,6 +370,7 @@ impl StateDir {
                         comment: r.comment,
                         country: r.country,
                         origin: Origin::Runtime,
+                        status: None,
                     },
                 );
             }

@@ -121,6 +121,8 @@ pub(super) fn attach_iface(
             iface: iface.to_string(),
             filter,
             rule_ids,
+            statuses: Default::default(),
+            reply_stats: Default::default(),
             mode,
             state: IfState::Attached,
             failed_ifindex: None,

@@ -25,6 +25,7 @@ mod attach;
 pub mod events;
 mod klog;
 pub mod metrics;
+mod replies;
 
 use std::{
     collections::BTreeMap,
@@ -56,7 +57,10 @@ use crate::{
         pins::{self, LINK_PIN, LinkState, PinRoot},
         sys,
     },
-    model::rules::{Prefix, RuleSet},
+    model::{
+        reply::Status,
+        rules::{Prefix, RuleSet},
+    },
     report::DaemonStatus,
 };
 
@@ -105,11 +109,31 @@ struct Guarded {
     filter: Filter,
     /// Rule id -> prefix, for decoding events; refreshed after every commit.
     rule_ids: Arc<Mutex<BTreeMap<u32, Prefix>>>,
+    /// Rule id -> response of `reject` rules, for the reply sender; refreshed after every
+    /// commit.
+    statuses: replies::Statuses,
+    reply_stats: Arc<replies::ReplyStats>,
     /// `native` or `generic`.
     mode: &'static str,
     state: IfState,
     /// The ifindex a re-attach failed on (not retried until the interface changes again).
     failed_ifindex: Option<u32>,
+}
+
+/// The responses of the `reject` rules among `ids`, and the default for the others.
+fn refresh_statuses(g: &Guarded, rules: &RuleSet, default: &Status) {
+    let ids = g.rule_ids.lock().map(|i| i.clone()).unwrap_or_default();
+    let map = ids
+        .into_iter()
+        .filter_map(|(id, p)| {
+            let r = rules.get(&p)?;
+            (r.action == guard_common::Action::Reject)
+                .then(|| (id, r.status.clone().unwrap_or_else(|| default.clone())))
+        })
+        .collect();
+    if let Ok(mut s) = g.statuses.lock() {
+        *s = (map, default.clone());
+    }
 }
 
 fn id_map(maps: &Maps) -> BTreeMap<u32, Prefix> {
@@ -233,6 +257,21 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 g.rule_ids.clone(),
                 hub.clone(),
             ));
+        }
+    }
+    for g in guarded.iter_mut() {
+        refresh_statuses(g, &committed, &cfg.reject);
+        match (g.filter.take_replies(), sys::if_index(&g.iface)) {
+            (Some(ring), Some(ifindex)) => {
+                tokio::spawn(replies::serve(
+                    ring,
+                    g.iface.clone(),
+                    ifindex,
+                    g.statuses.clone(),
+                    g.reply_stats.clone(),
+                ));
+            }
+            _ => warn!(iface = %g.iface, "no reply ring: reject rules drop without a response"),
         }
     }
     let socket = events::socket_path(&opts.state.dir);
@@ -691,6 +730,7 @@ impl Daemon {
             if let Ok(mut ids) = g.rule_ids.lock() {
                 *ids = id_map(&g.filter.maps);
             }
+            refresh_statuses(g, &rules, &cfg.reject);
         }
         self.opts.state.save_committed(&rules)?;
         self.overlay = overlay;

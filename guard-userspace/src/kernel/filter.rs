@@ -166,6 +166,12 @@ impl Filter {
         aya::maps::RingBuf::try_from(m).ok()
     }
 
+    /// The reply ring buffer of rejected INVITEs (taken once, by the daemon's reply sender).
+    pub fn take_replies(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        let m = self.ebpf.take_map(guard_common::maps::names::REPLIES)?;
+        aya::maps::RingBuf::try_from(m).ok()
+    }
+
     /// The loaded object, for aya-log.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -3,6 +3,7 @@
 
 pub mod country;
 pub mod customers;
+pub mod reply;
 pub mod rules;
 pub mod settings;
 pub mod time;

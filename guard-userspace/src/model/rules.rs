@@ -203,6 +203,10 @@ pub struct Rule {
     /// `source` in state files written before the field was renamed.
     #[serde(alias = "source")]
     pub origin: Origin,
+    /// `reject` rules: the response (`reject_code`, `reject_reason`); `None`: the default of
+    /// `[settings]` (403 Forbidden unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::model::reply::Status>,
 }
 
 impl Rule {
@@ -213,6 +217,7 @@ impl Rule {
             comment: None,
             country: None,
             origin,
+            status: None,
         }
     }
 }
