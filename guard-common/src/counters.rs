@@ -224,9 +224,9 @@ mod tests {
 
     #[test]
     fn global_counter_names_are_unique_and_in_index_order() {
-        assert_eq!(Counter::ALL.len(), 24);
+        assert_eq!(Counter::ALL.len(), 26);
         let names: BTreeSet<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
-        assert_eq!(names.len(), 24);
+        assert_eq!(names.len(), 26);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }

@@ -925,7 +925,7 @@ mod tests {
     #[test]
     fn action_names_parse_and_display() {
         let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
-        assert_eq!(names, ["block", "allow", "monitor"]);
+        assert_eq!(names, ["block", "allow", "monitor", "reject"]);
         for a in Action::ALL {
             assert_eq!(a.as_str().parse::<Action>(), Ok(a));
             assert_eq!(a.to_string(), a.as_str());

@@ -257,7 +257,15 @@ mod tests {
         assert_eq!(c.incomplete_action, Action::Monitor as u32);
         assert_eq!(c.flags & guard_common::CONFIG_FLAG_PASS_TINY_FRAGMENTS, 0);
         assert_eq!(Settings::live(&c, d.sip_ports.clone()), d);
-        for action in Action::ALL {
+        let reject = Settings {
+            incomplete_action: Action::Reject,
+            ..Settings::default()
+        };
+        assert!(matches!(
+            reject.to_config(),
+            Err(SettingsError::IncompleteReject)
+        ));
+        for action in Action::ALL.into_iter().filter(|a| *a != Action::Reject) {
             for tiny in [TinyFragment::Drop, TinyFragment::Pass] {
                 let s = Settings {
                     incomplete_action: action,
