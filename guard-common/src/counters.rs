@@ -264,6 +264,8 @@ mod tests {
                 "tcp_inspected",
                 "tcp_uninspected",
                 "incomplete_action_applied",
+                "rejected",
+                "replies_lost",
             ]
         );
     }
