@@ -18,6 +18,8 @@ pub const PBX4: &str = "192.0.2.10";
 pub const PBX6: &str = "2001:db8:1::10";
 pub const CARRIER4: &str = "203.0.113.10";
 pub const CARRIER6: &str = "2001:db8:2::10";
+/// The second PBX ([`SecondPbx`]): another customer behind another router port.
+pub const PBX2_4: &str = "198.51.100.10";
 
 pub struct Topology {
     pub pbx: Netns,
@@ -82,6 +84,53 @@ impl Topology {
             router,
             carrier,
             guarded_if: rtr_pbx,
+        }
+    }
+}
+
+/// A second PBX namespace on a second router port (198.51.100.0/24), for tests with two
+/// customers. Dropping it removes its namespace (and so its veth pair).
+pub struct SecondPbx {
+    pub pbx: Netns,
+    /// The router's port facing it (guard it too).
+    pub guarded_if: String,
+}
+
+impl Topology {
+    /// Adds a second PBX to this topology.
+    pub fn second_pbx(&self, tag: &str) -> SecondPbx {
+        let pbx = Netns::new(&format!("{tag}-pb2"));
+        let id = std::process::id() % 100_000;
+        let (pbx_if, rtr_if) = (format!("sg{id}{tag}q"), format!("sg{id}{tag}h"));
+        ip(&[
+            "link",
+            "add",
+            &pbx_if,
+            "netns",
+            &pbx.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &rtr_if,
+            "netns",
+            &self.router.name,
+        ])
+        .expect("create veth pair");
+        pbx.ip(&["addr", "add", "198.51.100.10/24", "dev", &pbx_if])
+            .expect("IPv4 address");
+        self.router
+            .ip(&["addr", "add", "198.51.100.1/24", "dev", &rtr_if])
+            .expect("IPv4 address");
+        pbx.ip(&["link", "set", &pbx_if, "up"]).expect("link up");
+        self.router
+            .ip(&["link", "set", &rtr_if, "up"])
+            .expect("link up");
+        pbx.ip(&["route", "add", "default", "via", "198.51.100.1"])
+            .expect("pbx route");
+        SecondPbx {
+            pbx,
+            guarded_if: rtr_if,
         }
     }
 }

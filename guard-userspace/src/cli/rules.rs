@@ -128,7 +128,7 @@ pub fn render_list(rows: &[RuleRow], json: bool) -> Result<String> {
         writeln!(
             out,
             "{:<18} {:<8} {:<8} {:<28} {}",
-            r.prefix.to_string(),
+            r.label(),
             r.action.as_str(),
             r.origin.as_str(),
             super::truncate(&r.country, 28),

@@ -110,7 +110,7 @@ pub fn render(report: &Report, top: Option<usize>, json: bool) -> Result<String>
         writeln!(
             out,
             "{:<18} {:<26} {:<8} {:>10} {:>12} {:>12} {:>12}",
-            r.prefix.to_string(),
+            r.label(),
             super::truncate(&r.country, 26),
             r.action.as_str(),
             c.calls,

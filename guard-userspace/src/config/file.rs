@@ -1112,6 +1112,55 @@ mod tests {
     }
 
     #[test]
+    fn reject_statuses_are_checked_where_they_stand() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[[rule]]\nprefix = \"+232\"\naction = \"reject\"\nreject_code = 399\n",
+                "t.toml:4: reject code 399 is outside 400..699",
+            ),
+            (
+                "[[rule]]\nprefix = \"+232\"\naction = \"reject\"\nreject_code = 700\n",
+                "t.toml:4: reject code 700 is outside 400..699",
+            ),
+            (
+                "[[rule]]\nprefix = \"+232\"\naction = \"reject\"\nreject_reason = \"No\\r\\nX: y\"\n",
+                "t.toml:4: reject reason contains '\\r'",
+            ),
+            (
+                "[[rule]]\nprefix = \"+232\"\naction = \"reject\"\nreject_reason = \"Interdit é\"\n",
+                "t.toml:4: reject reason contains 'é'",
+            ),
+            (
+                "[[rule]]\nprefix = \"+232\"\naction = \"block\"\nreject_code = 603\n",
+                "t.toml:4: reject_code and reject_reason belong to `reject` rules; this rule is `block`",
+            ),
+            (
+                "[settings]\nreject_code = 200\n",
+                "t.toml:2: reject code 200 is outside 400..699",
+            ),
+            (
+                "[settings]\nincomplete_action = \"reject\"\n",
+                "t.toml: incomplete_action = \"reject\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(
+                got.starts_with(want),
+                "for {text:?}\n got: {got}\nwant: {want}..."
+            );
+        }
+        let c = p("[settings]\nreject_code = 603\nreject_reason = \"Decline\"\n[[rule]]\nprefix = \"+232\"\naction = \"reject\"\n[[rule]]\nprefix = \"+881\"\naction = \"reject\"\nreject_code = 480\nreject_reason = \"Temporarily Unavailable\"\n").unwrap();
+        assert_eq!(c.reject.to_string(), "603 Decline");
+        let status = |p: &str| c.rules[&p.parse::<Prefix>().unwrap()].status.clone();
+        assert_eq!(status("+232"), None, "the default applies");
+        assert_eq!(
+            status("+881").unwrap().to_string(),
+            "480 Temporarily Unavailable"
+        );
+    }
+
+    #[test]
     fn customers_and_policies_errors_name_the_line() {
         let policy =
             "[[policy]]\nname = \"barred\"\n[[policy.rule]]\nprefix = \"+\"\naction = \"block\"\n";

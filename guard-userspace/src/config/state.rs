@@ -27,7 +27,10 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::rules::{Origin, Prefix, Rule, RuleSet};
+use crate::model::{
+    customers::Customers,
+    rules::{Origin, Prefix, Rule, RuleSet},
+};
 
 /// Default state directory.
 pub const DEFAULT_DIR: &str = "/var/lib/sipguard";
@@ -395,6 +398,25 @@ impl StateDir {
         }
         text.push_str("\n}\n");
         self.write("rules.json", &text)
+    }
+
+    /// Records the committed customers and policies (what views name policies and customers
+    /// by), `customers.json`.
+    pub fn save_customers(&self, c: &Customers) -> Result<(), StateError> {
+        let text = serde_json::to_string(c).map_err(|e| StateError::Corrupt {
+            path: self.path("customers.json").display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write("customers.json", &text)
+    }
+
+    /// The last committed customers and policies; none when none were recorded.
+    pub fn customers(&self) -> Customers {
+        self.read_opt("customers.json")
+            .ok()
+            .flatten()
+            .and_then(|(_, text)| serde_json::from_str(&text).ok())
+            .unwrap_or_default()
     }
 
     pub fn save_daemon(&self, d: &DaemonInfo) -> Result<(), StateError> {

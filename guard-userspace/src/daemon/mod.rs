@@ -241,6 +241,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             guarded.push(g);
         }
         opts.state.save_committed(&rules)?;
+        opts.state.save_customers(&cfg.customers)?;
         (overlay, rules)
     };
     let me = std::process::id();
@@ -733,6 +734,7 @@ impl Daemon {
             refresh_statuses(g, &rules, &cfg.reject);
         }
         self.opts.state.save_committed(&rules)?;
+        self.opts.state.save_customers(&cfg.customers)?;
         self.overlay = overlay;
         self.overlay_stamp = self.opts.state.overlay_stamp();
         self.committed = rules;

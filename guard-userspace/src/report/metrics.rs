@@ -38,6 +38,8 @@ pub const TOP_SOURCES: usize = 20;
 struct RuleLabels {
     iface: String,
     prefix: String,
+    /// The `[[policy]]` of the rule; empty for a global rule.
+    policy: String,
     action: String,
     country: String,
 }
@@ -178,6 +180,7 @@ pub fn render(
             let labels = RuleLabels {
                 iface: i.iface.clone(),
                 prefix: r.prefix.to_string(),
+                policy: r.policy.clone().unwrap_or_default(),
                 action: r.action.as_str().to_string(),
                 country: r.country.clone(),
             };

@@ -95,6 +95,8 @@ pub struct IfaceReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleRow {
     pub prefix: Prefix,
+    /// The `[[policy]]` the rule belongs to (`None`: a global rule).
+    pub policy: Option<String>,
     pub id: u32,
     pub action: Action,
     pub origin: Origin,
@@ -130,6 +132,18 @@ impl Report {
             state.rule_meta()
         } else {
             Default::default()
+        };
+        let customers = if parts.rules || parts.counters {
+            state.customers()
+        } else {
+            Default::default()
+        };
+        let policy_name = |id: u16| -> Option<String> {
+            (id != 0).then(|| {
+                customers
+                    .policy_by_id(id)
+                    .map_or_else(|| format!("policy {id}"), |p| p.name.clone())
+            })
         };
         let modes = state.iface_modes();
         let mut out = Report {
@@ -225,6 +239,7 @@ impl Report {
                         let m = meta.get(prefix);
                         Some(RuleRow {
                             prefix: prefix.clone(),
+                            policy: policy_name(prefix.policy),
                             id: v.id,
                             action: Action::from_u8(v.action)?,
                             origin: m.map_or(Origin::Runtime, |m| m.origin),
@@ -381,6 +396,9 @@ impl Serialize for GlobalCounterFields {
 #[derive(Serialize)]
 pub struct RuleJson<'a> {
     pub prefix: String,
+    /// The policy of a `[[policy]]` rule; absent for global rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'a str>,
     pub action: &'static str,
     pub origin: &'static str,
     pub country: &'a str,
@@ -391,9 +409,18 @@ pub struct RuleJson<'a> {
 }
 
 impl RuleRow {
+    /// The rule as the text views show it: `+232`, or `intl-barring/+` for a policy's rule.
+    pub fn label(&self) -> String {
+        match &self.policy {
+            Some(p) => format!("{p}/{}", self.prefix),
+            None => self.prefix.to_string(),
+        }
+    }
+
     pub fn json(&self) -> RuleJson<'_> {
         RuleJson {
             prefix: self.prefix.to_string(),
+            policy: self.policy.as_deref(),
             action: self.action.as_str(),
             origin: self.origin.as_str(),
             country: &self.country,
@@ -479,6 +506,7 @@ pub(crate) fn sample() -> Report {
     use guard_common::Mode;
     let rule = |prefix: &str, id, action, origin, country: &str, comment: &str, n: u64| RuleRow {
         prefix: prefix.parse().unwrap(),
+        policy: None,
         id,
         action,
         origin,

@@ -1,0 +1,183 @@
+//! Two customers end to end, with real SIP stacks: two PBX namespaces behind two ports of the
+//! router, each a customer; sipp calls from both at once. Customer A has international call
+//! barring by `reject` (its policy does not inherit the global rules); customer B keeps the
+//! global rules with a `+23222` exception of its own. Every figure comes from sipp's traces.
+
+use std::thread;
+
+use sipguard_tests::{
+    harness::Instance,
+    sipp::{UacRun, UacSpec, Uas, run_uac, uas_calls},
+    topology::{CARRIER4, PBX2_4, PBX4, Topology},
+};
+
+const CONFIG: &str = r#"
+[settings]
+sip_ports = [5060]
+
+[[rule]]
+prefix = "+232"
+action = "block"
+
+[[rule]]
+prefix = "+881"
+action = "block"
+
+[[policy]]
+name = "intl-barring"
+inherit = false
+[[policy.rule]]
+prefix = "+"
+action = "reject"
+
+[[policy]]
+name = "sl-partner"
+[[policy.rule]]
+prefix = "+23222"
+action = "allow"
+
+[[customer]]
+name = "a"
+sources = ["192.0.2.0/24", "2001:db8:1::/64"]
+policy = "intl-barring"
+
+[[customer]]
+name = "b"
+sources = ["198.51.100.0/24"]
+policy = "sl-partner"
+"#;
+
+#[test]
+fn barring_for_one_customer_an_exception_for_the_other() {
+    let topo = Topology::new("cu");
+    let second = topo.second_pbx("cu");
+    let mut sg = Instance::new("customers");
+    let dir = sg.dir.clone();
+    let cfg = sg.write("sipguard.toml", CONFIG);
+    sg.start(
+        &topo.router,
+        &[&topo.guarded_if, &second.guarded_if],
+        &cfg,
+        &[],
+    );
+    let uas = Uas::start(&topo.carrier, CARRIER4, &dir, "cu");
+    let uri = |n: &str| format!("sip:{n}@{CARRIER4}:5060");
+    let a_uris: Vec<String> = [
+        "+23276123456",
+        "+442079460000",
+        "+881631234567",
+        "0312345678",
+    ]
+    .iter()
+    .flat_map(|n| [uri(n), uri(n)])
+    .collect();
+    let b_uris: Vec<String> = [
+        "+23276123456",
+        "+23222123456",
+        "+442079460000",
+        "+881631234567",
+    ]
+    .iter()
+    .flat_map(|n| [uri(n), uri(n)])
+    .collect();
+    let (a, b): (UacRun, UacRun) = thread::scope(|s| {
+        let a = s.spawn(|| {
+            run_uac(&UacSpec {
+                ns: &topo.pbx,
+                local_ip: PBX4,
+                remote: format!("{CARRIER4}:5060"),
+                uris: &a_uris,
+                calls: a_uris.len() as u32,
+                rate: 4,
+                dir: &dir,
+                tag: "a",
+            })
+        });
+        let b = s.spawn(|| {
+            run_uac(&UacSpec {
+                ns: &second.pbx,
+                local_ip: PBX2_4,
+                remote: format!("{CARRIER4}:5060"),
+                uris: &b_uris,
+                calls: b_uris.len() as u32,
+                rate: 4,
+                dir: &dir,
+                tag: "b",
+            })
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let at_uas = uas_calls(&uas.finish());
+    let reached = |id: &str| {
+        at_uas
+            .get(id)
+            .is_some_and(|(_, m)| m.iter().any(|m| m == "INVITE"))
+    };
+    assert_eq!(a.calls.len(), a_uris.len(), "{}", a.screen);
+    assert_eq!(b.calls.len(), b_uris.len(), "{}", b.screen);
+    let mut errs = Vec::new();
+    for c in &a.calls {
+        if c.uri.contains('+') {
+            let fast = c.refused_after.is_some_and(|t| t < 0.1);
+            if c.refused != Some(403) || c.invites_sent != 1 || reached(&c.call_id) || !fast {
+                errs.push(format!(
+                    "A {}: refused {:?} after {:?} s, {} INVITEs, reached the carrier: {}",
+                    c.uri,
+                    c.refused,
+                    c.refused_after,
+                    c.invites_sent,
+                    reached(&c.call_id)
+                ));
+            }
+        } else if !c.completed {
+            errs.push(format!("A {}: the domestic call did not complete", c.uri));
+        }
+    }
+    for c in &b.calls {
+        let blocked =
+            (c.uri.contains("+2327") || c.uri.contains("+881")) && !c.uri.contains("+23222");
+        if blocked {
+            if c.refused.is_some() || reached(&c.call_id) || c.invites_sent < 2 {
+                errs.push(format!(
+                    "B {}: blocked call: refused {:?}, reached {}, {} INVITEs",
+                    c.uri,
+                    c.refused,
+                    reached(&c.call_id),
+                    c.invites_sent
+                ));
+            }
+        } else if !c.completed || c.refused.is_some() {
+            errs.push(format!("B {}: the call did not complete", c.uri));
+        }
+    }
+    assert!(
+        errs.is_empty(),
+        "{}\nA:\n{}\nB:\n{}",
+        errs.join("\n"),
+        a.screen,
+        b.screen
+    );
+
+    // Counters per policy and rule equal what sipp did.
+    let stats = sg.stats();
+    let rules = stats["rules"].as_array().unwrap();
+    let rule = |policy: Option<&str>, prefix: &str| {
+        rules
+            .iter()
+            .find(|r| r["prefix"] == prefix && r["policy"].as_str() == policy)
+            .map(|r| (r["calls"].as_u64().unwrap(), r["dropped"].as_u64().unwrap()))
+            .unwrap_or_else(|| panic!("no rule {policy:?} {prefix} in {stats}"))
+    };
+    let a_intl = a.calls.iter().filter(|c| c.uri.contains('+')).count() as u64;
+    assert_eq!(rule(Some("intl-barring"), "+"), (a_intl, a_intl));
+    let b_sl: Vec<_> = b.calls.iter().filter(|c| c.uri.contains("+2327")).collect();
+    let b_sl_invites: u64 = b_sl.iter().map(|c| u64::from(c.invites_sent)).sum();
+    assert_eq!(rule(None, "+232"), (b_sl.len() as u64, b_sl_invites));
+    let b_exc = b.calls.iter().filter(|c| c.uri.contains("+23222")).count() as u64;
+    assert_eq!(rule(Some("sl-partner"), "+23222").0, b_exc);
+    assert_eq!(stats["global"]["rejected"], a_intl, "{stats}");
+    // The text view names the policy.
+    let text = sg.ok(&["stats"]);
+    assert!(text.contains("intl-barring/+ "), "{text}");
+    assert!(text.contains("sl-partner/+23222 "), "{text}");
+}
