@@ -85,100 +85,147 @@ fn load(cfg: &ConfigFile) -> Filter {
     f
 }
 
-/// (what, frame, verdict, the policy whose rule decides it (None: a global rule or none))
-type Case = (&'static str, Vec<u8>, Verdict, Option<&'static str>);
+/// One INVITE: from `src` on outer VLAN `vlan` (0: untagged) to `uri`; its verdict, and the
+/// policy whose rule decides it (`None`: a global rule, or no rule).
+struct Case {
+    what: &'static str,
+    src: &'static str,
+    vlan: u16,
+    uri: &'static str,
+    want: Verdict,
+    decided_by: Option<&'static str>,
+}
+
+impl Case {
+    fn frame(&self) -> Vec<u8> {
+        let p = if self.src.contains(':') {
+            Pkt::v6(&invite(self.uri))
+        } else {
+            Pkt::v4(&invite(self.uri))
+        }
+        .src(self.src);
+        if self.vlan != 0 {
+            p.vlan_id(self.vlan).build()
+        } else {
+            p.build()
+        }
+    }
+}
 
 fn cases() -> Vec<Case> {
     use Verdict::{Drop, Pass};
-    let v4 = |uri: &str, src: &str| Pkt::v4(&invite(uri)).src(src).build();
-    let v6 = |uri: &str, src: &str| Pkt::v6(&invite(uri)).src(src).build();
+    let c = |what, src, vlan, uri, want, decided_by| Case {
+        what,
+        src,
+        vlan,
+        uri,
+        want,
+        decided_by,
+    };
     vec![
-        ("no customer: global +232", v4(SL, "192.0.2.10"), Drop, None),
-        (
+        c("no customer: global +232", "192.0.2.10", 0, SL, Drop, None),
+        c(
             "no customer: no rule for +44",
-            v4(UK, "192.0.2.10"),
+            "192.0.2.10",
+            0,
+            UK,
             Pass,
             None,
         ),
-        (
+        c(
             "barring: +44 blocked by the policy's +",
-            v4(UK, "198.51.100.7"),
+            "198.51.100.7",
+            0,
+            UK,
             Drop,
             Some("intl-barring"),
         ),
-        (
+        c(
             "barring: the longer global +232 decides",
-            v4(SL, "198.51.100.7"),
+            "198.51.100.7",
+            0,
+            SL,
             Drop,
             None,
         ),
-        (
+        c(
             "barring: national calls pass",
-            v4(NATIONAL, "198.51.100.7"),
+            "198.51.100.7",
+            0,
+            NATIONAL,
             Pass,
             None,
         ),
-        (
+        c(
             "barring over IPv6",
-            v6(UK, "2001:db8:a::5"),
+            "2001:db8:a::5",
+            0,
+            UK,
             Drop,
             Some("intl-barring"),
         ),
-        ("IPv6, no customer", v6(UK, "2001:db8:b::5"), Pass, None),
-        (
+        c("IPv6, no customer", "2001:db8:b::5", 0, UK, Pass, None),
+        c(
             "exception: the policy's longer +23222 allow",
-            v4(SL_EXCEPTION, "203.0.113.5"),
+            "203.0.113.5",
+            0,
+            SL_EXCEPTION,
             Pass,
             Some("sl-office"),
         ),
-        (
+        c(
             "exception policy: global +232 still applies",
-            v4(SL, "203.0.113.5"),
+            "203.0.113.5",
+            0,
+            SL,
             Drop,
             None,
         ),
-        (
+        c(
             "a tie: the policy's +881 allow beats the global +881 block",
-            v4(SAT, "203.0.113.5"),
+            "203.0.113.5",
+            0,
+            SAT,
             Pass,
             Some("sl-office"),
         ),
-        (
+        c(
             "longest CIDR: /25 inside b's /24, no inherit: +232 passes",
-            v4(SL, "203.0.113.200"),
+            "203.0.113.200",
+            0,
+            SL,
             Pass,
             None,
         ),
-        (
+        c(
             "longest CIDR: its own +44 rule",
-            v4(UK, "203.0.113.200"),
+            "203.0.113.200",
+            0,
+            UK,
             Drop,
             Some("standalone"),
         ),
-        (
+        c(
             "VLAN 100: the VLAN's customer, not the any-VLAN one",
-            Pkt::v4(&invite(SL))
-                .src("198.51.100.7")
-                .vlan(0x8100)
-                .build(),
+            "198.51.100.7",
+            100,
+            SL,
             Pass,
             None,
         ),
-        (
+        c(
             "VLAN 100: its own +44 rule",
-            Pkt::v4(&invite(UK))
-                .src("198.51.100.7")
-                .vlan(0x8100)
-                .build(),
+            "198.51.100.7",
+            100,
+            UK,
             Drop,
             Some("standalone"),
         ),
-        (
+        c(
             "another VLAN: the any-VLAN customer",
-            Pkt::v4(&invite(UK))
-                .src("198.51.100.7")
-                .vlan_id(200)
-                .build(),
+            "198.51.100.7",
+            200,
+            UK,
             Drop,
             Some("intl-barring"),
         ),
@@ -193,7 +240,9 @@ fn the_source_picks_the_policy() {
     let policy_of = |name: &str| cfg.customers.policy(name).unwrap().id;
     let rules = f.maps.rules().unwrap();
     let mut failures = Vec::new();
-    for (what, frame, want, decided_by) in cases() {
+    for c in cases() {
+        let (what, want, decided_by) = (c.what, c.want, c.decided_by);
+        let frame = c.frame();
         let before: Vec<(u16, u64)> = rules
             .iter()
             .map(|(p, v)| (p.policy, f.rule_counters(v.id).unwrap_or_default().matched))
@@ -224,6 +273,58 @@ fn the_source_picks_the_policy() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `explain` answers with the kernel's verdict and rule, and the customer the kernel's trie
+/// gives, for every case; and the CLI prints it.
+#[test]
+fn explain_agrees_with_the_kernel() {
+    use sipguard::replay::explain::explain;
+    let cfg = parse(CONFIG);
+    let mut failures = Vec::new();
+    for c in cases() {
+        let e = explain(&cfg, c.src.parse().unwrap(), c.vlan, c.uri).unwrap();
+        if e.verdict != c.want {
+            failures.push(format!("{}: explain says {:?}", c.what, e.verdict));
+        }
+        let policy = e.rule.as_ref().and_then(|r| r.0.as_deref());
+        if policy != c.decided_by {
+            failures.push(format!("{}: explain's rule is {:?}", c.what, e.rule));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let e = explain(&cfg, "203.0.113.200".parse().unwrap(), 0, UK).unwrap();
+    assert_eq!(e.customer.as_deref(), Some("b-lab"), "the longest CIDR");
+    assert_eq!(e.policy, Some(("standalone".to_string(), false)));
+    assert_eq!(e.number.as_deref(), Some("+442079460000"));
+    let e = explain(&cfg, "192.0.2.10".parse().unwrap(), 0, UK).unwrap();
+    assert_eq!((e.customer, e.policy, e.rule), (None, None, None));
+    // The CLI.
+    let sg = sipguard_tests::harness::Instance::new("explain");
+    let path = sg.write("customers.toml", CONFIG);
+    let out = sg.ok(&[
+        "explain",
+        "--config",
+        path.to_str().unwrap(),
+        "--src",
+        "198.51.100.7",
+        "--vlan",
+        "100",
+        UK,
+    ]);
+    for want in [
+        "source    198.51.100.7 on VLAN 100",
+        "customer  a-vlan",
+        "policy    standalone (its own rules only)",
+        "number    +442079460000",
+        "rule      standalone/+44 (block)",
+        "verdict   drop",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}");
+    }
+    let bad = sg.cli(&["explain", "--src", "198.51.100.7", "--vlan", "5000", UK]);
+    assert!(!bad.ok, "a VLAN over 4094 is refused");
+    assert!(bad.stderr.contains("--vlan 5000"), "{}", bad.stderr);
+}
+
 /// Without customers, the same frames get the global rules only.
 #[test]
 fn no_customers_means_the_global_rules() {
@@ -232,9 +333,9 @@ fn no_customers_means_the_global_rules() {
     global.customers = Default::default();
     global.rules.retain(|p, _| p.policy == 0);
     let f = load(&global);
-    for (what, frame, _, _) in cases() {
-        let payload_has = |s: &str| frame.windows(s.len()).any(|w| w == s.as_bytes());
-        let want = if payload_has("+232") || payload_has("+881") {
+    for c in cases() {
+        let (what, frame) = (c.what, c.frame());
+        let want = if c.uri.contains("+232") || c.uri.contains("+881") {
             Verdict::Drop
         } else {
             Verdict::Pass

@@ -7,6 +7,7 @@ pub mod classify;
 pub mod default_config;
 pub mod detach;
 pub mod events;
+pub mod explain;
 pub mod replay;
 pub mod rules;
 pub mod run;
@@ -89,6 +90,23 @@ pub enum Verb {
         json: bool,
         capture: PathBuf,
     },
+    /// Which customer, policy and rule decide an INVITE to URI from a source, and the verdict
+    /// (from the XDP program itself, in a private test run of the config).
+    Explain {
+        /// The config (default: /etc/sipguard/sipguard.toml, else the built-in default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The INVITE's source address (IPv4 or IPv6).
+        #[arg(long)]
+        src: std::net::IpAddr,
+        /// The outer VLAN it arrives on (0: untagged).
+        #[arg(long, default_value_t = 0)]
+        vlan: u16,
+        #[arg(long)]
+        json: bool,
+        /// The Request-URI, e.g. sip:+23276123456@gw.example.net or tel:+23276123456.
+        uri: String,
+    },
     /// Print the built-in default config (a starting point for /etc/sipguard/sipguard.toml).
     DefaultConfig,
     /// Show how a SIP request line is parsed and normalised (no kernel needed).
@@ -143,6 +161,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             line,
             intl_prefixes,
         } => classify::run(&line, intl_prefixes),
+        Verb::Explain {
+            config,
+            src,
+            vlan,
+            json,
+            uri,
+        } => explain::run(config.as_deref(), src, vlan, &uri, json),
         Verb::DefaultConfig => default_config::run(),
     }
 }

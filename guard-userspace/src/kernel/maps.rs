@@ -500,6 +500,37 @@ impl Maps {
         Ok(out)
     }
 
+    /// The live customer entry that a frame from `ip` on outer VLAN `vlan` belongs to: the
+    /// kernel's own lookups in its trie (full-length keys give the longest match), the longer of
+    /// the VLAN-specific and the any-VLAN match, the VLAN-specific one on a tie.
+    pub fn customer_for(
+        &self,
+        vlan: u16,
+        ip: std::net::IpAddr,
+    ) -> Result<Option<CustomerValue>, MapsError> {
+        let Some(tries) = &self.customers else {
+            return Ok(None);
+        };
+        let slot = self.active_slot()?;
+        let trie = &tries[slot as usize & 1];
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        let get = |vlan: u16| -> Result<Option<CustomerValue>, MapsError> {
+            let (len, data) = CustomerKeyData::cidr(vlan, ip, bits);
+            match trie.get(&Key::new(len, data), 0) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(map_err(names::CUSTOMERS[slot as usize & 1], "look up")(e)),
+            }
+        };
+        let any = get(0)?;
+        let tagged = if vlan != 0 { get(vlan)? } else { None };
+        Ok(match (tagged, any) {
+            (Some(t), Some(a)) if a.prefix_len > t.prefix_len => Some(a),
+            (Some(t), _) => Some(t),
+            (None, a) => a,
+        })
+    }
+
     /// The customers of the live slot, as `(VLAN, CIDR, value)`.
     pub fn customers(&self) -> Result<Vec<(u16, std::net::IpAddr, u32, CustomerValue)>, MapsError> {
         let live = self.active_slot()?;

@@ -14,6 +14,7 @@ use etherparse::{
 use guard_common::{Action, Counter, Parsed, parse_payload};
 
 pub mod capture;
+pub mod explain;
 
 use crate::{
     config,
