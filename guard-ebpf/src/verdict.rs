@@ -51,10 +51,8 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         };
     }
     let (id, action) = (rule as u32, (rule >> 32) as u8);
-    if cfg.flags & CONFIG_FLAG_DEBUG_LOG != 0 {
-        // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
-        debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
-    }
+    // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
+    log_match(ctx, cfg.flags, id, action);
     let mut spare = RuleCounters::default();
     let counted = maps::rule_counters(id);
     // Without counters (the counter map is full, or out of memory) the verdict still stands,
@@ -69,10 +67,8 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let new_call = accounting && {
         let new_call = count_call(ctx, c, stats, id, now);
-        if let Some(s) = maps::scratch() {
-            let frame = s.frame;
-            layers::endpoints(ctx, &frame, &mut s.src, &mut s.dst);
-        }
+        // Unless the customer lookup read them already.
+        read_endpoints(ctx, cfg.customer_entries);
         track_source(id, new_call, now);
         new_call
     };
@@ -105,6 +101,28 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         }
     }
     rc
+}
+
+/// The `kernel_debug_log` line of a matched INVITE, when `flags` asks for it. A BPF function of
+/// its own: the log record's code is verified once, off the verdict's paths.
+#[inline(never)]
+fn log_match(ctx: &XdpContext, flags: u32, id: u32, action: u8) {
+    if flags & CONFIG_FLAG_DEBUG_LOG != 0 {
+        debug!(ctx, "sipguard: rule {} matched, action {}", id, action);
+    }
+}
+
+/// Fills in the scratch map's endpoints, unless `customer_entries` is non-zero (the customer
+/// lookup read them). A BPF function of its own: its branch does not split the caller's paths.
+#[inline(never)]
+fn read_endpoints(ctx: &XdpContext, customer_entries: u32) {
+    if customer_entries != 0 {
+        return;
+    }
+    if let Some(s) = maps::scratch() {
+        let frame = s.frame;
+        layers::endpoints(ctx, &frame, &mut s.src, &mut s.dst);
+    }
 }
 
 /// The customer of the frame's source (see `maps::customer`), 0 for none; fills in the

@@ -119,12 +119,14 @@ fn main() -> ExitCode {
     let mut repeat = 1_000_000u32;
     let mut rounds = 3u32;
     let mut capacity_rules = 1_000_000usize;
-    let (mut table, mut capacity) = (true, true);
+    let (mut table, mut capacity, mut customers) = (true, true, true);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-table" => table = false,
             "--no-capacity" => capacity = false,
+            "--no-customers" => customers = false,
+            "--customers-only" => (table, capacity) = (false, false),
             "--scrape-only" => {
                 return match scrape_section(SCRAPE_RULES) {
                     Ok(()) => ExitCode::SUCCESS,
@@ -140,7 +142,7 @@ fn main() -> ExitCode {
                 ("--capacity-rules", Some(v)) => capacity_rules = v as usize,
                 _ => {
                     eprintln!(
-                        "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)] [--capacity-rules N (default 1000000)] [--no-table] [--no-capacity] [--scrape-only]"
+                        "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)] [--capacity-rules N (default 1000000)] [--no-table] [--no-capacity] [--no-customers] [--customers-only] [--scrape-only]"
                     );
                     return ExitCode::from(2);
                 }
@@ -149,6 +151,10 @@ fn main() -> ExitCode {
     }
     if table && let Err(code) = test_run_table(repeat, rounds) {
         return code;
+    }
+    if customers && let Err(e) = customers_section(repeat, rounds) {
+        eprintln!("customers: {e:#}");
+        return ExitCode::FAILURE;
     }
     if capacity && let Err(e) = capacity_section(capacity_rules) {
         eprintln!("capacity: {e:#}");
@@ -752,6 +758,171 @@ fn scrape_section(n: usize) -> anyhow::Result<()> {
             "| {label} | {:.2} MB ({bytes} B) | {secs:.2} s | {:.0} MB |",
             bytes as f64 / 1e6,
             rss as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+/// Customer CIDRs in the customers section: 512 IPv4 /32s in 198.51.100.0/24 and
+/// 203.0.113.0/24 (two documentation /24s), the rest IPv6 /64s in 2001:db8::/32.
+const BENCH_CUSTOMERS: usize = 100_000;
+const BENCH_POLICIES: usize = 100;
+
+/// A config text with `customers` customer CIDRs spread over `policies` policies (each with ten
+/// rules, half of them inheriting the global rules), and the global `+232` rules.
+fn customers_config(customers: usize, policies: usize) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::with_capacity(customers * 90);
+    t.push_str(
+        "[settings]\nsip_ports = [5060]\n\n[[rule]]\nprefix = \"+232\"\naction = \"block\"\n\n",
+    );
+    for p in 0..policies {
+        let inherit = p % 2 == 0;
+        writeln!(t, "[[policy]]\nname = \"p{p}\"\ninherit = {inherit}").unwrap();
+        for r in 0..10 {
+            writeln!(
+                t,
+                "[[policy.rule]]\nprefix = \"+88{p:03}{r}\"\naction = \"block\""
+            )
+            .unwrap();
+        }
+    }
+    for c in 0..customers {
+        let src = if c < 256 {
+            format!("198.51.100.{c}/32")
+        } else if c < 512 {
+            format!("203.0.113.{}/32", c - 256)
+        } else {
+            format!("2001:db8:{:x}:{:x}::/64", c >> 16, c & 0xffff)
+        };
+        writeln!(
+            t,
+            "[[customer]]\nname = \"c{c}\"\nsources = [\"{src}\"]\npolicy = \"p{}\"",
+            c % policies
+        )
+        .unwrap();
+    }
+    t
+}
+
+/// Load time of 100,000 customers with 100 policies, and the test_run cost of an INVITE from a
+/// customer against the same INVITE with no customers configured, in the same run.
+fn customers_section(repeat: u32, rounds: u32) -> anyhow::Result<()> {
+    let text = customers_config(BENCH_CUSTOMERS, BENCH_POLICIES);
+    let t = Instant::now();
+    let cfg = sipguard::config::parse(std::path::Path::new("bench.toml"), &text)?;
+    let parse = t.elapsed();
+    let mut f = Filter::load(&cfg.settings)?;
+    f.maps.commit(&cfg.settings, &cfg.rules)?;
+    // The INVITE to +232 from customers c8 and c4096, whose policies (p8, p96) inherit the
+    // global rules: dropped with and without customers.
+    let frame = Pkt::v4(&request_with_call_id(
+        "INVITE",
+        BLOCKED_URI,
+        "bench-customer@198.51.100.8",
+    ))
+    .src("198.51.100.8")
+    .build();
+    let frame6 = Pkt::v6(&request_with_call_id(
+        "INVITE",
+        BLOCKED_URI,
+        "bench-customer6@2001:db8::7",
+    ))
+    .src("2001:db8:0:1000::7")
+    .build();
+    // Two instances, one without customers and one with them, measured in alternation (best
+    // of `rounds` each), so that drift of the machine hits both alike.
+    let entries = cfg.customers.entries();
+    let mut with = Filter::load(&cfg.settings)?;
+    let t = Instant::now();
+    with.maps
+        .commit_all(&cfg.settings, &cfg.rules, Some(&entries))?;
+    let commit = t.elapsed();
+    // A small customer set (the 512 IPv4 customers only), and a source that is no customer.
+    let small_cfg = sipguard::config::parse(
+        std::path::Path::new("small.toml"),
+        &customers_config(512, BENCH_POLICIES),
+    )?;
+    let mut small = Filter::load(&small_cfg.settings)?;
+    small.maps.commit_all(
+        &small_cfg.settings,
+        &small_cfg.rules,
+        Some(&small_cfg.customers.entries()),
+    )?;
+    let stranger = Pkt::v4(&request_with_call_id(
+        "INVITE",
+        BLOCKED_URI,
+        "bench-stranger@192.0.2.99",
+    ))
+    .src("192.0.2.99")
+    .build();
+    let mut best = [f64::MAX; 7];
+    for _ in 0..rounds.max(5) {
+        for (i, (inst, program, frame)) in [
+            (&f, programs::EMPTY, &frame),
+            (&f, programs::FILTER, &frame),
+            (&with, programs::FILTER, &frame),
+            (&f, programs::FILTER, &frame6),
+            (&with, programs::FILTER, &frame6),
+            (&small, programs::FILTER, &frame),
+            (&with, programs::FILTER, &stranger),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (rc, ns) = inst.run(program, frame, repeat)?;
+            if program == programs::FILTER && Verdict::from_xdp(rc) != Verdict::Drop {
+                bail!("the +232 INVITE was not dropped (XDP action {rc})");
+            }
+            best[i] = best[i].min(ns);
+        }
+    }
+    let [empty, none4, with4, none6, with6, small4, stranger4] = best;
+    let f = with;
+    let mem: u64 = f
+        .kernel_memory()?
+        .iter()
+        .filter(|m| m.name.starts_with("SG_CUST"))
+        .map(|m| m.memlock)
+        .sum();
+    println!();
+    println!(
+        "Customers: {} customer CIDRs ({} IPv4, the rest IPv6), {} policies, {} rules",
+        entries.len(),
+        entries.iter().filter(|e| e.net.addr().is_ipv4()).count(),
+        BENCH_POLICIES,
+        cfg.rules.len()
+    );
+    println!();
+    println!("| step | time |");
+    println!("|---|---:|");
+    println!("| parse and validate the config | {parse:.2?} |");
+    println!("| commit into the kernel (both customer tries) | {commit:.2?} |");
+    println!();
+    println!(
+        "Customer tries' kernel memory (both): {:.1} MiB",
+        mem as f64 / (1 << 20) as f64
+    );
+    println!();
+    println!(
+        "BPF_PROG_TEST_RUN, repeat {repeat}, best of {rounds}; a blocked INVITE (a retransmission after the first run)"
+    );
+    println!();
+    println!("| case | ns | ratio to empty | vs no customers |");
+    println!("|---|---:|---:|---:|");
+    println!("| empty XDP_PASS program | {empty:.1} | 1.00 | |");
+    for (label, ns, base) in [
+        ("IPv4, no customers configured", none4, none4),
+        ("IPv4, from a customer (of 100k)", with4, none4),
+        ("IPv6, no customers configured", none6, none6),
+        ("IPv6, from a customer (of 100k)", with6, none6),
+        ("IPv4, from a customer (of 512)", small4, none4),
+        ("IPv4, from no customer (100k configured)", stranger4, none4),
+    ] {
+        println!(
+            "| {label} | {ns:.1} | {:.2} | {:+.1}% |",
+            ns / empty,
+            (ns / base - 1.0) * 100.0
         );
     }
     Ok(())
