@@ -403,7 +403,9 @@ impl HeaderScanner {
                     self.tag_match = 0;
                 }
                 b';' if self.in_angle == 0 => {
-                    // `;tag=`, maybe with blanks after the semicolon.
+                    // `;tag=`, maybe with blanks after the semicolon; a match in progress ends
+                    // here (a new parameter starts).
+                    self.tag_match = 0;
                     let (w, n) = src.word(self.pos);
                     let k = swar::first(swar::non_blanks(w) & swar::low_bytes(swar::HIGHS, n));
                     if k >= 8 {
@@ -535,6 +537,11 @@ mod tests {
             ("To: <sip:+232@example.net;tag=inside>\r\n", false),
             ("Tone: x;tag=1\r\n", false),
             ("From: <sip:a@b>;tag=1\r\nTo: <sip:+232@c>\r\n", false),
+            // Eight blanks or more after `;`, then a `;` inside what was being matched: the
+            // match starts again at the new parameter (found by the header_scanner fuzz target).
+            ("To: <sip:+232@c>;         TA;G=x\r\n", false),
+            ("To: <sip:+232@c>;         TA;tag=x\r\n", true),
+            ("To: <sip:+232@c>;          tag=x\r\n", true),
         ] {
             assert_eq!(scan_headers(&msg(h)).to_tag, tag, "{h:?}");
         }
