@@ -175,6 +175,8 @@ global_counters! {
         "INVITEs dropped by a reject rule and handed to the daemon for a SIP final response";
     RepliesLost = 25, "replies_lost",
         "Rejected INVITEs whose response could not be requested (the reply ring buffer was full)";
+    CustomerCountersFull = 26, "customer_counters_full",
+        "Matched INVITEs of a customer not counted per customer (the customer counter map was full)";
 }
 
 rule_counters! {
@@ -224,9 +226,9 @@ mod tests {
 
     #[test]
     fn global_counter_names_are_unique_and_in_index_order() {
-        assert_eq!(Counter::ALL.len(), 26);
+        assert_eq!(Counter::ALL.len(), 27);
         let names: BTreeSet<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
-        assert_eq!(names.len(), 26);
+        assert_eq!(names.len(), 27);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
@@ -266,6 +268,7 @@ mod tests {
                 "incomplete_action_applied",
                 "rejected",
                 "replies_lost",
+                "customer_counters_full",
             ]
         );
     }

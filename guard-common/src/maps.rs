@@ -34,6 +34,18 @@ pub mod names {
     pub const CUSTOMERS: [&str; 2] = ["SG_CUST_A", "SG_CUST_B"];
     /// Rejected INVITEs (addresses and headers) for the daemon to answer (ring buffer).
     pub const REPLIES: &str = "SG_REPLIES";
+    /// Per customer and rule counters (per-CPU hash keyed by [`customer_rule_key`]).
+    pub const CUSTOMER_STATS: &str = "SG_CUST_STATS";
+}
+
+/// Entries of [`names::CUSTOMER_STATS`]: (customer, rule) pairs that saw traffic. Over it, a new
+/// pair is not counted (`customer_counters_full`); the per-rule counters still are.
+pub const MAX_CUSTOMER_STATS: u32 = 131_072;
+
+/// The key of a (customer, rule) pair in [`names::CUSTOMER_STATS`].
+#[inline(always)]
+pub const fn customer_rule_key(customer: u32, rule: u32) -> u64 {
+    (customer as u64) << 32 | rule as u64
 }
 
 /// Bytes of the reply ring buffer: about 230 rejected INVITEs waiting for their response.

@@ -12,9 +12,10 @@ use aya_ebpf::{
 use guard_common::{
     CONFIG_SELECTOR, CONFIG_SLOTS, CUSTOMER_FLAG_INHERIT, CallSeen, Config, CustomerKeyData,
     CustomerValue, EVENT_RING_BYTES, Endpoint, GlobalCounters, HDR_WINDOW, HeaderScanner,
-    LookupKey, MAX_CALLS, MAX_CUSTOMERS, MAX_RULES, MAX_SOURCES, REPLY_PAYLOAD_BYTES,
-    REPLY_RECORD_LEN, REPLY_RING_BYTES, ReplyHead, RuleCounters, RuleKeyData, RuleValue, Scanner,
-    SourceKey, SourceStats, TokenBucket, WINDOW, customer_key, number::GLOBAL_POLICY,
+    LookupKey, MAX_CALLS, MAX_CUSTOMER_STATS, MAX_CUSTOMERS, MAX_RULES, MAX_SOURCES,
+    REPLY_PAYLOAD_BYTES, REPLY_RECORD_LEN, REPLY_RING_BYTES, ReplyHead, RuleCounters, RuleKeyData,
+    RuleValue, Scanner, SourceKey, SourceStats, TokenBucket, WINDOW, customer_key,
+    customer_rule_key, number::GLOBAL_POLICY,
 };
 
 use crate::layers::Frame;
@@ -42,6 +43,11 @@ static SG_CUST_B: LpmTrie<CustomerKeyData, CustomerValue> =
 #[map(name = "SG_RULE_STATS")]
 static SG_RULE_STATS: PerCpuHashMap<u32, RuleCounters> =
     PerCpuHashMap::with_max_entries(MAX_RULES, BPF_F_NO_PREALLOC);
+
+/// (customer, rule) -> per-CPU counters, created on the pair's first match.
+#[map(name = "SG_CUST_STATS")]
+static SG_CUST_STATS: PerCpuHashMap<u64, RuleCounters> =
+    PerCpuHashMap::with_max_entries(MAX_CUSTOMER_STATS, BPF_F_NO_PREALLOC);
 
 #[map(name = "SG_COUNTERS")]
 static SG_COUNTERS: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -108,6 +114,10 @@ pub struct Scratch {
     /// Where the scanners' byte indices pass through on their way to a bounds check (see
     /// `sip::Window::launder`).
     pub index: u32,
+    /// The source's customer, packed by [`pack_customer`] (0: none), for the stages after the
+    /// lookup. Kept here, not in a register: read back from the map value it is a scalar the
+    /// verifier does not track, so "no customer" and "a customer" do not split its states.
+    pub customer: u64,
 }
 
 // A reply record is the scratch bytes from `src` to the end of `payload`, with no gap.
@@ -163,6 +173,38 @@ pub fn rule_counters(id: u32) -> Option<&'static mut RuleCounters> {
     Some(unsafe { &mut *p })
 }
 
+/// Counts a matched INVITE of the source's customer (the scratch map's `customer`; nothing when
+/// it is none) under rule
+/// `id`, and a call when `new_call` is 1. What the rule did with them follows from its action
+/// and the mode, so only these two are counted (userspace derives drops and rejects). A pair
+/// that cannot be counted (the map is full) is counted as `customer_counters_full`. A BPF
+/// function of its own.
+#[inline(never)]
+pub fn count_customer(g: &mut GlobalCounters, id: u32, new_call: u64) {
+    let customer = scratch().map_or(0, |s| s.customer);
+    if customer >> 63 == 0 {
+        return;
+    }
+    let key = customer_rule_key(customer as u32, id);
+    let p = match SG_CUST_STATS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let _ = SG_CUST_STATS.insert(&key, &RuleCounters::default(), BPF_NOEXIST as u64);
+            match SG_CUST_STATS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    g.bump(guard_common::Counter::CustomerCountersFull);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: this CPU's slot of a per-CPU map value, exclusively ours during this run.
+    let c = unsafe { &mut *p };
+    c.matched += 1;
+    c.calls += new_call & 1;
+}
+
 /// Whether `port` is a configured SIP port.
 #[inline(always)]
 pub fn is_sip_port(port: u16) -> bool {
@@ -208,16 +250,17 @@ pub fn customer(vlan: u32, src: &Endpoint) -> u64 {
     }
 }
 
-/// The rule that decides a number whose global-rules key is `key`, for the source's `customer`
-/// (from [`customer`]; 0 for none): the longest match among the customer's policy's rules and,
+/// The rule that decides a number whose global-rules key is `key`, for the source's customer
+/// (the scratch map's `customer`, from [`customer`]; 0 for none): the longest match among the customer's policy's rules and,
 /// when the policy inherits them (or the customer has no policy), the global rules; on a tie,
 /// the policy's rule. Packed as bit 63 (found), the action in bits 32..40, the id in 0..32; 0
 /// when no rule matches. A BPF function of its own, returning a scalar, like [`customer`].
 #[inline(never)]
-pub fn find_rule(key: &LookupKey, customer: u64) -> u64 {
+pub fn find_rule(key: &LookupKey) -> u64 {
     let Some((_, rules)) = config() else {
         return 0;
     };
+    let customer = scratch().map_or(0, |s| s.customer);
     let mut k = Key::new(key.prefix_len, key.data);
     let global = rules.get(&k);
     let policy = (customer >> 32) as u16;

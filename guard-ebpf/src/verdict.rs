@@ -38,12 +38,9 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         return XDP_PASS;
     };
     let (domain, normalized) = cfg.intl_prefixes.normalize(number);
-    let customer = if cfg.customer_entries != 0 {
-        customer_of(ctx)
-    } else {
-        0
-    };
-    let rule = maps::find_rule(&normalized.key(domain), customer);
+    // Into the scratch map, where the later stages read it (see `maps::Scratch::customer`).
+    customer_of(ctx, cfg.customer_entries);
+    let rule = maps::find_rule(&normalized.key(domain));
     if rule >> 63 == 0 {
         return match maps::scratch() {
             Some(s) if s.incomplete != 0 => incomplete(c, cfg),
@@ -70,6 +67,7 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
         // Unless the customer lookup read them already.
         read_endpoints(ctx, cfg.customer_entries);
         track_source(id, new_call, now);
+        maps::count_customer(c, id, new_call as u64);
         new_call
     };
     let rc = enforce(c, cfg, action, stats);
@@ -125,16 +123,21 @@ fn read_endpoints(ctx: &XdpContext, customer_entries: u32) {
     }
 }
 
-/// The customer of the frame's source (see `maps::customer`), 0 for none; fills in the
-/// scratch map's endpoints. A BPF function of its own, returning a scalar.
+/// Looks up the customer of the frame's source (see `maps::customer`) into the scratch map's
+/// `customer` (0 for none, or when no customers are configured: `customer_entries` is 0); fills
+/// in the scratch map's endpoints when it looks. A BPF function of its own.
 #[inline(never)]
-fn customer_of(ctx: &XdpContext) -> u64 {
+fn customer_of(ctx: &XdpContext, customer_entries: u32) {
     let Some(s) = maps::scratch() else {
-        return 0;
+        return;
     };
+    s.customer = 0;
+    if customer_entries == 0 {
+        return;
+    }
     let frame = s.frame;
     layers::endpoints(ctx, &frame, &mut s.src, &mut s.dst);
-    maps::customer(frame.vlan as u32, &s.src)
+    s.customer = maps::customer(frame.vlan as u32, &s.src);
 }
 
 /// Decides an INVITE whose number could not be read to its end and could be another number

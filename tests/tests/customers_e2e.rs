@@ -176,6 +176,60 @@ fn barring_for_one_customer_an_exception_for_the_other() {
     let b_exc = b.calls.iter().filter(|c| c.uri.contains("+23222")).count() as u64;
     assert_eq!(rule(Some("sl-partner"), "+23222").0, b_exc);
     assert_eq!(stats["global"]["rejected"], a_intl, "{stats}");
+    // Per customer and rule.
+    let per: serde_json::Value =
+        serde_json::from_str(&sg.ok(&["stats", "--customers", "--json"])).unwrap();
+    let rows = per["customers"].as_array().unwrap();
+    let row = |customer: &str, rule: &str| {
+        rows.iter()
+            .filter(|r| r["customer"] == customer && r["rule"] == rule)
+            .fold((0, 0, 0), |acc, r| {
+                (
+                    acc.0 + r["calls"].as_u64().unwrap(),
+                    acc.1 + r["dropped"].as_u64().unwrap(),
+                    acc.2 + r["rejected"].as_u64().unwrap(),
+                )
+            })
+    };
+    assert_eq!(row("a", "intl-barring/+"), (a_intl, 0, a_intl), "{per}");
+    assert_eq!(
+        row("b", "+232"),
+        (b_sl.len() as u64, b_sl_invites, 0),
+        "{per}"
+    );
+    assert_eq!(row("b", "sl-partner/+23222"), (b_exc, 0, 0), "{per}");
+    assert!(
+        rows.iter()
+            .all(|r| r["customer"] == "a" || r["customer"] == "b"),
+        "{per}"
+    );
+    // The same in /metrics, per customer.
+    let body = topo.router.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9960").expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let b_stopped = b
+        .calls
+        .iter()
+        .filter(|c| c.uri.contains("+2327") || c.uri.contains("+881"))
+        .count() as u64;
+    for (customer, stopped) in [("a", a_intl), ("b", b_stopped)] {
+        let line = body
+            .lines()
+            .find(|l| {
+                l.starts_with("sipguard_customer_stopped_calls_total{")
+                    && l.contains(&format!("customer=\"{customer}\""))
+            })
+            .unwrap_or_else(|| panic!("no series for customer {customer}:\n{body}"));
+        let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // Each interface has its own series; a customer's calls arrive on one of them.
+        assert_eq!(v as u64, stopped, "{line}");
+    }
     // The text view names the policy.
     let text = sg.ok(&["stats"]);
     assert!(text.contains("intl-barring/+ "), "{text}");

@@ -1,5 +1,6 @@
-//! `sipguard stats [--json] [--watch SECS] [--top N] [--reset] [--sources [--rule PREFIX]]`:
-//! per-rule and global counters, or the sources that hit the rules.
+//! `sipguard stats [--json] [--watch SECS] [--top N] [--reset] [--sources [--rule PREFIX]]
+//! [--customers]`: per-rule and global counters, the sources that hit the rules, or the calls
+//! per customer and rule.
 
 use std::{fmt::Write as _, io::Write as _, time::Duration};
 
@@ -11,7 +12,7 @@ use super::Ctx;
 use crate::{
     kernel::maps::Maps,
     model::{rules::Prefix, time},
-    report::{Parts, Report, RuleRow, SourceRow},
+    report::{CustomerRow, Parts, Report, RuleRow, SourceRow},
 };
 
 #[derive(Args)]
@@ -33,10 +34,33 @@ pub struct StatsArgs {
     /// With --sources: only this rule's sources.
     #[arg(long, value_name = "PREFIX", requires = "sources")]
     pub rule: Option<Prefix>,
+    /// Show calls, drops and rejects per customer and rule instead.
+    #[arg(long, conflicts_with = "sources")]
+    pub customers: bool,
 }
 
 /// `sipguard stats`.
 pub fn run(ctx: &Ctx, args: StatsArgs) -> Result<()> {
+    if args.customers {
+        let report = Report::read(
+            &ctx.pins,
+            &ctx.state,
+            Parts {
+                customers: true,
+                ..Parts::default()
+            },
+        )?;
+        let mut rows: Vec<CustomerRow> = report
+            .ifaces
+            .iter()
+            .flat_map(|i| i.customers.iter().cloned())
+            .collect();
+        if let Some(n) = args.top {
+            rows.truncate(n);
+        }
+        print!("{}", render_customers(&rows, args.json)?);
+        return Ok(());
+    }
     if args.sources {
         let report = Report::read(
             &ctx.pins,
@@ -127,6 +151,36 @@ pub fn render(report: &Report, top: Option<usize>, json: bool) -> Result<String>
 }
 
 /// `stats --sources`: which PBX or customer dials the blocked destinations.
+/// `stats --customers`: per customer and rule, most stopped calls first.
+pub fn render_customers(rows: &[CustomerRow], json: bool) -> Result<String> {
+    let mut out = String::new();
+    if json {
+        writeln!(out, "{}", json!({ "customers": rows }))?;
+        return Ok(out);
+    }
+    writeln!(
+        out,
+        "{:<20} {:<24} {:<8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "CUSTOMER", "RULE", "ACTION", "CALLS", "MATCHED", "DROPPED", "REJECTED", "WOULD_DROP"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<20} {:<24} {:<8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+            super::truncate(&r.customer, 20),
+            super::truncate(&r.rule, 24),
+            r.action,
+            r.calls,
+            r.matched,
+            r.dropped,
+            r.rejected,
+            r.would_drop
+        )?;
+    }
+    writeln!(out, "{} row(s)", rows.len())?;
+    Ok(out)
+}
+
 pub fn render_sources(rows: &[SourceRow], json: bool) -> Result<String> {
     let mut out = String::new();
     if json {

@@ -46,6 +46,7 @@ pub fn render(
         rules: true,
         counters: true,
         sources: true,
+        customers: true,
     };
     // No pinned interface yet (or any more): the daemon's own gauges only.
     let report = if pins.ifaces().is_empty() {

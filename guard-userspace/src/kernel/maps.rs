@@ -67,12 +67,13 @@ use crate::model::{
 
 /// Maps pinned next to [`PINNED_MAPS`] so calls, sources, queued events and customers survive a
 /// restart (each may be missing in pins made before it existed).
-pub const AUX_PINNED: [&str; 5] = [
+pub const AUX_PINNED: [&str; 6] = [
     names::CALLS,
     names::SOURCES,
     names::EVENTS,
     names::CUSTOMERS[0],
     names::CUSTOMERS[1],
+    names::CUSTOMER_STATS,
 ];
 
 /// Every map userspace works with, by pin name.
@@ -345,6 +346,13 @@ impl Pending {
     }
 }
 
+/// Maps that pins made by older versions may lack.
+struct Later {
+    sources: Option<Map>,
+    customers: Option<[Map; 2]>,
+    customer_stats: Option<Map>,
+}
+
 /// The filter's maps.
 pub struct Maps {
     rules: [Trie; 2],
@@ -364,6 +372,8 @@ pub struct Maps {
     /// The customer tries, double-buffered like the rule tries (absent in pins made before
     /// customers existed).
     customers: Option<[CustomerTrie; 2]>,
+    /// Per (customer, rule) counters (absent in pins made before they existed).
+    customer_stats: Option<PerCpuHashMap<MapData, u64, RuleCounters>>,
 }
 
 impl Maps {
@@ -375,14 +385,18 @@ impl Maps {
         let (config, ports) = (take(names::CONFIG)?, take(names::SIP_PORTS)?);
         let customers = [take(names::CUSTOMERS[0])?, take(names::CUSTOMERS[1])?];
         let sources = ebpf.take_map(names::SOURCES);
+        let customer_stats = ebpf.take_map(names::CUSTOMER_STATS);
         Self::from_maps(
             [a, b],
             stats,
             counters,
             config,
             ports,
-            sources,
-            Some(customers),
+            Later {
+                sources,
+                customers: Some(customers),
+                customer_stats,
+            },
         )
     }
 
@@ -415,7 +429,23 @@ impl Maps {
         } else {
             None
         };
-        Self::from_maps([a, b], stats, counters, config, ports, sources, customers)
+        let customer_stats = dir
+            .join(names::CUSTOMER_STATS)
+            .exists()
+            .then(|| open(names::CUSTOMER_STATS))
+            .transpose()?;
+        Self::from_maps(
+            [a, b],
+            stats,
+            counters,
+            config,
+            ports,
+            Later {
+                sources,
+                customers,
+                customer_stats,
+            },
+        )
     }
 
     fn from_maps(
@@ -424,9 +454,13 @@ impl Maps {
         counters: Map,
         config: Map,
         ports: Map,
-        sources: Option<Map>,
-        customers: Option<[Map; 2]>,
+        later: Later,
     ) -> Result<Self, MapsError> {
+        let Later {
+            sources,
+            customers,
+            customer_stats,
+        } = later;
         let rules = [
             Trie::try_from(a).map_err(map_err(names::RULES[0], "open"))?,
             Trie::try_from(b).map_err(map_err(names::RULES[1], "open"))?,
@@ -460,6 +494,9 @@ impl Maps {
                 ]),
                 None => None,
             },
+            customer_stats: customer_stats
+                .map(|m| PerCpuHashMap::try_from(m).map_err(map_err(names::CUSTOMER_STATS, "open")))
+                .transpose()?,
         })
     }
 
@@ -1337,6 +1374,25 @@ impl Maps {
                 // An LRU entry evicted while we iterate: skip it.
                 Err(e) if not_found(&e) => {}
                 Err(e) => return Err(map_err(names::SOURCES, "iterate")(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per (customer id, rule id): matched packets and calls, summed over the CPUs.
+    pub fn customer_counters(&self) -> Result<BTreeMap<(u32, u32), RuleCounters>, MapsError> {
+        let Some(m) = &self.customer_stats else {
+            return Ok(BTreeMap::new());
+        };
+        let mut out = BTreeMap::new();
+        for kv in m.iter() {
+            match kv {
+                Ok((k, per_cpu)) => {
+                    let sum: RuleCounters = per_cpu.iter().sum();
+                    out.insert(((k >> 32) as u32, k as u32), sum);
+                }
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(names::CUSTOMER_STATS, "iterate")(e)),
             }
         }
         Ok(out)

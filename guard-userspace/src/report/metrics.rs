@@ -17,7 +17,7 @@
 //! Label cardinality is bounded by `top_rules` (one series per exported rule, counter and
 //! interface), not by the rule count: a scrape stays small with a million rules.
 
-use std::time::SystemTime;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use guard_common::{Counter as GlobalCounter, RuleCounter};
 use prometheus_client::{
@@ -34,6 +34,10 @@ pub const TOP_RULES: usize = crate::config::file::DEFAULT_TOP_RULES as usize;
 /// Sources exported per interface (the busiest by calls): bounded label cardinality.
 pub const TOP_SOURCES: usize = 20;
 
+/// Customers with series of their own per interface: the ones whose calls were stopped most, so
+/// that a million customers do not become a million series.
+pub const TOP_CUSTOMERS: usize = 50;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
     iface: String,
@@ -42,6 +46,12 @@ struct RuleLabels {
     policy: String,
     action: String,
     country: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CustomerLabels {
+    iface: String,
+    customer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,6 +141,21 @@ pub fn render(
         "source_packets",
         "INVITE packets per source address and rule (the busiest sources of each interface only)",
     );
+    let cust_calls: Family<CustomerLabels, Counter> = family(
+        &mut reg,
+        "customer_calls",
+        "New calls per customer that matched a rule (the customers with the most stopped calls only)",
+    );
+    let cust_stopped: Family<CustomerLabels, Counter> = family(
+        &mut reg,
+        "customer_stopped_calls",
+        "Calls per customer that a block or reject rule stopped (the top customers only)",
+    );
+    let cust_omitted: Family<IfaceLabels, Gauge> = family(
+        &mut reg,
+        "customers_omitted",
+        "Customers with counters but without series of their own (beyond the top customers)",
+    );
     let rules_loaded: Family<IfaceLabels, Gauge> =
         family(&mut reg, "rules_loaded", "Rules in the live rule set");
     let max_rules: Family<IfaceLabels, Gauge> = family(
@@ -202,6 +227,26 @@ pub fn render(
             };
             src_calls.get_or_create(&l).inc_by(s.stats.calls);
             src_packets.get_or_create(&l).inc_by(s.stats.packets);
+        }
+        // Per customer: summed over its rules; the top customers by stopped calls.
+        let mut per: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for r in &i.customers {
+            let e = per.entry(&r.customer).or_default();
+            e.0 += r.calls;
+            e.1 += r.stopped_calls;
+        }
+        let mut top: Vec<_> = per.into_iter().collect();
+        top.sort_by_key(|(name, (calls, stopped))| (std::cmp::Reverse((*stopped, *calls)), *name));
+        cust_omitted
+            .get_or_create(&il)
+            .set(top.len().saturating_sub(TOP_CUSTOMERS) as i64);
+        for (name, (calls, stopped)) in top.into_iter().take(TOP_CUSTOMERS) {
+            let l = CustomerLabels {
+                iface: i.iface.clone(),
+                customer: name.to_string(),
+            };
+            cust_calls.get_or_create(&l).inc_by(calls);
+            cust_stopped.get_or_create(&l).inc_by(stopped);
         }
     }
     reload_time.set(

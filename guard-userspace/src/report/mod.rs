@@ -53,6 +53,8 @@ pub struct Parts {
     pub counters: bool,
     /// The source addresses per rule.
     pub sources: bool,
+    /// The counters per customer and rule.
+    pub customers: bool,
 }
 
 /// Everything the views show, for every pinned interface.
@@ -89,6 +91,31 @@ pub struct IfaceReport {
     pub global: GlobalCounters,
     /// With [`Parts::sources`]: the sources, most packets first.
     pub sources: Vec<SourceRow>,
+    /// With [`Parts::customers`]: per customer and rule, most stopped calls first.
+    pub customers: Vec<CustomerRow>,
+}
+
+/// What one customer's INVITEs did under one rule. The kernel counts the INVITEs and calls of
+/// each (customer, rule) pair; what the rule did with them follows from its action under the
+/// live mode (a `block` or `reject` rule in `enforce` mode stopped every one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CustomerRow {
+    pub iface: String,
+    pub customer: String,
+    /// The rule as the text views name it (`POLICY/PREFIX` for a policy's rule).
+    pub rule: String,
+    pub action: &'static str,
+    /// INVITE packets (retransmissions included).
+    pub matched: u64,
+    pub calls: u64,
+    /// INVITEs dropped by a `block` rule.
+    pub dropped: u64,
+    /// INVITEs dropped and answered by a `reject` rule.
+    pub rejected: u64,
+    /// INVITEs that a `block`, `reject` or `monitor` rule let pass (monitor action or mode).
+    pub would_drop: u64,
+    /// Calls the rule stopped (`dropped` or `rejected`, counted in calls).
+    pub stopped_calls: u64,
 }
 
 /// One live rule and its counters.
@@ -133,7 +160,7 @@ impl Report {
         } else {
             Default::default()
         };
-        let customers = if parts.rules || parts.counters {
+        let customers = if parts.rules || parts.counters || parts.customers {
             state.customers()
         } else {
             Default::default()
@@ -183,6 +210,7 @@ impl Report {
                 rules: Vec::new(),
                 global: GlobalCounters::default(),
                 sources: Vec::new(),
+                customers: Vec::new(),
             })
             .collect();
         for iface in ifaces {
@@ -199,7 +227,7 @@ impl Report {
             } else {
                 BTreeMap::new()
             };
-            let live = if parts.rules || parts.counters || parts.sources {
+            let live = if parts.rules || parts.counters || parts.sources || parts.customers {
                 maps.rules().map_err(at)?
             } else {
                 BTreeMap::new()
@@ -255,6 +283,54 @@ impl Report {
             } else {
                 Vec::new()
             };
+            let customer_rows = if parts.customers {
+                let by_id: BTreeMap<u32, (&Prefix, u8)> =
+                    live.iter().map(|(p, v)| (v.id, (p, v.action))).collect();
+                let enforce = settings.mode == guard_common::Mode::Enforce;
+                let mut rows: Vec<CustomerRow> = maps
+                    .customer_counters()
+                    .map_err(at)?
+                    .into_iter()
+                    .filter_map(|((cust, rule), c)| {
+                        let (prefix, action) = by_id.get(&rule)?;
+                        let action = Action::from_u8(*action)?;
+                        let label = match policy_name(prefix.policy) {
+                            Some(p) => format!("{p}/{prefix}"),
+                            None => prefix.to_string(),
+                        };
+                        let stops = action.stops() && enforce;
+                        let of = |a: Action| if stops && action == a { c.matched } else { 0 };
+                        Some(CustomerRow {
+                            iface: iface.clone(),
+                            customer: customers
+                                .customer_by_id(cust)
+                                .map_or_else(|| format!("customer {cust}"), |c| c.name.clone()),
+                            rule: label,
+                            action: action.as_str(),
+                            matched: c.matched,
+                            calls: c.calls,
+                            dropped: of(Action::Block),
+                            rejected: of(Action::Reject),
+                            would_drop: if action != Action::Allow && !stops {
+                                c.matched
+                            } else {
+                                0
+                            },
+                            stopped_calls: if stops { c.calls } else { 0 },
+                        })
+                    })
+                    .collect();
+                rows.sort_by(|a, b| {
+                    b.stopped_calls
+                        .cmp(&a.stopped_calls)
+                        .then(b.calls.cmp(&a.calls))
+                        .then(a.customer.cmp(&b.customer))
+                        .then(a.rule.cmp(&b.rule))
+                });
+                rows
+            } else {
+                Vec::new()
+            };
             let link = pins.link_state(&iface);
             let attached = matches!(link, LinkState::Attached { .. } | LinkState::Unknown);
             let note = match (attached, link) {
@@ -278,6 +354,7 @@ impl Report {
                 rules,
                 global: maps.global_counters().map_err(at)?,
                 sources,
+                customers: customer_rows,
                 iface,
             });
         }
@@ -590,6 +667,7 @@ pub(crate) fn sample() -> Report {
                     last_seen_ns: 2,
                 },
             }],
+            customers: Vec::new(),
         }
     };
     Report {
