@@ -755,7 +755,9 @@ pub struct Event {
     pub action: u8,
     /// [`EVENT_DROP`] or [`EVENT_WOULD_DROP`].
     pub verdict: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The source's customer id (0: none).
+    pub customer: u32,
 }
 
 impl Event {

@@ -49,6 +49,12 @@ pub fn emit(c: &mut GlobalCounters, cfg: &Config, number: &Number, d: &Decision,
         ev.domain = d.domain;
         ev.action = d.action;
         ev.verdict = d.verdict;
+        // Bit 63 marks a customer (see `maps::customer`); its id is the low word.
+        ev.customer = if s.customer >> 63 != 0 {
+            s.customer as u32
+        } else {
+            0
+        };
     }
     entry.submit(0);
     c.bump(Counter::EventsSent);

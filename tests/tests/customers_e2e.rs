@@ -230,6 +230,18 @@ fn barring_for_one_customer_an_exception_for_the_other() {
         // Each interface has its own series; a customer's calls arrive on one of them.
         assert_eq!(v as u64, stopped, "{line}");
     }
+    // Events name the customer and the policy's rule.
+    let events = sg.ok(&["events"]);
+    let a_events = events
+        .lines()
+        .filter(|l| l.contains("rule intl-barring/+ (reject)") && l.ends_with("customer a"))
+        .count() as u64;
+    assert_eq!(a_events, a_intl, "{events}");
+    let b_events = events
+        .lines()
+        .filter(|l| l.contains("rule +232 (block)") && l.ends_with("customer b"))
+        .count();
+    assert_eq!(b_events, b_sl.len(), "{events}");
     // The text view names the policy.
     let text = sg.ok(&["stats"]);
     assert!(text.contains("intl-barring/+ "), "{text}");

@@ -531,7 +531,8 @@ fn events_carry_vlan_addresses_and_the_normalised_number() {
     .build();
     assert_eq!(f.test_run(&frame).unwrap(), sipguard::Verdict::Drop);
     let item = ring.next().expect("one event for the new call");
-    let e = sipguard::report::event::decode(&item, "test", &by_id).expect("decodes");
+    let e = sipguard::report::event::decode(&item, "test", &by_id, &Default::default())
+        .expect("decodes");
     drop(item);
     assert_eq!(e.verdict, "drop");
     assert_eq!(e.number, "+23276123456", "normalised: 00 stripped");

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use crate::{
     config::EventOutputs,
     kernel::maps::Maps,
+    model::customers::Customers,
     model::rules::Prefix,
     report::event::{self, EventRecord},
 };
@@ -98,6 +99,7 @@ pub async fn read_ring(
     iface: String,
     pin_dir: PathBuf,
     rules: Arc<Mutex<BTreeMap<u32, Prefix>>>,
+    customers: Arc<Mutex<Customers>>,
     hub: Hub,
 ) {
     // SAFETY: the ring buffer owns its fd and moves into the AsyncFd, which keeps it open.
@@ -127,10 +129,11 @@ pub async fn read_ring(
             {
                 *r = live.into_iter().map(|(p, v)| (v.id, p)).collect();
             }
+            let names = customers.lock().map(|c| c.clone()).unwrap_or_default();
             let rec = rules
                 .lock()
                 .ok()
-                .and_then(|r| event::decode(&item, &iface, &r));
+                .and_then(|r| event::decode(&item, &iface, &r, &names));
             if let Some(rec) = rec {
                 hub.publish(&rec);
             }

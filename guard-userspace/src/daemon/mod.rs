@@ -58,6 +58,7 @@ use crate::{
         sys,
     },
     model::{
+        customers::Customers,
         reply::Status,
         rules::{Prefix, RuleSet},
     },
@@ -249,6 +250,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     opts.state.clear_reload();
     // Events: one ring-buffer reader per interface, fanned out to the outputs and the socket.
     let hub = events::Hub::new(cfg.events.clone());
+    let customer_names = Arc::new(Mutex::new(cfg.customers.clone()));
     for g in guarded.iter_mut() {
         if let Some(ring) = g.filter.take_events() {
             tokio::spawn(events::read_ring(
@@ -256,6 +258,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 g.iface.clone(),
                 opts.pins.iface_dir(&g.iface),
                 g.rule_ids.clone(),
+                customer_names.clone(),
                 hub.clone(),
             ));
         }
@@ -318,6 +321,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         socket,
         events_task,
         metrics: metrics_task,
+        customer_names,
         top_rules,
         status,
         applied_events: cfg.events.clone(),
@@ -481,6 +485,8 @@ struct Daemon {
     socket: PathBuf,
     events_task: JoinHandle<()>,
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The customers and policies of the last commit, for naming them in events.
+    customer_names: Arc<Mutex<Customers>>,
     /// `[metrics] top_rules`, read by each scrape (a reload stores the new value).
     top_rules: Arc<AtomicUsize>,
     status: Arc<Mutex<DaemonStatus>>,
@@ -735,6 +741,9 @@ impl Daemon {
         }
         self.opts.state.save_committed(&rules)?;
         self.opts.state.save_customers(&cfg.customers)?;
+        if let Ok(mut c) = self.customer_names.lock() {
+            *c = cfg.customers.clone();
+        }
         self.overlay = overlay;
         self.overlay_stamp = self.opts.state.overlay_stamp();
         self.committed = rules;

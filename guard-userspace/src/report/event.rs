@@ -7,6 +7,7 @@ use guard_common::{Action, Domain, EVENT_DROP, Event, Number};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
+    customers::Customers,
     rules::Prefix,
     time::{boot_ns_to_system, rfc3339},
 };
@@ -23,9 +24,13 @@ pub struct EventRecord {
     pub vlan: u16,
     /// The normalised number (`+232...`, or a national dial string), at most 30 digits.
     pub number: String,
+    /// The rule as the views name it (`POLICY/PREFIX` for a policy's rule).
     pub rule: String,
     pub rule_id: u32,
     pub action: String,
+    /// The source's customer, if it is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
 }
 
 /// The kernel record in a ring-buffer item, if the item is long enough to hold one.
@@ -37,8 +42,14 @@ pub fn raw(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-/// Decodes a ring-buffer item; `rules` names the rule ids (a rule deleted since is shown by id).
-pub fn decode(bytes: &[u8], iface: &str, rules: &BTreeMap<u32, Prefix>) -> Option<EventRecord> {
+/// Decodes a ring-buffer item; `rules` names the rule ids (a rule deleted since is shown by id),
+/// `customers` the customers and policies.
+pub fn decode(
+    bytes: &[u8],
+    iface: &str,
+    rules: &BTreeMap<u32, Prefix>,
+    customers: &Customers,
+) -> Option<EventRecord> {
     let ev = raw(bytes)?;
     let number = Number {
         hi: ev.number_hi,
@@ -65,21 +76,34 @@ pub fn decode(bytes: &[u8], iface: &str, rules: &BTreeMap<u32, Prefix>) -> Optio
         dst: ev.dst.socket_addr().to_string(),
         vlan: ev.vlan,
         number: number.display(domain).to_string(),
-        rule: rules
-            .get(&ev.rule_id)
-            .map_or_else(|| format!("id {}", ev.rule_id), |p| p.to_string()),
+        rule: rules.get(&ev.rule_id).map_or_else(
+            || format!("id {}", ev.rule_id),
+            |p| match customers.policy_by_id(p.policy) {
+                Some(policy) if p.policy != 0 => format!("{}/{p}", policy.name),
+                _ => p.to_string(),
+            },
+        ),
         rule_id: ev.rule_id,
         action: Action::from_u8(ev.action)
             .map_or("?", Action::as_str)
             .to_string(),
+        customer: (ev.customer != 0).then(|| {
+            customers
+                .customer_by_id(ev.customer)
+                .map_or_else(|| format!("customer {}", ev.customer), |c| c.name.clone())
+        }),
     })
 }
 
 impl EventRecord {
     /// The one-line form `sipguard events` prints without `--json`.
     pub fn line(&self) -> String {
+        let customer = self
+            .customer
+            .as_ref()
+            .map_or_else(String::new, |c| format!(" customer {c}"));
         format!(
-            "{} {:<10} {} -> {} {} rule {} ({}) vlan {} iface {}",
+            "{} {:<10} {} -> {} {} rule {} ({}) vlan {} iface {}{customer}",
             self.time,
             self.verdict,
             self.src,
@@ -130,7 +154,7 @@ mod tests {
     fn an_event_decodes_with_its_rule_addresses_and_number() {
         let rules = BTreeMap::from([(7, "+232".parse::<Prefix>().unwrap())]);
         let ev = event(Domain::International, "23276123456", EVENT_DROP);
-        let r = decode(&bytes(&ev), "eth1", &rules).unwrap();
+        let r = decode(&bytes(&ev), "eth1", &rules, &Customers::default()).unwrap();
         assert_eq!(r.verdict, "drop");
         assert_eq!(r.src, "203.0.113.7:5060");
         assert_eq!(r.dst, "[2001:db8::1]:5080");
@@ -152,7 +176,7 @@ mod tests {
     #[test]
     fn a_national_would_drop_event_of_a_deleted_rule_names_its_id() {
         let ev = event(Domain::National, "0990123", EVENT_WOULD_DROP);
-        let r = decode(&bytes(&ev), "eth1", &BTreeMap::new()).unwrap();
+        let r = decode(&bytes(&ev), "eth1", &BTreeMap::new(), &Customers::default()).unwrap();
         assert_eq!(r.verdict, "would_drop");
         assert_eq!(r.number, "0990123");
         assert_eq!(r.rule, "id 7");
@@ -162,6 +186,14 @@ mod tests {
     fn a_short_item_is_not_an_event() {
         let ev = event(Domain::International, "1", EVENT_DROP);
         let b = bytes(&ev);
-        assert!(decode(&b[..b.len() - 1], "eth1", &BTreeMap::new()).is_none());
+        assert!(
+            decode(
+                &b[..b.len() - 1],
+                "eth1",
+                &BTreeMap::new(),
+                &Customers::default()
+            )
+            .is_none()
+        );
     }
 }
