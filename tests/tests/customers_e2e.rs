@@ -242,6 +242,24 @@ fn barring_for_one_customer_an_exception_for_the_other() {
         .filter(|l| l.contains("rule +232 (block)") && l.ends_with("customer b"))
         .count();
     assert_eq!(b_events, b_sl.len(), "{events}");
+    // What the last commit loaded, and the live entries.
+    let list = sg.ok(&["customers", "list"]);
+    assert!(
+        list.lines().any(|l| l.starts_with("a ")
+            && l.contains("intl-barring")
+            && l.contains("192.0.2.0/24 2001:db8:1::/64")),
+        "{list}"
+    );
+    assert!(list.contains("2 customer(s), 3 live entries"), "{list}");
+    let policies: serde_json::Value =
+        serde_json::from_str(&sg.ok(&["policies", "list", "--json"])).unwrap();
+    assert_eq!(
+        policies["policies"],
+        serde_json::json!([
+            {"name": "intl-barring", "inherit": false, "rules": 1, "customers": 1, "comment": null},
+            {"name": "sl-partner", "inherit": true, "rules": 1, "customers": 1, "comment": null},
+        ])
+    );
     // The text view names the policy.
     let text = sg.ok(&["stats"]);
     assert!(text.contains("intl-barring/+ "), "{text}");

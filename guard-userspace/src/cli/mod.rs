@@ -4,6 +4,7 @@
 //! so every table and JSON form is tested without root.
 
 pub mod classify;
+pub mod customers;
 pub mod default_config;
 pub mod detach;
 pub mod events;
@@ -59,6 +60,16 @@ pub enum Verb {
     Rules {
         #[command(subcommand)]
         verb: rules::RulesVerb,
+    },
+    /// The customers of the last commit (from the config's [[customer]] tables).
+    Customers {
+        #[command(subcommand)]
+        verb: customers::CustomersVerb,
+    },
+    /// The policies of the last commit (from the config's [[policy]] tables).
+    Policies {
+        #[command(subcommand)]
+        verb: customers::PoliciesVerb,
     },
     /// Per-rule and global counters, sorted by drops.
     Stats(stats::StatsArgs),
@@ -148,6 +159,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.verb {
         Verb::Run(args) => run::run(ctx, args),
         Verb::Rules { verb } => rules::run(&ctx, verb),
+        Verb::Customers { verb } => customers::customers(&ctx, verb),
+        Verb::Policies { verb } => customers::policies(&ctx, verb),
         Verb::Stats(args) => stats::run(&ctx, args),
         Verb::Status { json } => status::run(&ctx, json),
         Verb::Events { follow, json } => events::run(&ctx, follow, json),
