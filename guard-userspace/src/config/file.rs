@@ -1112,6 +1112,30 @@ mod tests {
     }
 
     #[test]
+    fn the_default_configs_customer_example_works_uncommented() {
+        let (head, example) = EMBEDDED
+            .split_once("# [[policy]]")
+            .expect("the default config has a commented customer example");
+        let uncommented: String = std::iter::once("[[policy]]")
+            .chain(example.lines())
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .map(|l| if l == "#" { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = p(&format!("{head}{uncommented}\n")).unwrap();
+        assert_eq!(c.customers.customers.len(), 1);
+        assert_eq!(c.customers.policies[0].name, "intl-barring");
+        assert!(!c.customers.policies[0].inherit);
+        assert!(
+            c.rules
+                .iter()
+                .any(|(p, r)| p.policy == 1 && r.action == Action::Reject)
+        );
+        // As shipped, it is only a comment.
+        assert!(p(EMBEDDED).unwrap().customers.is_empty());
+    }
+
+    #[test]
     fn reject_statuses_are_checked_where_they_stand() {
         let cases: &[(&str, &str)] = &[
             (
