@@ -66,6 +66,10 @@ pub const DEFAULT_TOP_RULES: u32 = 500;
 /// Most `[metrics] top_rules`: 100,000 rules of 13 series each are about 30 MB a scrape.
 pub const MAX_TOP_RULES: u32 = 100_000;
 
+/// Default `[metrics] top_customers`: series of their own for the 50 customers with the most
+/// stopped calls per interface.
+pub const DEFAULT_TOP_CUSTOMERS: u32 = 50;
+
 /// Default `[metrics] listen` address: loopback only, unless the operator says otherwise.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9960";
 
@@ -200,6 +204,8 @@ pub struct ConfigFile {
     /// `[metrics] top_rules`: per-rule series are exported for this many of each interface's
     /// busiest rules (0: only the totals over all rules).
     pub top_rules: u32,
+    /// `[metrics] top_customers`: customers with series of their own per interface.
+    pub top_customers: u32,
     /// `[[policy]]` and `[[customer]]` (the policies' rules are in `rules`, under their ids).
     pub customers: Customers,
     /// Warnings that do not stop the config (a customer with no sources).
@@ -297,6 +303,7 @@ struct RawMetrics {
     #[serde(default)]
     listen: MetricsListen,
     top_rules: Option<Bounded<TopRules>>,
+    top_customers: Option<Bounded<TopCustomers>>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +365,13 @@ impl Limits for MaxRules {
 enum TopRules {}
 impl Limits for TopRules {
     const FIELD: &'static str = "top_rules";
+    const MIN: u32 = 0;
+    const MAX: u32 = MAX_TOP_RULES;
+}
+
+enum TopCustomers {}
+impl Limits for TopCustomers {
+    const FIELD: &'static str = "top_customers";
     const MIN: u32 = 0;
     const MAX: u32 = MAX_TOP_RULES;
 }
@@ -763,6 +777,10 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         events: raw.events,
         metrics: raw.metrics.listen.0,
         top_rules: raw.metrics.top_rules.map_or(DEFAULT_TOP_RULES, |n| n.0),
+        top_customers: raw
+            .metrics
+            .top_customers
+            .map_or(DEFAULT_TOP_CUSTOMERS, |n| n.0),
         customers,
         warnings,
         reject,

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::{
     config::state::StateDir,
     kernel::pins::PinRoot,
-    report::{self, DaemonStatus, Parts, Report},
+    report::{self, DaemonStatus, Parts, Report, metrics::Tops},
 };
 
 /// Reads the report and renders it, with per-rule series for the `top_rules` busiest rules of
@@ -40,7 +40,7 @@ pub fn render(
     pins: &PinRoot,
     state: &StateDir,
     status: &DaemonStatus,
-    top_rules: usize,
+    tops: Tops,
 ) -> Result<String> {
     let parts = Parts {
         rules: true,
@@ -54,7 +54,7 @@ pub fn render(
     } else {
         Report::read(pins, state, parts)?
     };
-    report::metrics::render(&report, status, top_rules).context("encoding the metrics")
+    report::metrics::render(&report, status, tops).context("encoding the metrics")
 }
 
 /// Binds the metrics listener (at start, so a busy port is a clear error, not a silent gap).
@@ -164,6 +164,30 @@ impl Default for Limits {
     }
 }
 
+/// `[metrics] top_rules` and `top_customers`, shared with the daemon, which stores reloaded
+/// values; each scrape reads them.
+#[derive(Debug, Default)]
+pub struct SharedTops {
+    pub rules: AtomicUsize,
+    pub customers: AtomicUsize,
+}
+
+impl SharedTops {
+    pub fn new(tops: Tops) -> Self {
+        Self {
+            rules: AtomicUsize::new(tops.rules),
+            customers: AtomicUsize::new(tops.customers),
+        }
+    }
+
+    pub fn load(&self) -> Tops {
+        Tops {
+            rules: self.rules.load(Ordering::Relaxed),
+            customers: self.customers.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Serves `GET /metrics` until the daemon stops, within the default [`Limits`], with per-rule
 /// series for the `top_rules` busiest rules of each interface (`[metrics] top_rules`; the
 /// daemon stores a reloaded value there, and the next scrape uses it).
@@ -172,11 +196,11 @@ pub async fn serve(
     pins: PinRoot,
     state: StateDir,
     status: Arc<Mutex<DaemonStatus>>,
-    top_rules: Arc<AtomicUsize>,
+    tops: Arc<SharedTops>,
 ) {
     serve_with(listener, Limits::default(), move || {
         let st = status.lock().map(|s| s.clone()).unwrap_or_default();
-        render(&pins, &state, &st, top_rules.load(Ordering::Relaxed))
+        render(&pins, &state, &st, tops.load())
     })
     .await
 }

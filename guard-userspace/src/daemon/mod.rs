@@ -31,10 +31,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -63,6 +60,7 @@ use crate::{
         rules::{Prefix, RuleSet},
     },
     report::DaemonStatus,
+    report::metrics::Tops,
 };
 
 /// `--xdp-mode`.
@@ -284,11 +282,14 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         last_reload: None,
         last_reload_ok: true,
     }));
-    let top_rules = Arc::new(AtomicUsize::new(cfg.top_rules as usize));
+    let tops = Arc::new(metrics::SharedTops::new(Tops {
+        rules: cfg.top_rules as usize,
+        customers: cfg.top_customers as usize,
+    }));
     let metrics_task = match cfg.metrics {
         Some(addr) => {
             let listener = metrics::bind(addr).await?;
-            Some((addr, spawn_metrics(listener, &opts, &status, &top_rules)))
+            Some((addr, spawn_metrics(listener, &opts, &status, &tops)))
         }
         None => None,
     };
@@ -322,7 +323,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         events_task,
         metrics: metrics_task,
         customer_names,
-        top_rules,
+        tops,
         status,
         applied_events: cfg.events.clone(),
         applied_debug_log: cfg.settings.kernel_debug_log,
@@ -416,14 +417,14 @@ fn spawn_metrics(
     listener: tokio::net::TcpListener,
     opts: &RunOptions,
     status: &Arc<Mutex<DaemonStatus>>,
-    top_rules: &Arc<AtomicUsize>,
+    tops: &Arc<metrics::SharedTops>,
 ) -> JoinHandle<()> {
     tokio::spawn(metrics::serve(
         listener,
         opts.pins.clone(),
         opts.state.clone(),
         status.clone(),
-        top_rules.clone(),
+        tops.clone(),
     ))
 }
 
@@ -487,8 +488,9 @@ struct Daemon {
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The customers and policies of the last commit, for naming them in events.
     customer_names: Arc<Mutex<Customers>>,
-    /// `[metrics] top_rules`, read by each scrape (a reload stores the new value).
-    top_rules: Arc<AtomicUsize>,
+    /// `[metrics] top_rules` and `top_customers`, read by each scrape (a reload stores the new
+    /// values).
+    tops: Arc<metrics::SharedTops>,
     status: Arc<Mutex<DaemonStatus>>,
     applied_events: EventOutputs,
     applied_debug_log: bool,
@@ -763,8 +765,15 @@ impl Daemon {
             );
             self.applied_events = cfg.events.clone();
         }
+        let top_customers = cfg.top_customers as usize;
+        if self.tops.customers.swap(top_customers, Ordering::Relaxed) != top_customers {
+            info!(
+                top_customers,
+                "metrics: series for the {top_customers} customers with the most stopped calls ([metrics] top_customers changed)"
+            );
+        }
         let top_rules = cfg.top_rules as usize;
-        if self.top_rules.swap(top_rules, Ordering::Relaxed) != top_rules {
+        if self.tops.rules.swap(top_rules, Ordering::Relaxed) != top_rules {
             info!(
                 top_rules,
                 "metrics: per-rule series for the {top_rules} busiest rules ([metrics] top_rules changed)"
@@ -820,10 +829,7 @@ impl Daemon {
         };
         match bound {
             Ok(l) => {
-                self.metrics = Some((
-                    addr,
-                    spawn_metrics(l, &self.opts, &self.status, &self.top_rules),
-                ));
+                self.metrics = Some((addr, spawn_metrics(l, &self.opts, &self.status, &self.tops)));
                 info!(listen = %addr, "metrics endpoint moved ([metrics] listen changed)");
             }
             Err(e) => {
@@ -833,10 +839,8 @@ impl Daemon {
                 if let Some(old) = current
                     && let Ok(l) = metrics::bind(old).await
                 {
-                    self.metrics = Some((
-                        old,
-                        spawn_metrics(l, &self.opts, &self.status, &self.top_rules),
-                    ));
+                    self.metrics =
+                        Some((old, spawn_metrics(l, &self.opts, &self.status, &self.tops)));
                     warn!(listen = %old, "metrics endpoint kept on the previous address");
                 }
             }

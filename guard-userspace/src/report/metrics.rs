@@ -36,7 +36,24 @@ pub const TOP_SOURCES: usize = 20;
 
 /// Customers with series of their own per interface: the ones whose calls were stopped most, so
 /// that a million customers do not become a million series.
-pub const TOP_CUSTOMERS: usize = 50;
+pub const TOP_CUSTOMERS: usize = crate::config::file::DEFAULT_TOP_CUSTOMERS as usize;
+
+/// How many rules and customers get series of their own per interface (`[metrics] top_rules`,
+/// `top_customers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tops {
+    pub rules: usize,
+    pub customers: usize,
+}
+
+impl Default for Tops {
+    fn default() -> Self {
+        Self {
+            rules: TOP_RULES,
+            customers: TOP_CUSTOMERS,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RuleLabels {
@@ -108,7 +125,7 @@ pub fn busiest_rules(rules: &[RuleRow], top: usize) -> Vec<&RuleRow> {
 pub fn render(
     report: &Report,
     status: &DaemonStatus,
-    top_rules: usize,
+    tops: Tops,
 ) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("sipguard");
     let per_rule: Vec<(RuleCounter, Family<RuleLabels, Counter>)> = RuleCounter::ALL
@@ -197,7 +214,7 @@ pub fn render(
         for (c, f) in &rule_sums {
             f.get_or_create(&il).inc_by(sums.get(*c));
         }
-        let top = busiest_rules(&i.rules, top_rules);
+        let top = busiest_rules(&i.rules, tops.rules);
         omitted
             .get_or_create(&il)
             .set((i.rules.len() - top.len()) as i64);
@@ -239,8 +256,8 @@ pub fn render(
         top.sort_by_key(|(name, (calls, stopped))| (std::cmp::Reverse((*stopped, *calls)), *name));
         cust_omitted
             .get_or_create(&il)
-            .set(top.len().saturating_sub(TOP_CUSTOMERS) as i64);
-        for (name, (calls, stopped)) in top.into_iter().take(TOP_CUSTOMERS) {
+            .set(top.len().saturating_sub(tops.customers) as i64);
+        for (name, (calls, stopped)) in top.into_iter().take(tops.customers) {
             let l = CustomerLabels {
                 iface: i.iface.clone(),
                 customer: name.to_string(),
@@ -286,7 +303,7 @@ mod tests {
     #[test]
     fn metrics_equal_stats() {
         let report = sample();
-        let text = render(&report, &DaemonStatus::default(), TOP_RULES).unwrap();
+        let text = render(&report, &DaemonStatus::default(), Tops::default()).unwrap();
         let scrape = parse(&text);
         let json = report.stats_json(None);
         let rules = json["rules"].as_array().unwrap();
@@ -362,7 +379,7 @@ mod tests {
             ),
             last_reload_ok: false,
         };
-        let scrape = parse(&render(&report, &status, TOP_RULES).unwrap());
+        let scrape = parse(&render(&report, &status, Tops::default()).unwrap());
         let calls: Vec<&Sample> = scrape
             .samples
             .iter()
@@ -419,7 +436,7 @@ mod tests {
     fn only_the_busiest_rules_have_series_and_the_sums_cover_every_rule() {
         let n = 262_144;
         let report = many_rules(n);
-        let text = render(&report, &DaemonStatus::default(), TOP_RULES).unwrap();
+        let text = render(&report, &DaemonStatus::default(), Tops::default()).unwrap();
         assert!(
             text.len() < 512 * 1024,
             "{} bytes for {n} rules",
@@ -458,10 +475,30 @@ mod tests {
         assert_eq!(one("sipguard_rules_loaded"), f64::from(n));
 
         // A larger cap exports every rule; 0 exports none (the sums stay).
-        let all = parse(&render(&many_rules(700), &DaemonStatus::default(), 1000).unwrap());
+        let all = parse(
+            &render(
+                &many_rules(700),
+                &DaemonStatus::default(),
+                Tops {
+                    rules: 1000,
+                    ..Tops::default()
+                },
+            )
+            .unwrap(),
+        );
         let count = |s: &Scrape, m: &str| s.samples.iter().filter(|x| x.metric == m).count();
         assert_eq!(count(&all, "sipguard_rule_matched_total"), 700);
-        let none = parse(&render(&many_rules(700), &DaemonStatus::default(), 0).unwrap());
+        let none = parse(
+            &render(
+                &many_rules(700),
+                &DaemonStatus::default(),
+                Tops {
+                    rules: 0,
+                    ..Tops::default()
+                },
+            )
+            .unwrap(),
+        );
         assert_eq!(count(&none, "sipguard_rule_matched_total"), 0);
         assert_eq!(count(&none, "sipguard_rules_matched_total"), 1);
     }

@@ -675,7 +675,10 @@ fn scrape_child(root: &str, state: &str, top: &str) -> ExitCode {
         &pins,
         &state,
         &sipguard::report::DaemonStatus::default(),
-        top,
+        sipguard::report::metrics::Tops {
+            rules: top,
+            ..Default::default()
+        },
     ) {
         Ok(body) => {
             println!("{} {}", body.len(), t.elapsed().as_secs_f64());
