@@ -3,12 +3,14 @@
 //! Builds a PBX / router / carrier topology in network namespaces, starts `sipguard run` on the
 //! router with the shipped default rules, has a "hacked PBX" (sipp) place a mix of domestic,
 //! international and toll-fraud calls at 50 calls/s for 10 s through it to a carrier (sipp),
-//! prints what happened per destination and sipguard's own stats, and tears everything down,
-//! also on Ctrl-C or failure (every piece is removed by its Drop).
+//! prints what happened per destination and sipguard's own stats. Then a second customer, an
+//! office behind another router port whose policy bars international calls with a 403 (the
+//! example of `sipguard default-config`), calls too, and a short table per customer shows who
+//! got what. Everything is torn down, also on Ctrl-C or failure (every piece is removed by its
+//! Drop).
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     process::ExitCode,
     sync::{
         Arc,
@@ -21,7 +23,7 @@ use sipguard_tests::{
     harness::Instance,
     mix::{ADD_EXCEPTION, MIX, uris},
     sipp::{UacSpec, Uas, run_uac, uas_calls},
-    topology::{CARRIER4, PBX4, Topology},
+    topology::{CARRIER4, PBX2_4, PBX4, Topology},
 };
 
 const CALLS: u32 = 500;
@@ -69,6 +71,19 @@ enum Outcome {
     Interrupted,
 }
 
+/// The shipped default config with its commented example customer and policy uncommented.
+fn with_example_customer(defaults: &str) -> String {
+    let Some((head, example)) = defaults.split_once("# [[policy]]") else {
+        return defaults.to_string();
+    };
+    let body: Vec<&str> = example
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| if l == "#" { "" } else { l })
+        .collect();
+    format!("{head}[[policy]]{}\n", body.join("\n"))
+}
+
 fn step(msg: &str) {
     println!("==> {msg}");
 }
@@ -85,18 +100,19 @@ fn demo(interrupted: &AtomicBool) -> Outcome {
         return Outcome::Interrupted;
     }
 
-    let etc = Path::new("/etc/sipguard/sipguard.toml");
+    let office = topo.second_pbx("demo");
     step(&format!(
-        "starting `sipguard run --iface {}` (native XDP) with the shipped default rules",
-        topo.guarded_if
+        "starting `sipguard run --iface {} --iface {}` (native XDP) with the shipped default rules and their example customer uncommented (an office at 198.51.100.0/24 with international call barring by 403)",
+        topo.guarded_if, office.guarded_if
     ));
-    if etc.exists() {
-        // Keep the demo about the shipped defaults even on a machine with its own config.
-        let cfg = sg.write("defaults.toml", &sg.ok(&["default-config"]));
-        sg.start_with(&topo.router, &[&topo.guarded_if], Some(&cfg), &[]);
-    } else {
-        sg.start_with(&topo.router, &[&topo.guarded_if], None, &[]);
-    }
+    let defaults = sg.ok(&["default-config"]);
+    let cfg = sg.write("demo.toml", &with_example_customer(&defaults));
+    sg.start_with(
+        &topo.router,
+        &[&topo.guarded_if, &office.guarded_if],
+        Some(&cfg),
+        &[],
+    );
     sg.ok(&ADD_EXCEPTION);
     println!("    blocks +232 +870 +881 +882 +883 +979, monitors every other international call;");
     println!("    runtime exception added: `sipguard rules add +23222 --action allow`");
@@ -204,6 +220,89 @@ fn demo(interrupted: &AtomicBool) -> Outcome {
     println!();
     step("sipguard stats --top 8");
     println!("{}", sg.ok(&["stats", "--top", "8"]));
+    if interrupted.load(Ordering::SeqCst) {
+        return Outcome::Interrupted;
+    }
+
+    step("the office (customer `example-office`, policy `intl-barring`) calls too");
+    let uas = Uas::start(&topo.carrier, CARRIER4, &dir, "office");
+    let office_uris: Vec<String> = [
+        "0312345678",
+        "+442079460000",
+        "+23276123456",
+        "+81312345678",
+    ]
+    .iter()
+    .flat_map(|n| std::iter::repeat_n(format!("sip:{n}@{CARRIER4}:5060"), 3))
+    .collect();
+    let office_run = run_uac(&UacSpec {
+        ns: &office.pbx,
+        local_ip: PBX2_4,
+        remote: format!("{CARRIER4}:5060"),
+        uris: &office_uris,
+        calls: office_uris.len() as u32,
+        rate: 10,
+        dir: &dir,
+        tag: "office",
+    });
+    let at_carrier_office = uas_calls(&uas.finish());
+    println!();
+    println!(
+        "{:<16} {:<16} {:>6} {:>10} {:>14} {:>17} {:>11}",
+        "CUSTOMER",
+        "POLICY",
+        "CALLS",
+        "COMPLETED",
+        "REFUSED (403)",
+        "DROPPED SILENTLY",
+        "AT CARRIER"
+    );
+    let summary = |name: &str,
+                   policy: &str,
+                   calls: &[sipguard_tests::sipp::Call],
+                   carrier: &BTreeMap<String, (String, Vec<String>)>| {
+        let completed = calls.iter().filter(|c| c.completed).count();
+        let refused = calls.iter().filter(|c| c.refused == Some(403)).count();
+        let silent = calls
+            .iter()
+            .filter(|c| !c.answered && c.refused.is_none())
+            .count();
+        // An INVITE at the carrier (a refused call's ACK goes there too, its INVITE never).
+        let reached = calls
+            .iter()
+            .filter(|c| {
+                carrier
+                    .get(&c.call_id)
+                    .is_some_and(|(_, m)| m.iter().any(|m| m == "INVITE"))
+            })
+            .count();
+        println!(
+            "{name:<16} {policy:<16} {:>6} {completed:>10} {refused:>14} {silent:>17} {reached:>11}",
+            calls.len()
+        );
+        (completed, refused, silent)
+    };
+    summary("(no customer)", "global rules", &run.calls, &at_carrier);
+    let (_, refused, _) = summary(
+        "example-office",
+        "intl-barring",
+        &office_run.calls,
+        &at_carrier_office,
+    );
+    let office_intl = office_run
+        .calls
+        .iter()
+        .filter(|c| c.uri.contains('+'))
+        .count();
+    if refused != office_intl {
+        wrong += 1;
+    }
+    println!(
+        "(the office's international calls get 403 at once and are never retransmitted; its domestic calls complete)"
+    );
+    println!();
+    step("sipguard stats --customers");
+    println!("{}", sg.ok(&["stats", "--customers"]));
     step(&format!(
         "tearing down (namespaces, veths, pins, processes); the demo took {:.0} s",
         t0.elapsed().as_secs_f64()
