@@ -1097,6 +1097,20 @@ fn customers(
     Ok(out)
 }
 
+/// The built-in default config with its commented example customer and policy uncommented
+/// (the demo runs it; a test checks it).
+pub fn with_example_customer() -> String {
+    let Some((head, example)) = EMBEDDED.split_once("# [[policy]]") else {
+        return EMBEDDED.to_string();
+    };
+    let body: Vec<&str> = example
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| if l == "#" { "" } else { l })
+        .collect();
+    format!("{head}[[policy]]{}\n", body.join("\n"))
+}
+
 /// Byte offsets where lines start, for turning spans into line numbers in O(log n).
 struct LineIndex(Vec<usize>);
 
@@ -1131,16 +1145,11 @@ mod tests {
 
     #[test]
     fn the_default_configs_customer_example_works_uncommented() {
-        let (head, example) = EMBEDDED
-            .split_once("# [[policy]]")
-            .expect("the default config has a commented customer example");
-        let uncommented: String = std::iter::once("[[policy]]")
-            .chain(example.lines())
-            .map(|l| l.strip_prefix("# ").unwrap_or(l))
-            .map(|l| if l == "#" { "" } else { l })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let c = p(&format!("{head}{uncommented}\n")).unwrap();
+        assert!(
+            EMBEDDED.contains("# [[policy]]"),
+            "the commented example is there"
+        );
+        let c = p(&with_example_customer()).unwrap();
         assert_eq!(c.customers.customers.len(), 1);
         assert_eq!(c.customers.policies[0].name, "intl-barring");
         assert!(!c.customers.policies[0].inherit);

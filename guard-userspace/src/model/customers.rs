@@ -10,6 +10,8 @@
 //! CIDR; frames from no customer get the global rules.
 
 use ipnet::IpNet;
+
+use super::rules::Prefix;
 use serde::{Deserialize, Serialize};
 
 /// A `[[policy]]`: its rules are in the rule set under `id`.
@@ -68,6 +70,23 @@ impl Customers {
 
     pub fn policy_by_id(&self, id: u16) -> Option<&Policy> {
         self.policies.iter().find(|p| p.id == id)
+    }
+
+    /// The name of policy `id` (`None` for the global rules; `policy N` for an id no longer
+    /// configured).
+    pub fn policy_name(&self, id: u16) -> Option<String> {
+        (id != 0).then(|| {
+            self.policy_by_id(id)
+                .map_or_else(|| format!("policy {id}"), |p| p.name.clone())
+        })
+    }
+
+    /// A rule as every view names it: `+232`, or `intl-barring/+` for a policy's rule.
+    pub fn rule_label(&self, prefix: &Prefix) -> String {
+        match self.policy_name(prefix.policy) {
+            Some(p) => format!("{p}/{prefix}"),
+            None => prefix.to_string(),
+        }
     }
 
     pub fn customer_by_id(&self, id: u32) -> Option<&Customer> {

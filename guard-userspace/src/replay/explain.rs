@@ -94,14 +94,9 @@ pub fn explain(cfg: &ConfigFile, src: IpAddr, vlan: u16, uri: &str) -> Result<Ex
         .find(|(id, c)| before.get(id).map_or(0, |b| b.matched) < c.matched)
         .map(|(id, _)| *id);
     let rules = filter.maps.rules()?;
-    let policy_name = |id: u16| {
-        cfg.customers
-            .policy_by_id(id)
-            .map_or_else(|| format!("policy {id}"), |p| p.name.clone())
-    };
     let rule = moved.and_then(|id| {
         let (prefix, v) = rules.iter().find(|(_, v)| v.id == id)?;
-        let policy = (prefix.policy != 0).then(|| policy_name(prefix.policy));
+        let policy = cfg.customers.policy_name(prefix.policy);
         Some((policy, prefix.clone(), Action::from_u8(v.action)?))
     });
     let response = rule.as_ref().and_then(|(_, prefix, action)| {
@@ -114,11 +109,9 @@ pub fn explain(cfg: &ConfigFile, src: IpAddr, vlan: u16, uri: &str) -> Result<Ex
     });
     let found = filter.maps.customer_for(vlan, src)?;
     let customer = found.and_then(|v| cfg.customers.customer_by_id(v.id));
-    let policy = found.filter(|v| v.policy != 0).map(|v| {
-        (
-            policy_name(v.policy),
-            v.flags & guard_common::CUSTOMER_FLAG_INHERIT != 0,
-        )
+    let policy = found.and_then(|v| {
+        let name = cfg.customers.policy_name(v.policy)?;
+        Some((name, v.flags & guard_common::CUSTOMER_FLAG_INHERIT != 0))
     });
     let line = format!("INVITE {uri} SIP/2.0\r\n");
     let number = match parse_payload(line.as_bytes()) {

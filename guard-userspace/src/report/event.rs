@@ -76,13 +76,9 @@ pub fn decode(
         dst: ev.dst.socket_addr().to_string(),
         vlan: ev.vlan,
         number: number.display(domain).to_string(),
-        rule: rules.get(&ev.rule_id).map_or_else(
-            || format!("id {}", ev.rule_id),
-            |p| match customers.policy_by_id(p.policy) {
-                Some(policy) if p.policy != 0 => format!("{}/{p}", policy.name),
-                _ => p.to_string(),
-            },
-        ),
+        rule: rules
+            .get(&ev.rule_id)
+            .map_or_else(|| format!("id {}", ev.rule_id), |p| customers.rule_label(p)),
         rule_id: ev.rule_id,
         action: Action::from_u8(ev.action)
             .map_or("?", Action::as_str)

@@ -165,13 +165,7 @@ impl Report {
         } else {
             Default::default()
         };
-        let policy_name = |id: u16| -> Option<String> {
-            (id != 0).then(|| {
-                customers
-                    .policy_by_id(id)
-                    .map_or_else(|| format!("policy {id}"), |p| p.name.clone())
-            })
-        };
+        let policy_name = |id: u16| customers.policy_name(id);
         let modes = state.iface_modes();
         let mut out = Report {
             pin_root: pins.root.clone(),
@@ -294,10 +288,7 @@ impl Report {
                     .filter_map(|((cust, rule), c)| {
                         let (prefix, action) = by_id.get(&rule)?;
                         let action = Action::from_u8(*action)?;
-                        let label = match policy_name(prefix.policy) {
-                            Some(p) => format!("{p}/{prefix}"),
-                            None => prefix.to_string(),
-                        };
+                        let label = customers.rule_label(prefix);
                         let stops = action.stops() && enforce;
                         let of = |a: Action| if stops && action == a { c.matched } else { 0 };
                         Some(CustomerRow {

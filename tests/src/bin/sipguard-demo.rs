@@ -71,19 +71,6 @@ enum Outcome {
     Interrupted,
 }
 
-/// The shipped default config with its commented example customer and policy uncommented.
-fn with_example_customer(defaults: &str) -> String {
-    let Some((head, example)) = defaults.split_once("# [[policy]]") else {
-        return defaults.to_string();
-    };
-    let body: Vec<&str> = example
-        .lines()
-        .map(|l| l.strip_prefix("# ").unwrap_or(l))
-        .map(|l| if l == "#" { "" } else { l })
-        .collect();
-    format!("{head}[[policy]]{}\n", body.join("\n"))
-}
-
 fn step(msg: &str) {
     println!("==> {msg}");
 }
@@ -105,8 +92,10 @@ fn demo(interrupted: &AtomicBool) -> Outcome {
         "starting `sipguard run --iface {} --iface {}` (native XDP) with the shipped default rules and their example customer uncommented (an office at 198.51.100.0/24 with international call barring by 403)",
         topo.guarded_if, office.guarded_if
     ));
-    let defaults = sg.ok(&["default-config"]);
-    let cfg = sg.write("demo.toml", &with_example_customer(&defaults));
+    let cfg = sg.write(
+        "demo.toml",
+        &sipguard::config::file::with_example_customer(),
+    );
     sg.start_with(
         &topo.router,
         &[&topo.guarded_if, &office.guarded_if],
