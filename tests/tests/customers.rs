@@ -371,3 +371,200 @@ fn moving_a_customer_switches_customers_and_rules_together() {
         assert_eq!(f.maps.customers().unwrap().len(), 1, "round {round}");
     }
 }
+
+/// `sipguard customers add|del` on the pinned maps (no daemon): live at once for the kernel
+/// program, refused with the reason and no change on bad input, recorded in runtime.toml, and
+/// kept by the commit that a reload makes (config ⊕ runtime edits).
+#[test]
+fn runtime_customer_edits_are_live_at_once_and_survive_a_reload() {
+    use sipguard_tests::capacity::PinnedFilter;
+    let cfg = parse(CONFIG);
+    let mut pf = PinnedFilter::new("custedit", 4096);
+    pf.filter
+        .maps
+        .commit_all(&cfg.settings, &cfg.rules, Some(&cfg.customers.entries()))
+        .unwrap();
+    pf.state.save_customers(&cfg.customers).unwrap();
+    let from = |src: &str, uri: &str| Pkt::v4(&invite(uri)).src(src).build();
+    let verdict =
+        |pf: &PinnedFilter, src: &str, uri: &str| pf.filter.test_run(&from(src, uri)).unwrap();
+    let list = |pf: &PinnedFilter| pf.cli(&["customers", "list"]).1;
+    assert_eq!(verdict(&pf, "192.0.2.10", UK), Verdict::Pass);
+
+    let (ok, out, err) = pf.cli(&[
+        "customers",
+        "add",
+        "c",
+        "--source",
+        "192.0.2.0/26",
+        "--source",
+        "2001:db8:c::/48",
+        "--policy",
+        "intl-barring",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("added customer `c`: 2 source entries"),
+        "{out}"
+    );
+    assert_eq!(
+        verdict(&pf, "192.0.2.10", UK),
+        Verdict::Drop,
+        "barred at once"
+    );
+    assert_eq!(
+        verdict(&pf, "192.0.2.100", UK),
+        Verdict::Pass,
+        "outside the /26"
+    );
+    let l = list(&pf);
+    assert!(
+        l.lines()
+            .any(|r| r.starts_with("c ") && r.contains("intl-barring") && r.contains("runtime")),
+        "{l}"
+    );
+    assert!(l.contains("5 customer(s), 7 live entries"), "{l}");
+
+    // Bad edits: the reason, exit 1, nothing changed (customers, live entries, verdicts).
+    let before = (
+        list(&pf),
+        std::fs::read_to_string(pf.state.dir.join("runtime.toml")).unwrap(),
+    );
+    for (args, reason) in [
+        (
+            vec!["c", "--source", "192.0.2.64/26"],
+            "customer `c` exists already: pass --replace",
+        ),
+        (
+            vec!["d", "--source", "198.51.100.0/24"],
+            "source 198.51.100.0/24 is already customer `a`'s",
+        ),
+        (
+            vec!["d", "--source", "192.0.2.65/26"],
+            "has host bits set (the network is 192.0.2.64/26)",
+        ),
+        (
+            vec!["d", "--source", "192.0.2.64/26", "--policy", "nope"],
+            "unknown policy `nope` (policies: intl-barring, sl-office, standalone)",
+        ),
+        (
+            vec!["d", "--source", "192.0.2.64/26", "--vlan", "4095"],
+            "VLAN 4095 is outside 1..4094",
+        ),
+        (
+            vec!["d", "--source", "192.0.2.300/26"],
+            "`192.0.2.300/26` is not an IPv4 or IPv6 CIDR",
+        ),
+        (
+            vec!["d e", "--source", "192.0.2.64/26"],
+            "customer name `d e`",
+        ),
+    ] {
+        let mut argv = vec!["customers", "add"];
+        argv.extend(args.iter().copied());
+        let (ok, out, err) = pf.cli(&argv);
+        assert!(!ok, "{argv:?} was accepted: {out}");
+        assert!(err.contains(reason), "{argv:?}: {err}");
+    }
+    let (ok, _, err) = pf.cli(&["customers", "del", "nobody"]);
+    assert!(
+        !ok && err.contains("no customer is named `nobody`"),
+        "{err}"
+    );
+    assert_eq!(
+        (
+            list(&pf),
+            std::fs::read_to_string(pf.state.dir.join("runtime.toml")).unwrap()
+        ),
+        before
+    );
+    assert_eq!(verdict(&pf, "192.0.2.10", UK), Verdict::Drop);
+
+    // Replace (another policy) and delete a config customer.
+    let (ok, out, err) = pf.cli(&[
+        "customers",
+        "add",
+        "c",
+        "--source",
+        "192.0.2.0/26",
+        "--policy",
+        "standalone",
+        "--replace",
+    ]);
+    assert!(ok && out.contains("replaced customer `c`"), "{out}{err}");
+    assert_eq!(
+        verdict(&pf, "192.0.2.10", SL),
+        Verdict::Pass,
+        "standalone: no +232"
+    );
+    assert_eq!(
+        verdict(&pf, "192.0.2.10", UK),
+        Verdict::Drop,
+        "standalone: +44"
+    );
+    assert_eq!(verdict(&pf, "198.51.100.7", UK), Verdict::Drop);
+    let (ok, out, err) = pf.cli(&["customers", "del", "a"]);
+    assert!(ok && out.contains("deleted customer `a`"), "{out}{err}");
+    assert_eq!(
+        verdict(&pf, "198.51.100.7", UK),
+        Verdict::Pass,
+        "a's sources: global rules"
+    );
+    assert_eq!(
+        verdict(&pf, "198.51.100.7", SL),
+        Verdict::Drop,
+        "global +232"
+    );
+
+    // A reload: the config again, with the runtime edits over it, ids kept by name.
+    let overlay = pf.state.overlay().unwrap();
+    let previous = pf.state.customers();
+    let eff = overlay
+        .effective(&cfg.rules, &cfg.customers, &previous)
+        .expect("the edits fit the config");
+    let names: Vec<(&str, u32)> = eff
+        .customers
+        .customers
+        .iter()
+        .map(|c| (c.name.as_str(), c.id))
+        .collect();
+    let id = |n: &str| previous.customers.iter().find(|c| c.name == n).unwrap().id;
+    assert_eq!(
+        names,
+        [
+            ("b", id("b")),
+            ("b-lab", id("b-lab")),
+            ("a-vlan", id("a-vlan")),
+            ("c", id("c"))
+        ]
+    );
+    assert_eq!(id("c"), 5, "a new customer's id follows the config's");
+    pf.filter
+        .maps
+        .commit_all(&cfg.settings, &eff.rules, Some(&eff.customers.entries()))
+        .unwrap();
+    assert_eq!(
+        verdict(&pf, "192.0.2.10", UK),
+        Verdict::Drop,
+        "c survives the reload"
+    );
+    assert_eq!(
+        verdict(&pf, "198.51.100.7", UK),
+        Verdict::Pass,
+        "a stays deleted"
+    );
+
+    // A config that no longer admits a runtime customer: the reason; nothing is committed.
+    let clash = parse(&CONFIG.replace(
+        "sources = [\"203.0.113.0/24\"]",
+        "sources = [\"203.0.113.0/24\", \"192.0.2.0/26\"]",
+    ));
+    let e = overlay
+        .effective(&clash.rules, &clash.customers, &previous)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "customer `c`: source 192.0.2.0/26 is already customer `b`'s"
+    );
+}

@@ -61,12 +61,12 @@ pub enum Verb {
         #[command(subcommand)]
         verb: rules::RulesVerb,
     },
-    /// The customers of the last commit (from the config's [[customer]] tables).
+    /// List or edit the customers (edits are live at once, kept across reloads and restarts).
     Customers {
         #[command(subcommand)]
         verb: customers::CustomersVerb,
     },
-    /// The policies of the last commit (from the config's [[policy]] tables).
+    /// The policies of the last commit (the config's [[policy]] tables).
     Policies {
         #[command(subcommand)]
         verb: customers::PoliciesVerb,

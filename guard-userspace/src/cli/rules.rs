@@ -335,8 +335,7 @@ fn stage_edit(maps: &mut Maps, delta: &Delta) -> Result<Pending> {
     if let Some((_, p)) = maps.stage_delta(delta)? {
         return Ok(p);
     }
-    let mut settings = Settings::live(&maps.config()?, maps.sip_ports()?);
-    settings.max_rules = maps.capacity();
+    let settings = maps.live_settings()?;
     let mut rules = maps.rule_set()?;
     for (p, a) in &delta.set {
         rules.insert(

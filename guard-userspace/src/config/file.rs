@@ -45,7 +45,7 @@ use ipnet::IpNet;
 
 use crate::model::{
     country,
-    customers::{Customer, Customers, Policy},
+    customers::{Customer, Customers, Policy, check_name},
     reply::{Status, StatusError},
     rules::{Origin, Prefix, Rule, RuleSet},
     settings::{Settings, TinyFragment},
@@ -901,20 +901,6 @@ fn status_of(
 
 /// A customer or policy name: 1 to 64 of `A-Z a-z 0-9 . _ -` (it is a metrics label and a CLI
 /// argument).
-fn check_name(kind: &str, name: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{kind} name `{name}`: use 1 to 64 letters, digits, `.`, `_` or `-`"
-        ))
-    }
-}
-
 /// `[[policy]]` (their rules go into `rules` under the policy's id) and `[[customer]]`.
 fn customers(
     rules: &mut RuleSet,

@@ -1,12 +1,16 @@
 //! The state directory (default /var/lib/sipguard): what must survive the daemon besides the
 //! pinned maps.
 //!
-//! - `runtime.toml`: runtime rule edits (`sipguard rules add/del/import`). The daemon's rule set
+//! - `runtime.toml`: runtime rule and customer edits (`sipguard rules add/del/import`,
+//!   `sipguard customers add/del`). The daemon's rule set
 //!   is always *config file ⊕ runtime edits*: runtime rules are added (replacing a config rule
 //!   of the same prefix), and runtime deletions remove config rules. A reload re-reads the
 //!   config file and re-applies the runtime edits, so an edit is never silently undone. To make
 //!   an edit permanent, put it in the config file and `sipguard rules del` / re-add it, or
-//!   remove `runtime.toml`.
+//!   remove `runtime.toml`. Customers work the same way, by name: a runtime customer replaces
+//!   the config's customer of its name, a runtime deletion removes it. A reload whose config no
+//!   longer admits a runtime customer (its policy is gone, its CIDR now belongs to a config
+//!   customer) fails with that reason, and nothing changes.
 //! - `rules.json`: the rule set of the daemon's last commit with comments and countries (the
 //!   kernel keeps only prefix, action and counter id). Runtime edits after it are in
 //!   `runtime.toml`; [`StateDir::rule_meta`] merges the two, so a `rules add` into a million
@@ -28,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::{
-    customers::Customers,
+    customers::{Customer, CustomerError, Customers, remap_policies},
     rules::{Origin, Prefix, Rule, RuleSet},
 };
 
@@ -64,9 +68,59 @@ pub struct Overlay {
     /// Prefixes deleted at runtime (config rules that must stay out).
     #[serde(default)]
     pub deleted: BTreeSet<Prefix>,
+    /// Customers deleted at runtime (config customers that must stay out), by name.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub deleted_customers: BTreeSet<String>,
     /// Rules added at runtime.
     #[serde(default)]
     pub rule: Vec<OverlayRule>,
+    /// Customers added (or replacing a config customer of the same name) at runtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub customer: Vec<OverlayCustomer>,
+}
+
+/// A runtime customer: a [`Customer`] without its id (ids are given at each commit, see
+/// [`Customers::keep_ids`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlayCustomer {
+    pub name: String,
+    pub sources: Vec<ipnet::IpNet>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+impl OverlayCustomer {
+    pub fn customer(&self) -> Customer {
+        Customer {
+            name: self.name.clone(),
+            id: 0,
+            sources: self.sources.clone(),
+            vlans: self.vlans.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl From<&Customer> for OverlayCustomer {
+    fn from(c: &Customer) -> Self {
+        Self {
+            name: c.name.clone(),
+            sources: c.sources.clone(),
+            vlans: c.vlans.clone(),
+            policy: c.policy.clone(),
+        }
+    }
+}
+
+/// What the daemon commits: the config's rules and customers with the runtime edits over them,
+/// ids kept from the last commit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effective {
+    pub rules: RuleSet,
+    pub customers: Customers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +153,47 @@ impl Overlay {
     pub fn delete(&mut self, prefix: Prefix) {
         self.rule.retain(|r| r.prefix != prefix);
         self.deleted.insert(prefix);
+    }
+
+    /// Records a runtime customer add or replacement.
+    pub fn add_customer(&mut self, c: &Customer) {
+        self.deleted_customers.remove(&c.name);
+        self.customer.retain(|o| o.name != c.name);
+        self.customer.push(c.into());
+        self.customer.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// Records a runtime customer delete.
+    pub fn delete_customer(&mut self, name: &str) {
+        self.customer.retain(|o| o.name != name);
+        self.deleted_customers.insert(name.to_string());
+    }
+
+    /// Config customers with these edits applied, each runtime customer checked against the
+    /// rest ([`Customers::admit`]).
+    pub fn apply_customers(&self, config: &Customers) -> Result<Customers, CustomerError> {
+        let mut out = config.clone();
+        out.customers
+            .retain(|c| !self.deleted_customers.contains(&c.name));
+        for c in &self.customer {
+            out.upsert(c.customer())?;
+        }
+        Ok(out)
+    }
+
+    /// The config's rules and customers with these edits over them; customers and policies
+    /// keep the ids they had in `previous` (the last commit), and the policies' rules follow
+    /// their policy's id.
+    pub fn effective(
+        &self,
+        rules: &RuleSet,
+        customers: &Customers,
+        previous: &Customers,
+    ) -> Result<Effective, CustomerError> {
+        let mut customers = self.apply_customers(customers)?;
+        let map = customers.keep_ids(previous)?;
+        let rules = self.apply(&remap_policies(rules.clone(), &map));
+        Ok(Effective { rules, customers })
     }
 
     /// Config rules with these edits applied.
@@ -539,6 +634,67 @@ mod tests {
         let st = StateDir::new(&dir);
         st.save_overlay(&o).unwrap();
         assert_eq!(st.overlay().unwrap(), o);
+        // Customer edits: recorded by name, over the config's customers.
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let config = Customers {
+            policies: vec![],
+            customers: vec![
+                Customer {
+                    name: "a".into(),
+                    id: 1,
+                    sources: vec![net("198.51.100.0/24")],
+                    vlans: vec![],
+                    policy: None,
+                },
+                Customer {
+                    name: "b".into(),
+                    id: 2,
+                    sources: vec![net("203.0.113.0/24")],
+                    vlans: vec![],
+                    policy: None,
+                },
+            ],
+        };
+        o.delete_customer("a");
+        o.add_customer(&Customer {
+            name: "c".into(),
+            id: 0,
+            sources: vec![net("198.51.100.0/24"), net("2001:db8::/32")],
+            vlans: vec![7],
+            policy: None,
+        });
+        st.save_overlay(&o).unwrap();
+        assert_eq!(st.overlay().unwrap(), o);
+        let text = fs::read_to_string(dir.join("runtime.toml")).unwrap();
+        assert!(text.contains("[[customer]]"), "{text}");
+        let eff = o
+            .effective(
+                &config
+                    .clone()
+                    .customers
+                    .iter()
+                    .map(|_| (p("+1"), entry(Action::Block, Origin::Config)))
+                    .collect(),
+                &config,
+                &config,
+            )
+            .unwrap();
+        let names: Vec<(&str, u32)> = eff
+            .customers
+            .customers
+            .iter()
+            .map(|c| (c.name.as_str(), c.id))
+            .collect();
+        assert_eq!(names, [("b", 2), ("c", 3)]);
+        // A runtime customer that the config no longer admits: the reason, nothing else.
+        let mut clash = config.clone();
+        clash.customers[1].sources.push(net("2001:db8::/32"));
+        clash.customers[1].vlans = vec![7];
+        let e = o.apply_customers(&clash).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "customer `c`: source 2001:db8::/32 on VLAN 7 is already customer `b`'s"
+        );
         fs::write(dir.join("runtime.toml"), "bogus = 1").unwrap();
         let e = st.overlay().unwrap_err().to_string();
         assert!(e.contains("runtime.toml: corrupt state file"), "{e}");

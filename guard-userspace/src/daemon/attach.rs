@@ -18,21 +18,22 @@ use tracing::{info, warn};
 use super::{Guarded, IfState, ModeChoice, RunOptions, id_map, klog};
 use crate::{
     config::ConfigFile,
+    config::state::Effective,
     kernel::{
         filter::Filter,
         maps::{AUX_PINNED, Maps, PINNED_MAPS},
         pins::{self, LINK_PIN, LinkState, PROG_PIN},
         sys,
     },
-    model::rules::RuleSet,
 };
 
 pub(super) fn attach_iface(
     opts: &RunOptions,
     iface: &str,
     cfg: &ConfigFile,
-    rules: &RuleSet,
+    eff: &Effective,
 ) -> Result<(Guarded, &'static str)> {
+    let rules = &eff.rules;
     let dir = opts.pins.prepare(iface)?;
     let mut filter = Filter::load_pinned(&dir, cfg.settings.max_rules)?;
     warn_capacity(iface, &filter.maps, cfg.settings.max_rules);
@@ -47,7 +48,7 @@ pub(super) fn attach_iface(
     }
     let report = filter
         .maps
-        .commit_all(&cfg.settings, rules, Some(&cfg.customers.entries()))?;
+        .commit_all(&cfg.settings, rules, Some(&eff.customers.entries()))?;
     info!(
         iface,
         added = report.added,

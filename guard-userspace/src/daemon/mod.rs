@@ -46,7 +46,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::{
         self, ConfigFile, ConfigLocation, EventOutputs, FailMode,
-        state::{DaemonInfo, IfaceInfo, IfaceLock, Overlay, ReloadRecord, StateDir},
+        state::{DaemonInfo, Effective, IfaceInfo, IfaceLock, Overlay, ReloadRecord, StateDir},
     },
     kernel::{
         filter::Filter,
@@ -120,6 +120,19 @@ struct Guarded {
 }
 
 /// The responses of the `reject` rules among `ids`, and the default for the others.
+/// The config's rules and customers with the runtime edits over them (ids kept from
+/// `previous`, the last commit). A runtime customer the config no longer admits is an error
+/// that says how to resolve it.
+fn effective(overlay: &Overlay, cfg: &ConfigFile, previous: &Customers) -> Result<Effective> {
+    overlay
+        .effective(&cfg.rules, &cfg.customers, previous)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the runtime customer edits (runtime.toml) do not fit the config: {e}; change the config, or the edit (`sipguard customers add --replace` / `customers del`)"
+            )
+        })
+}
+
 fn refresh_statuses(g: &Guarded, rules: &RuleSet, default: &Status) {
     let ids = g.rule_ids.lock().map(|i| i.clone()).unwrap_or_default();
     let map = ids
@@ -207,8 +220,9 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let (overlay, committed) = {
         let _lock = opts.state.lock()?;
         let overlay = opts.state.overlay()?;
-        let rules = overlay.apply(&cfg.rules);
-        for w in cfg.settings.unreachable_rules(&rules) {
+        let eff = effective(&overlay, &cfg, &opts.state.customers())?;
+        let rules = &eff.rules;
+        for w in cfg.settings.unreachable_rules(rules) {
             warn!("{w}");
         }
         for w in &cfg.warnings {
@@ -216,7 +230,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
         for iface in &opts.ifaces {
             let had_state = opts.pins.iface_dir(iface).join(PINNED_MAPS[0]).exists();
-            let attached = attach::attach_iface(&opts, iface, &cfg, &rules);
+            let attached = attach::attach_iface(&opts, iface, &cfg, &eff);
             let (g, _mode) = match attached {
                 Ok(x) => x,
                 Err(e) => {
@@ -239,16 +253,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             guarded.push(g);
         }
-        opts.state.save_committed(&rules)?;
-        opts.state.save_customers(&cfg.customers)?;
-        (overlay, rules)
+        opts.state.save_committed(rules)?;
+        opts.state.save_customers(&eff.customers)?;
+        (overlay, eff)
     };
+    let (committed, customers) = (committed.rules, committed.customers);
     let me = std::process::id();
     let started_unix = unix_now();
     opts.state.clear_reload();
     // Events: one ring-buffer reader per interface, fanned out to the outputs and the socket.
     let hub = events::Hub::new(cfg.events.clone());
-    let customer_names = Arc::new(Mutex::new(cfg.customers.clone()));
+    let customer_names = Arc::new(Mutex::new(customers));
     for g in guarded.iter_mut() {
         if let Some(ring) = g.filter.take_events() {
             tokio::spawn(events::read_ring(
@@ -535,6 +550,10 @@ impl Daemon {
                     {
                         self.overlay = o;
                         self.overlay_stamp = Some(st);
+                        // A customer edit records its customers before runtime.toml.
+                        if let Ok(mut c) = self.customer_names.lock() {
+                            *c = state.customers();
+                        }
                     }
                 }
                 // Removed on purpose (the edits are dropped), unless the whole directory goes
@@ -568,6 +587,11 @@ impl Daemon {
         }
         if self.overlay != Overlay::default()
             && let Err(e) = state.save_overlay(&self.overlay)
+        {
+            errors.push(format!("{e:#}"));
+        }
+        if let Ok(c) = self.customer_names.lock()
+            && let Err(e) = state.save_customers(&c)
         {
             errors.push(format!("{e:#}"));
         }
@@ -713,14 +737,15 @@ impl Daemon {
         let cfg = source.load()?;
         let _lock = self.opts.state.lock()?;
         let overlay = self.opts.state.overlay()?;
-        let rules = overlay.apply(&cfg.rules);
+        let Effective { rules, customers } =
+            effective(&overlay, &cfg, &self.opts.state.customers())?;
         for w in cfg.settings.unreachable_rules(&rules) {
             warn!("{w}");
         }
         for w in &cfg.warnings {
             warn!(config = %source, "{w}");
         }
-        let customers = cfg.customers.entries();
+        let entries = customers.entries();
         for g in self.guarded.iter_mut() {
             if g.state == IfState::Detached {
                 info!(
@@ -733,7 +758,7 @@ impl Daemon {
             let r = g
                 .filter
                 .maps
-                .commit_all(&cfg.settings, &rules, Some(&customers))
+                .commit_all(&cfg.settings, &rules, Some(&entries))
                 .with_context(|| format!("interface {}", g.iface))?;
             info!(iface = %g.iface, added = r.added, changed = r.changed, removed = r.removed, total = r.total, "rules committed");
             if let Ok(mut ids) = g.rule_ids.lock() {
@@ -742,9 +767,9 @@ impl Daemon {
             refresh_statuses(g, &rules, &cfg.reject);
         }
         self.opts.state.save_committed(&rules)?;
-        self.opts.state.save_customers(&cfg.customers)?;
+        self.opts.state.save_customers(&customers)?;
         if let Ok(mut c) = self.customer_names.lock() {
-            *c = cfg.customers.clone();
+            *c = customers;
         }
         self.overlay = overlay;
         self.overlay_stamp = self.opts.state.overlay_stamp();

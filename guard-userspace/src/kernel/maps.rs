@@ -214,6 +214,25 @@ fn not_found(e: &MapError) -> bool {
 type Trie = LpmTrie<MapData, RuleKeyData, RuleValue>;
 type CustomerTrie = LpmTrie<MapData, CustomerKeyData, CustomerValue>;
 
+/// What turns customer trie entries `have` into `wanted`: removals, then writes.
+fn customer_diff(
+    have: &HashMap<CustomerKey, CustomerValue>,
+    wanted: &HashMap<CustomerKey, CustomerValue>,
+) -> CustomerOps {
+    let mut ops: CustomerOps = have
+        .keys()
+        .filter(|k| !wanted.contains_key(k))
+        .map(|k| (*k, None))
+        .collect();
+    ops.extend(
+        wanted
+            .iter()
+            .filter(|(k, v)| have.get(k) != Some(v))
+            .map(|(k, v)| (*k, Some(*v))),
+    );
+    ops
+}
+
 /// A customer trie key that can be compared and hashed: `(prefix_len, scope, addr)`.
 type CustomerKey = (u32, [u8; 4], [u32; 4]);
 
@@ -337,6 +356,9 @@ pub struct Pending {
     live_ids: Option<BTreeSet<u32>>,
     /// The standby customer trie's writes.
     customer_ops: CustomerOps,
+    /// Commits that set the customers: the ids of the customers that stay, so that the
+    /// per-customer counters of the others go (a later customer never inherits them).
+    live_customers: Option<HashSet<u32>>,
 }
 
 impl Pending {
@@ -689,6 +711,13 @@ impl Maps {
             self.set_slot(slot, c)?;
         }
         Ok(())
+    }
+
+    /// The live settings, as a full commit of the live rules needs them.
+    pub fn live_settings(&self) -> Result<Settings, MapsError> {
+        let mut settings = Settings::live(&self.config()?, self.sip_ports()?);
+        settings.max_rules = self.capacity();
+        Ok(settings)
     }
 
     /// The configured SIP ports.
@@ -1122,25 +1151,13 @@ impl Maps {
             }
             None => live_customers.clone(),
         };
-        let customer_diff = |have: &HashMap<CustomerKey, CustomerValue>| -> CustomerOps {
-            let mut ops: CustomerOps = have
-                .keys()
-                .filter(|k| !wanted_customers.contains_key(k))
-                .map(|k| (*k, None))
-                .collect();
-            ops.extend(
-                wanted_customers
-                    .iter()
-                    .filter(|(k, v)| have.get(k) != Some(v))
-                    .map(|(k, v)| (*k, Some(*v))),
-            );
-            ops
-        };
-        let next_customer_ops = customer_diff(&self.customer_entries(next)?);
-        let standby_customer_ops = customer_diff(&live_customers);
+        let next_customer_ops = customer_diff(&self.customer_entries(next)?, &wanted_customers);
+        let standby_customer_ops = customer_diff(&live_customers, &wanted_customers);
         config.customer_entries = wanted_customers.len() as u32;
         // A failed write leaves the standby trie half-written; it is never switched live (the
-        // error returns before the switch), and the next full commit rewrites it.
+        // error returns before the switch; the slot is marked dirty first, so no delta commit
+        // takes it for in sync), and the next full commit rewrites it.
+        self.mark_dirty(next)?;
         self.apply_customer_ops(next, &next_customer_ops)?;
 
         // Ports: new ones first (they are not double-buffered; a port added early only means
@@ -1173,8 +1190,47 @@ impl Maps {
                 dead_ids,
                 live_ids: Some(live_ids),
                 customer_ops: standby_customer_ops,
+                live_customers: customers.map(|c| c.iter().map(|e| e.customer).collect()),
             },
         ))
+    }
+
+    /// The first half of a customers-only commit: `customers` are live when it returns
+    /// `Some`; the rules and settings stay as they are. Only the customer tries are read and
+    /// written (a runtime customer edit into a million rules stays fast). `None` when the tries
+    /// are not known to be in sync (the caller does a full commit).
+    pub fn stage_customers(
+        &mut self,
+        customers: &[CustomerEntry],
+    ) -> Result<Option<Pending>, MapsError> {
+        let Some((generation, live_config)) = self.in_sync()? else {
+            return Ok(None);
+        };
+        if !customers.is_empty() && self.customers.is_none() {
+            return Err(MapsError::NoCustomerMaps);
+        }
+        let live = self.active_slot()?;
+        let next = live ^ 1;
+        let wanted: HashMap<CustomerKey, CustomerValue> =
+            customers.iter().map(customer_key).collect();
+        let next_ops = customer_diff(&self.customer_entries(next)?, &wanted);
+        let standby_ops = customer_diff(&self.customer_entries(live)?, &wanted);
+        let mut config = live_config;
+        config.customer_entries = wanted.len() as u32;
+        self.mark_dirty(next)?;
+        self.apply_customer_ops(next, &next_ops)?;
+        let generation = next_generation(generation, generation);
+        let total = live_config.rule_count as usize;
+        let config = self.stage_and_switch(next, &[], config, generation, total)?;
+        Ok(Some(Pending {
+            slot: live,
+            ops: Vec::new(),
+            config,
+            dead_ids: Vec::new(),
+            live_ids: None,
+            customer_ops: standby_ops,
+            live_customers: Some(customers.iter().map(|e| e.customer).collect()),
+        }))
     }
 
     /// The first half of a delta commit: `delta` is live when it returns `Some`. It reads only
@@ -1248,6 +1304,7 @@ impl Maps {
                 dead_ids,
                 live_ids: None,
                 customer_ops: Vec::new(),
+                live_customers: None,
             };
             return Ok(Some((report, pending)));
         }
@@ -1277,6 +1334,7 @@ impl Maps {
                 dead_ids,
                 live_ids: None,
                 customer_ops: Vec::new(),
+                live_customers: None,
             },
         )))
     }
@@ -1301,11 +1359,41 @@ impl Maps {
         for id in p.dead_ids {
             self.remove_stats(id)?;
         }
+        if let Some(customers) = &p.live_customers {
+            self.remove_customer_stats(|k| {
+                !customers.contains(&((k >> 32) as u32))
+                    || p.live_ids
+                        .as_ref()
+                        .is_some_and(|ids| !ids.contains(&(k as u32)))
+            })?;
+        }
         if let Some(live) = p.live_ids {
             // Counters of rules that are gone (an in-flight packet may have recreated one).
             for id in self.stats_ids()? {
                 if !live.contains(&id) {
                     self.remove_stats(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the per-customer counters whose key (customer << 32 | rule) `gone` selects.
+    fn remove_customer_stats(&mut self, gone: impl Fn(u64) -> bool) -> Result<(), MapsError> {
+        let Some(m) = &mut self.customer_stats else {
+            return Ok(());
+        };
+        let keys: Vec<u64> = m
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone(*k))
+            .collect();
+        for k in keys {
+            match m.remove(&k) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => {
+                    return Err(map_err(names::CUSTOMER_STATS, format!("delete {k:#x}"))(e));
                 }
             }
         }
