@@ -69,7 +69,9 @@ pub struct ReplyHead {
     pub family: u8,
     /// The frame's destination and source MAC addresses, as they were on the wire.
     pub macs: [u8; 12],
-    pub _pad: [u8; 4],
+    /// The generation of the config slot that rejected it (see [`Config::generation`]): the
+    /// daemon answers with that rule set's response, also right after a reload.
+    pub generation: u32,
 }
 
 /// Payload bytes a reply record carries: the header window and a spare word.

@@ -118,6 +118,10 @@ pub struct Scratch {
     /// lookup. Kept here, not in a register: read back from the map value it is a scalar the
     /// verifier does not track, so "no customer" and "a customer" do not split its states.
     pub customer: u64,
+    /// The config slot that decides this INVITE, read once (see [`config`]): the customer and
+    /// rule lookups use this slot's tries, so a switch between them cannot pair one slot's
+    /// customers with the other slot's rules.
+    pub slot: u32,
 }
 
 // A reply record is the scratch bytes from `src` to the end of `payload`, with no gap.
@@ -211,12 +215,18 @@ pub fn is_sip_port(port: u16) -> bool {
     matches!(SG_SIP_PORTS.get(port as u32), Some(&v) if v != 0)
 }
 
-/// The live config slot: its settings and the rule trie that goes with it.
+/// The live config slot: its index and settings. The selector is read once per decision; the
+/// stages after it use the index it gave (see [`Scratch::slot`]).
 #[inline(always)]
-pub fn config() -> Option<(&'static Config, &'static LpmTrie<RuleKeyData, RuleValue>)> {
+pub fn config() -> Option<(u32, &'static Config)> {
     let slot = SG_CONFIG.get(CONFIG_SELECTOR)?.active & 1;
-    let rules = if slot == 0 { &SG_RULES_A } else { &SG_RULES_B };
-    Some((SG_CONFIG.get(slot)?, rules))
+    Some((slot, SG_CONFIG.get(slot)?))
+}
+
+/// The slot this decision uses (see [`Scratch::slot`]).
+#[inline(always)]
+fn decision_slot() -> u32 {
+    scratch().map_or(0, |s| s.slot & 1)
 }
 
 /// The customer that `src` (arriving on outer VLAN `vlan`) belongs to in the live slot, packed
@@ -225,11 +235,11 @@ pub fn config() -> Option<(&'static Config, &'static LpmTrie<RuleKeyData, RuleVa
 /// join in one verifier state at the return.
 #[inline(never)]
 pub fn customer(vlan: u32, src: &Endpoint) -> u64 {
-    let Some(sel) = SG_CONFIG.get(CONFIG_SELECTOR) else {
-        return 0;
+    let customers = if decision_slot() == 0 {
+        &SG_CUST_A
+    } else {
+        &SG_CUST_B
     };
-    let slot = sel.active & 1;
-    let customers = if slot == 0 { &SG_CUST_A } else { &SG_CUST_B };
     let bits = if src.family == 4 { 32 } else { 128 };
     let (len, data) = customer_key(0, src.family, &src.addr, bits);
     let mut key = Key::new(len, data);
@@ -257,10 +267,15 @@ pub fn customer(vlan: u32, src: &Endpoint) -> u64 {
 /// when no rule matches. A BPF function of its own, returning a scalar, like [`customer`].
 #[inline(never)]
 pub fn find_rule(key: &LookupKey) -> u64 {
-    let Some((_, rules)) = config() else {
+    let Some(s) = scratch() else {
         return 0;
     };
-    let customer = scratch().map_or(0, |s| s.customer);
+    let rules = if s.slot & 1 == 0 {
+        &SG_RULES_A
+    } else {
+        &SG_RULES_B
+    };
+    let customer = s.customer;
     let mut k = Key::new(key.prefix_len, key.data);
     let global = rules.get(&k);
     let policy = (customer >> 32) as u16;

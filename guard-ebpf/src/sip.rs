@@ -97,7 +97,7 @@ fn may_be_invite(ctx: &XdpContext, frame: &Frame) -> bool {
 pub fn tiny_fragment(c: &mut GlobalCounters) -> u32 {
     c.bump(Counter::TinyFirstFragments);
     match maps::config() {
-        Some((cfg, _))
+        Some((_, cfg))
             if cfg.flags & CONFIG_FLAG_PASS_TINY_FRAGMENTS == 0
                 && cfg.mode == Mode::Enforce as u32 =>
         {

@@ -34,9 +34,14 @@ use crate::{
 /// on a tie, the policy's rule. Frames from no customer get the global rules.
 #[inline(always)]
 pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 {
-    let Some((cfg, _)) = maps::config() else {
+    let Some((slot, cfg)) = maps::config() else {
         return XDP_PASS;
     };
+    // The customer and rule lookups use this slot; a reply names its generation.
+    if let Some(s) = maps::scratch() {
+        s.slot = slot;
+        s.reply.generation = cfg.generation;
+    }
     let (domain, normalized) = cfg.intl_prefixes.normalize(number);
     // Into the scratch map, where the later stages read it (see `maps::Scratch::customer`).
     customer_of(ctx, cfg.customer_entries);
@@ -145,7 +150,7 @@ fn customer_of(ctx: &XdpContext, customer_entries: u32) {
 #[inline(always)]
 pub fn unresolved(c: &mut GlobalCounters) -> u32 {
     match maps::config() {
-        Some((cfg, _)) => incomplete(c, cfg),
+        Some((_, cfg)) => incomplete(c, cfg),
         None => XDP_PASS,
     }
 }

@@ -119,7 +119,6 @@ struct Guarded {
     failed_ifindex: Option<u32>,
 }
 
-/// The responses of the `reject` rules among `ids`, and the default for the others.
 /// The config's rules and customers with the runtime edits over them (ids kept from
 /// `previous`, the last commit). A runtime customer the config no longer admits is an error
 /// that says how to resolve it.
@@ -133,6 +132,8 @@ fn effective(overlay: &Overlay, cfg: &ConfigFile, previous: &Customers) -> Resul
         })
 }
 
+/// Records the responses of the live rule set's `reject` rules (and the default for the
+/// others) under its generation.
 fn refresh_statuses(g: &Guarded, rules: &RuleSet, default: &Status) {
     let ids = g.rule_ids.lock().map(|i| i.clone()).unwrap_or_default();
     let map = ids
@@ -143,8 +144,9 @@ fn refresh_statuses(g: &Guarded, rules: &RuleSet, default: &Status) {
                 .then(|| (id, r.status.clone().unwrap_or_else(|| default.clone())))
         })
         .collect();
+    let generation = g.filter.maps.config().map_or(0, |c| c.generation);
     if let Ok(mut s) = g.statuses.lock() {
-        *s = (map, default.clone());
+        s.record(generation, map, default.clone());
     }
 }
 

@@ -6,7 +6,7 @@
 //! gets another try.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -22,8 +22,79 @@ use crate::{
     model::reply::{ReplyRecord, Status, frame, response},
 };
 
-/// Rule id -> the response of a `reject` rule (rules not in it get the default).
-pub type Statuses = Arc<Mutex<(BTreeMap<u32, Status>, Status)>>;
+/// The responses of the `reject` rules, per rule set: see [`StatusBook`].
+pub type Statuses = Arc<Mutex<StatusBook>>;
+
+/// How long a reply waits for the daemon to record the responses of a rule set that went live
+/// (the switch comes first, the record right after it); past it, the newest set answers for it.
+const ADOPT_AFTER: Duration = Duration::from_millis(50);
+
+/// Rule sets whose responses are kept: the live one and those that may still have records in
+/// the ring.
+const KEPT_SETS: usize = 4;
+
+/// The responses of the `reject` rules of the last few rule sets, by the generation of their
+/// config slot. The kernel writes the generation of the set that rejected an INVITE into its
+/// reply record, so that the response is that set's, also when a reload changed a rule's
+/// response between the rejection and the reply.
+#[derive(Debug, Default)]
+pub struct StatusBook {
+    /// (generation, rule id -> response, default response), oldest first.
+    sets: VecDeque<(u32, BTreeMap<u32, Status>, Status)>,
+}
+
+impl StatusBook {
+    /// Records the responses of rule set `generation` (rules not in `by_rule` get `default`).
+    pub fn record(&mut self, generation: u32, by_rule: BTreeMap<u32, Status>, default: Status) {
+        self.sets.retain(|s| s.0 != generation);
+        self.sets.push_back((generation, by_rule, default));
+        while self.sets.len() > KEPT_SETS {
+            self.sets.pop_front();
+        }
+    }
+
+    /// The response of rule `rule` in set `generation`; `None` while that set is unknown.
+    pub fn status(&self, generation: u32, rule: u32) -> Option<Status> {
+        let (_, by_rule, default) = self.sets.iter().rev().find(|s| s.0 == generation)?;
+        Some(by_rule.get(&rule).unwrap_or(default).clone())
+    }
+
+    /// Takes the newest set's responses for `generation` (a set that the daemon did not
+    /// commit: a CLI rule edit, or maps made by an older version).
+    pub fn adopt(&mut self, generation: u32) {
+        if let Some((_, by_rule, default)) = self.sets.back().cloned() {
+            self.record(generation, by_rule, default);
+        }
+    }
+}
+
+/// The response for a record of set `generation` rejected by rule `rule`: waits up to
+/// [`ADOPT_AFTER`] for the set to be recorded, then adopts the newest.
+async fn status_for(statuses: &Statuses, generation: u32, rule: u32) -> Status {
+    let deadline = Instant::now() + ADOPT_AFTER;
+    loop {
+        let late = Instant::now() >= deadline;
+        if let Some(s) = lookup(statuses, generation, rule, late) {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One look into the book (`adopt`: take the newest set when `generation` is unknown).
+fn lookup(statuses: &Statuses, generation: u32, rule: u32, adopt: bool) -> Option<Status> {
+    let Ok(mut book) = statuses.lock() else {
+        return Some(Status::forbidden());
+    };
+    if adopt && book.status(generation, rule).is_none() {
+        book.adopt(generation);
+        return Some(
+            book.status(generation, rule)
+                .unwrap_or_else(Status::forbidden),
+        );
+    }
+    book.status(generation, rule)
+}
 
 /// What the sender did, per interface.
 #[derive(Debug, Default)]
@@ -92,10 +163,7 @@ pub async fn serve(
                 stats.tcp.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let status = statuses
-                .lock()
-                .map(|s| s.0.get(&record.head.rule_id).unwrap_or(&s.1).clone())
-                .unwrap_or_else(|_| Status::forbidden());
+            let status = status_for(&statuses, record.head.generation, record.head.rule_id).await;
             let built = response(&record.payload, &status, Some(record.src.socket_addr()))
                 .and_then(|sip| frame(&record, &sip));
             match built {
@@ -118,5 +186,37 @@ pub async fn serve(
             }
         }
         guard.clear_ready();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rule_set_answers_with_its_own_responses() {
+        let decline = Status::new(603, "Decline").unwrap();
+        let busy = Status::new(486, "Busy Here").unwrap();
+        let mut book = StatusBook::default();
+        assert_eq!(book.status(1, 7), None);
+        book.record(
+            1,
+            BTreeMap::from([(7, decline.clone())]),
+            Status::forbidden(),
+        );
+        book.record(2, BTreeMap::new(), busy.clone());
+        // A record of set 1 read after set 2 went live: set 1's response.
+        assert_eq!(book.status(1, 7), Some(decline.clone()));
+        assert_eq!(book.status(1, 8), Some(Status::forbidden()));
+        assert_eq!(book.status(2, 7), Some(busy.clone()));
+        // A set the daemon did not commit: unknown until adopted, then the newest set's.
+        assert_eq!(book.status(3, 7), None);
+        book.adopt(3);
+        assert_eq!(book.status(3, 7), Some(busy));
+        for g in 4..10 {
+            book.record(g, BTreeMap::new(), Status::forbidden());
+        }
+        assert_eq!(book.sets.len(), KEPT_SETS);
+        assert_eq!(book.status(1, 7), None, "old sets are forgotten");
     }
 }
