@@ -265,3 +265,165 @@ fn barring_for_one_customer_an_exception_for_the_other() {
     assert!(text.contains("intl-barring/+ "), "{text}");
     assert!(text.contains("sl-partner/+23222 "), "{text}");
 }
+
+/// Two configs that swap the customers' policies, and change the reject policy's response with
+/// them. Whole sets give: A refused with 403 (first) or A's call completing (second); B's call
+/// completing (first) or B refused with 603 (second). A mix of one set's customers with the
+/// other's rules gives A a 603 or B a 403, and a dropped INVITE (no rule should drop) gives a
+/// call that times out: both are counted as calls decided by a half-applied set.
+fn swap_config(a_policy: &str, b_policy: &str, code: u16) -> String {
+    let reason = if code == 403 { "Forbidden" } else { "Decline" };
+    format!(
+        r#"
+[settings]
+sip_ports = [5060]
+
+[[policy]]
+name = "refuse"
+inherit = false
+[[policy.rule]]
+prefix = "+44"
+action = "reject"
+reject_code = {code}
+reject_reason = "{reason}"
+
+[[policy]]
+name = "open"
+inherit = false
+[[policy.rule]]
+prefix = "+44"
+action = "allow"
+
+[[customer]]
+name = "a"
+sources = ["192.0.2.0/24"]
+policy = "{a_policy}"
+
+[[customer]]
+name = "b"
+sources = ["198.51.100.0/24"]
+policy = "{b_policy}"
+"#
+    )
+}
+
+/// Swaps the two customers' policies by SIGHUP, again and again, while sipp calls from both:
+/// every call is decided by one whole set, and a runtime customer edit survives every reload.
+#[test]
+fn sighup_swaps_policies_while_both_customers_call() {
+    let topo = Topology::new("cs");
+    let second = topo.second_pbx("cs");
+    let mut sg = Instance::new("custswap");
+    let dir = sg.dir.clone();
+    let first = swap_config("refuse", "open", 403);
+    let swapped = swap_config("open", "refuse", 603);
+    let cfg = sg.write("sipguard.toml", &first);
+    sg.start(
+        &topo.router,
+        &[&topo.guarded_if, &second.guarded_if],
+        &cfg,
+        &[],
+    );
+    // A runtime customer (a documentation range nobody sends from here): kept by every reload.
+    sg.ok(&[
+        "customers",
+        "add",
+        "lab",
+        "--source",
+        "203.0.113.0/24",
+        "--policy",
+        "refuse",
+    ]);
+    let uas = Uas::start(&topo.carrier, CARRIER4, &dir, "cs");
+    let uris = vec![format!("sip:+442079460000@{CARRIER4}:5060")];
+    const CALLS: u32 = 240;
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let applied_before = sg.log_text().matches("config applied").count();
+    let (a, b, swaps) = thread::scope(|s| {
+        let caller = |ns, ip, tag| {
+            let (uris, dir) = (&uris, &dir);
+            s.spawn(move || {
+                run_uac(&UacSpec {
+                    ns,
+                    local_ip: ip,
+                    remote: format!("{CARRIER4}:5060"),
+                    uris,
+                    calls: CALLS,
+                    rate: 30,
+                    dir,
+                    tag,
+                })
+            })
+        };
+        let a = caller(&topo.pbx, PBX4, "a");
+        let b = caller(&second.pbx, PBX2_4, "b");
+        let swapper = s.spawn(|| {
+            let mut swaps = 0usize;
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                thread::sleep(std::time::Duration::from_millis(150));
+                let text = if swaps % 2 == 0 { &swapped } else { &first };
+                sg.write("sipguard.toml", text);
+                sg.signal(libc::SIGHUP);
+                swaps += 1;
+                sg.wait_log("config applied", applied_before + swaps);
+            }
+            swaps
+        });
+        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        (a, b, swapper.join().unwrap())
+    });
+    let _ = uas.finish();
+    assert_eq!(a.calls.len(), CALLS as usize, "{}", a.screen);
+    assert_eq!(b.calls.len(), CALLS as usize, "{}", b.screen);
+    let outcome = |c: &sipguard_tests::sipp::Call| match (c.refused, c.completed) {
+        (Some(code), _) => format!("refused {code}"),
+        (None, true) => "completed".to_string(),
+        (None, false) => "neither refused nor completed".to_string(),
+    };
+    let tally = |calls: &[sipguard_tests::sipp::Call]| {
+        let mut t = std::collections::BTreeMap::<String, usize>::new();
+        for c in calls {
+            *t.entry(outcome(c)).or_default() += 1;
+        }
+        t
+    };
+    let (ta, tb) = (tally(&a.calls), tally(&b.calls));
+    let half: usize = ta
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "refused 403" | "completed"))
+        .chain(
+            tb.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "refused 603" | "completed")),
+        )
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("{swaps} swaps; A: {ta:?}; B: {tb:?}");
+    assert_eq!(
+        half, 0,
+        "calls decided by a half-applied set; A: {ta:?}; B: {tb:?}"
+    );
+    // Both sets decided calls of both customers.
+    for (t, outcomes) in [
+        (&ta, ["refused 403", "completed"]),
+        (&tb, ["refused 603", "completed"]),
+    ] {
+        for o in outcomes {
+            assert!(t.get(o).copied().unwrap_or(0) > 0, "no call {o}: {t:?}");
+        }
+    }
+    assert!(swaps >= 10, "only {swaps} swaps during the calls");
+    // The runtime customer is still there after every reload.
+    let list = sg.ok(&["customers", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("lab ") && l.contains("refuse") && l.contains("runtime")),
+        "{list}"
+    );
+    assert!(list.contains("3 customer(s), 3 live entries"), "{list}");
+    assert!(
+        !sg.log_text().contains("reload failed"),
+        "{}",
+        sg.log_text()
+    );
+}
