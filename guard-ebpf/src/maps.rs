@@ -276,21 +276,25 @@ pub fn find_rule(key: &LookupKey) -> u64 {
         &SG_RULES_B
     };
     let customer = s.customer;
-    let mut k = Key::new(key.prefix_len, key.data);
-    let global = rules.get(&k);
+    let global = Key::new(key.prefix_len, key.data);
     let policy = (customer >> 32) as u16;
     if customer >> 63 == 0 || policy == GLOBAL_POLICY {
-        return global.map_or(0, pack_rule);
+        return rules.get(&global).map_or(0, pack_rule);
     }
-    let inherit = (customer >> 48) as u8 & CUSTOMER_FLAG_INHERIT != 0;
+    let mut own = Key::new(key.prefix_len, key.data);
     let p = policy.to_be_bytes();
-    k.data[0] = p[0];
-    k.data[1] = p[1];
-    match (rules.get(&k), global) {
-        (Some(o), Some(g)) if inherit && g.prefix_len > o.prefix_len => pack_rule(g),
+    own.data[0] = p[0];
+    own.data[1] = p[1];
+    let own = rules.get(&own);
+    // A policy that does not inherit: the global trie scope is not looked at.
+    if (customer >> 48) as u8 & CUSTOMER_FLAG_INHERIT == 0 {
+        return own.map_or(0, pack_rule);
+    }
+    match (own, rules.get(&global)) {
+        (Some(o), Some(g)) if g.prefix_len > o.prefix_len => pack_rule(g),
         (Some(o), _) => pack_rule(o),
-        (None, Some(g)) if inherit => pack_rule(g),
-        _ => 0,
+        (None, Some(g)) => pack_rule(g),
+        (None, None) => 0,
     }
 }
 
