@@ -899,8 +899,6 @@ fn status_of(
     })
 }
 
-/// A customer or policy name: 1 to 64 of `A-Z a-z 0-9 . _ -` (it is a metrics label and a CLI
-/// argument).
 /// `[[policy]]` (their rules go into `rules` under the policy's id) and `[[customer]]`.
 fn customers(
     rules: &mut RuleSet,
