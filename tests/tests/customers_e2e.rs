@@ -361,7 +361,11 @@ fn sighup_swaps_policies_while_both_customers_call() {
             let mut swaps = 0usize;
             while running.load(std::sync::atomic::Ordering::Relaxed) {
                 thread::sleep(std::time::Duration::from_millis(150));
-                let text = if swaps.is_multiple_of(2) { &swapped } else { &first };
+                let text = if swaps.is_multiple_of(2) {
+                    &swapped
+                } else {
+                    &first
+                };
                 sg.write("sipguard.toml", text);
                 sg.signal(libc::SIGHUP);
                 swaps += 1;
