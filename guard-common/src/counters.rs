@@ -177,6 +177,19 @@ global_counters! {
         "Rejected INVITEs whose response could not be requested (the reply ring buffer was full)";
     CustomerCountersFull = 26, "customer_counters_full",
         "Matched INVITEs of a customer not counted per customer (the customer counter map was full)";
+    /// Counted with `dropped` (block, reject) or `would_drop` (monitor), by the over-limit action.
+    OverLimit = 27, "over_limit",
+        "New calls over a rule's limit or repeat limit, stopped (with their retransmissions)";
+    WouldLimit = 28, "would_limit",
+        "New calls over a limit that passed: over_limit = monitor, or monitor mode";
+    Quarantined = 29, "quarantined",
+        "INVITEs in scope from a quarantined customer or source, stopped";
+    QuarantinesStarted = 30, "quarantines_started",
+        "Quarantines the program started (the trigger tripped)";
+    /// In monitor mode the trigger is evaluated, counted here, and nobody is quarantined; an
+    /// INVITE from a quarantined subject passes and is counted here too.
+    WouldQuarantine = 31, "would_quarantine",
+        "Quarantine trips and quarantined INVITEs that passed (monitor mode)";
 }
 
 rule_counters! {
@@ -189,6 +202,11 @@ rule_counters! {
     calls => Calls,
         "New calls (initial INVITEs, retransmissions counted once) that matched the rule";
     reinvites => Reinvites, "In-dialog re-INVITEs that matched the rule";
+    /// Retransmissions of such a call are counted as packets in `dropped`, not here.
+    over_limit => OverLimit,
+        "New calls over the rule's limit or repeat limit that were stopped";
+    would_limit => WouldLimit,
+        "New calls over the rule's limit that passed (over_limit = monitor, or monitor mode)";
 }
 
 impl core::iter::Sum for RuleCounters {
@@ -226,9 +244,9 @@ mod tests {
 
     #[test]
     fn global_counter_names_are_unique_and_in_index_order() {
-        assert_eq!(Counter::ALL.len(), 27);
+        assert_eq!(Counter::ALL.len(), 32);
         let names: BTreeSet<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
-        assert_eq!(names.len(), 27);
+        assert_eq!(names.len(), 32);
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
@@ -269,6 +287,11 @@ mod tests {
                 "rejected",
                 "replies_lost",
                 "customer_counters_full",
+                "over_limit",
+                "would_limit",
+                "quarantined",
+                "quarantines_started",
+                "would_quarantine",
             ]
         );
     }
@@ -296,6 +319,8 @@ mod tests {
             would_drop: 33,
             calls: 44,
             reinvites: 55,
+            over_limit: 66,
+            would_limit: 77,
         };
         let got: Vec<(&str, u64)> = RuleCounter::ALL
             .iter()
@@ -309,6 +334,8 @@ mod tests {
                 ("would_drop", 33),
                 ("calls", 44),
                 ("reinvites", 55),
+                ("over_limit", 66),
+                ("would_limit", 77),
             ]
         );
         // Every field is reached by exactly one counter.
@@ -328,6 +355,8 @@ mod tests {
             would_drop: 3,
             calls: 4,
             reinvites: 5,
+            over_limit: 6,
+            would_limit: 7,
         };
         let b = RuleCounters {
             matched: 10,
@@ -335,6 +364,8 @@ mod tests {
             would_drop: 30,
             calls: 40,
             reinvites: 50,
+            over_limit: 60,
+            would_limit: 70,
         };
         let mut s = a;
         s += b;
@@ -344,6 +375,8 @@ mod tests {
             would_drop: 33,
             calls: 44,
             reinvites: 55,
+            over_limit: 66,
+            would_limit: 77,
         };
         assert_eq!(s, want);
         assert_eq!([a, b].into_iter().sum::<RuleCounters>(), want);

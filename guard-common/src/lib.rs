@@ -7,6 +7,7 @@
 
 pub mod counters;
 pub mod headers;
+pub mod limits;
 pub mod maps;
 pub mod number;
 pub mod plain;

@@ -36,7 +36,28 @@ pub mod names {
     pub const REPLIES: &str = "SG_REPLIES";
     /// Per customer and rule counters (per-CPU hash keyed by [`customer_rule_key`]).
     pub const CUSTOMER_STATS: &str = "SG_CUST_STATS";
+    /// Rules' limits per config slot (hash keyed by [`crate::limits::limit_key`]).
+    pub const LIMITS: &str = "SG_LIMITS";
+    /// The quarantine's settings, slots 0 and 1 with the config slots (array).
+    pub const LIMIT_CONFIG: &str = "SG_LIMIT_CONFIG";
+    /// Token buckets per subject and rule (LRU hash keyed by [`crate::limits::BucketKey`]).
+    pub const BUCKETS: &str = "SG_BUCKETS";
+    /// Quarantined subjects (hash keyed by [`crate::limits::Subject`]).
+    pub const QUARANTINE: &str = "SG_QUARANTINE";
+    /// The quarantine trigger's window per subject (LRU hash).
+    pub const WINDOWS: &str = "SG_QWINDOWS";
 }
+
+/// Entries of [`names::LIMITS`]: limited rules in both config slots.
+pub const MAX_LIMIT_ENTRIES: u32 = 2 * 16_384;
+/// Default entries of [`names::BUCKETS`] (`[limits] buckets`).
+pub const DEFAULT_BUCKETS: u32 = 65_536;
+/// Entries of [`names::QUARANTINE`] and [`names::WINDOWS`].
+pub const MAX_QUARANTINE: u32 = 65_536;
+
+/// Rule id that the program puts in a reply record and an event for an INVITE refused by a
+/// quarantine, not by a rule.
+pub const QUARANTINE_RULE_ID: u32 = u32::MAX;
 
 /// Entries of [`names::CUSTOMER_STATS`]: (customer, rule) pairs that saw traffic. Over it, a new
 /// pair is not counted (`customer_counters_full`); the per-rule counters still are.
@@ -462,6 +483,11 @@ pub const CONFIG_FLAG_NO_CALLS: u32 = 2;
 /// request line and its number) pass (counted). Without it, the default, they are dropped.
 pub const CONFIG_FLAG_PASS_TINY_FRAGMENTS: u32 = 4;
 
+/// Config flag: a `[quarantine]` is configured: the program checks and triggers it.
+pub const CONFIG_FLAG_QUARANTINE: u32 = 8;
+/// Config flag: the quarantine covers every call, not only international ones.
+pub const CONFIG_FLAG_QUARANTINE_ALL: u32 = 16;
+
 /// A first fragment (IPv4 MF with offset 0; IPv6 fragment header with offset 0 and M) whose
 /// transport payload (after any leading CR/LF) is shorter than this is a tiny first fragment.
 pub const TINY_FRAGMENT_PAYLOAD: u32 = 64;
@@ -728,7 +754,9 @@ impl<'a> core::iter::Sum<&'a SourceStats> for SourceStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallSeen {
     pub rule_id: u32,
-    pub _pad: u32,
+    /// 0, or the [`Action`] (plus one) that a limit or a quarantine gave the call's first
+    /// INVITE: its retransmissions get the same.
+    pub limited: u32,
     pub first_seen_ns: u64,
 }
 
@@ -757,7 +785,10 @@ pub struct Event {
     pub action: u8,
     /// [`EVENT_DROP`] or [`EVENT_WOULD_DROP`].
     pub verdict: u8,
-    pub _pad: [u8; 2],
+    /// Why: [`crate::limits::CAUSE_RULE`] (the rule's action), a limit, the quarantine, or the
+    /// start of a quarantine.
+    pub cause: u8,
+    pub _pad: [u8; 1],
     /// The source's customer id (0: none).
     pub customer: u32,
 }
@@ -823,6 +854,12 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for ReplyHead {}
     unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for crate::limits::LimitParams {}
+    unsafe impl aya::Pod for crate::limits::LimitConfig {}
+    unsafe impl aya::Pod for crate::limits::Subject {}
+    unsafe impl aya::Pod for crate::limits::BucketKey {}
+    unsafe impl aya::Pod for crate::limits::Quarantine {}
+    unsafe impl aya::Pod for crate::limits::Window {}
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub struct Decision {
     pub domain: u8,
     /// `EVENT_DROP` or `EVENT_WOULD_DROP`.
     pub verdict: u8,
+    /// A `CAUSE_*` of `guard_common::limits`.
+    pub cause: u8,
 }
 
 /// Sends an event for a new call, within the per-CPU token bucket (`event_rate` per second,
@@ -49,6 +51,7 @@ pub fn emit(c: &mut GlobalCounters, cfg: &Config, number: &Number, d: &Decision,
         ev.domain = d.domain;
         ev.action = d.action;
         ev.verdict = d.verdict;
+        ev.cause = d.cause;
         // Bit 63 marks a customer (see `maps::customer`); its id is the low word.
         ev.customer = if s.customer >> 63 != 0 {
             s.customer as u32

@@ -13,6 +13,7 @@
 
 mod events;
 mod layers;
+mod limits;
 mod maps;
 mod reply;
 mod sip;

@@ -7,15 +7,16 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
+use guard_common::limits::{BucketKey, LimitConfig, LimitParams, Quarantine, Subject, Window};
 use guard_common::{
     CONFIG_SELECTOR, CONFIG_SLOTS, CUSTOMER_FLAG_INHERIT, CallSeen, Config, CustomerKeyData,
-    CustomerValue, EVENT_RING_BYTES, Endpoint, GlobalCounters, HDR_WINDOW, HeaderScanner,
-    LookupKey, MAX_CALLS, MAX_CUSTOMER_STATS, MAX_CUSTOMERS, MAX_RULES, MAX_SOURCES,
-    REPLY_PAYLOAD_BYTES, REPLY_RECORD_LEN, REPLY_RING_BYTES, ReplyHead, RuleCounters, RuleKeyData,
-    RuleValue, Scanner, SourceKey, SourceStats, TokenBucket, WINDOW, customer_key,
-    customer_rule_key, number::GLOBAL_POLICY,
+    CustomerValue, DEFAULT_BUCKETS, EVENT_RING_BYTES, Endpoint, GlobalCounters, HDR_WINDOW,
+    HeaderScanner, LookupKey, MAX_CALLS, MAX_CUSTOMER_STATS, MAX_CUSTOMERS, MAX_LIMIT_ENTRIES,
+    MAX_QUARANTINE, MAX_RULES, MAX_SOURCES, REPLY_PAYLOAD_BYTES, REPLY_RECORD_LEN,
+    REPLY_RING_BYTES, ReplyHead, RuleCounters, RuleKeyData, RuleValue, Scanner, SourceKey,
+    SourceStats, TokenBucket, WINDOW, customer_key, customer_rule_key, number::GLOBAL_POLICY,
 };
 
 use crate::layers::Frame;
@@ -79,6 +80,31 @@ pub static SG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map(name = "SG_REPLIES")]
 pub static SG_REPLIES: RingBuf = RingBuf::with_byte_size(REPLY_RING_BYTES, 0);
 
+/// (config slot, rule id) -> the rule's limits (see `limits`).
+#[map(name = "SG_LIMITS")]
+pub static SG_LIMITS: HashMap<u64, LimitParams> =
+    HashMap::with_max_entries(MAX_LIMIT_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The quarantine's settings, slots 0 and 1 with the config slots.
+#[map(name = "SG_LIMIT_CONFIG")]
+static SG_LIMIT_CONFIG: Array<LimitConfig> = Array::with_max_entries(2, 0);
+
+/// (subject, rule, number fingerprint or 0) -> the bucket's TAT. Userspace sets its size
+/// (`[limits] buckets`) at load.
+#[map(name = "SG_BUCKETS")]
+pub static SG_BUCKETS: LruHashMap<BucketKey, u64> =
+    LruHashMap::with_max_entries(DEFAULT_BUCKETS, 0);
+
+/// Quarantined customers and sources, with their expiry.
+#[map(name = "SG_QUARANTINE")]
+pub static SG_QUARANTINE: HashMap<Subject, Quarantine> =
+    HashMap::with_max_entries(MAX_QUARANTINE, BPF_F_NO_PREALLOC);
+
+/// The quarantine trigger's window per subject.
+#[map(name = "SG_QWINDOWS")]
+pub static SG_QWINDOWS: LruHashMap<Subject, Window> =
+    LruHashMap::with_max_entries(MAX_QUARANTINE, 0);
+
 /// Per-CPU token bucket that bounds the event rate (config `event_rate` / `event_burst`).
 #[map(name = "SG_EVBUCKET")]
 static SG_EVBUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
@@ -122,6 +148,21 @@ pub struct Scratch {
     /// rule lookups use this slot's tries, so a switch between them cannot pair one slot's
     /// customers with the other slot's rules.
     pub slot: u32,
+    /// The Call-ID hash of the INVITE being decided (0: none), for marking a stopped call.
+    pub call_hash: u64,
+    /// The decision's rule as `find_rule` packs it (or the quarantine's stand-in), what
+    /// `count_call` found, and what `limits::apply` stopped: handed between the stages through
+    /// memory, so that the verifier sees one state below them, not one per branch above.
+    pub rule: u64,
+    pub call: u32,
+    pub stop: u32,
+    /// Counters of a decision that has none of its own (no rule, or the counter map is full).
+    pub spare: RuleCounters,
+    /// `limits`' keys and values, here rather than on the 512-byte stack: the bucket key (its
+    /// subject is the decision's customer or source), a trigger window, a new quarantine.
+    pub bucket: BucketKey,
+    pub window: Window,
+    pub quarantine: Quarantine,
 }
 
 // A reply record is the scratch bytes from `src` to the end of `payload`, with no gap.
@@ -177,6 +218,13 @@ pub fn rule_counters(id: u32) -> Option<&'static mut RuleCounters> {
     Some(unsafe { &mut *p })
 }
 
+/// The counters of rule `id`, if it has some already (no insert).
+#[inline(always)]
+pub fn existing_rule_counters(id: u32) -> Option<&'static mut RuleCounters> {
+    // SAFETY: as for `rule_counters`.
+    SG_RULE_STATS.get_ptr_mut(&id).map(|p| unsafe { &mut *p })
+}
+
 /// Counts a matched INVITE of the source's customer (the scratch map's `customer`; nothing when
 /// it is none) under rule
 /// `id`, and a call when `new_call` is 1. What the rule did with them follows from its action
@@ -223,6 +271,21 @@ pub fn config() -> Option<(u32, &'static Config)> {
     Some((slot, SG_CONFIG.get(slot)?))
 }
 
+/// Counters for a decision without its own: zeroed, in this CPU's scratch value (not on the
+/// 512-byte stack).
+#[inline(always)]
+pub fn spare_counters() -> Option<&'static mut RuleCounters> {
+    let s = scratch()?;
+    s.spare = RuleCounters::default();
+    Some(&mut s.spare)
+}
+
+/// The quarantine settings of config slot `slot`.
+#[inline(always)]
+pub fn limit_config(slot: u32) -> Option<&'static LimitConfig> {
+    SG_LIMIT_CONFIG.get(slot & 1)
+}
+
 /// The slot this decision uses (see [`Scratch::slot`]).
 #[inline(always)]
 fn decision_slot() -> u32 {
@@ -263,7 +326,8 @@ pub fn customer(vlan: u32, src: &Endpoint) -> u64 {
 /// The rule that decides a number whose global-rules key is `key`, for the source's customer
 /// (the scratch map's `customer`, from [`customer`]; 0 for none): the longest match among the customer's policy's rules and,
 /// when the policy inherits them (or the customer has no policy), the global rules; on a tie,
-/// the policy's rule. Packed as bit 63 (found), the action in bits 32..40, the id in 0..32; 0
+/// the policy's rule. Packed as bit 63 (found), the trie flags in bits 40..48, the action in
+/// bits 32..40, the id in 0..32; 0
 /// when no rule matches. A BPF function of its own, returning a scalar, like [`customer`].
 #[inline(never)]
 pub fn find_rule(key: &LookupKey) -> u64 {
@@ -300,7 +364,7 @@ pub fn find_rule(key: &LookupKey) -> u64 {
 
 #[inline(always)]
 fn pack_rule(v: &RuleValue) -> u64 {
-    1 << 63 | (v.action as u64) << 32 | v.id as u64
+    1 << 63 | (v.flags as u64) << 40 | (v.action as u64) << 32 | v.id as u64
 }
 
 /// A customer trie value as one scalar: bit 63 set, the id in bits 0..32, the policy in 32..48,

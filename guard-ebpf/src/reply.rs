@@ -14,11 +14,18 @@ use crate::{
     sip,
 };
 
-/// Sends the reply record of the frame in `ctx`, rejected by rule `id`. Returns 1 when the record
+/// Sends the reply record of the frame in `ctx`, rejected by rule `id` (or by the quarantine:
+/// `cause`). Returns 1 when the record
 /// was queued, 0 when it could not be (ring full, or the frame would not give its bytes). A BPF
 /// function of its own, returning a scalar.
 #[inline(never)]
-pub fn request(ctx: &XdpContext, id: u32) -> u64 {
+pub fn request(ctx: &XdpContext, id: u32, cause: u32) -> u64 {
+    // A quarantine answers with its own response, not the rule's.
+    let id = if cause == guard_common::limits::CAUSE_QUARANTINE as u32 {
+        guard_common::QUARANTINE_RULE_ID
+    } else {
+        id
+    };
     let Some(s) = maps::scratch() else {
         return 0;
     };

@@ -14,13 +14,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use guard_common::{
-    Action, CONFIG_FLAG_DEBUG_LOG, CONFIG_FLAG_NO_CALLS, CallSeen, Config, Counter, EVENT_DROP,
-    EVENT_WOULD_DROP, GlobalCounters, Headers, Mode, Number, RuleCounters, SourceKey, SourceStats,
+    Action, CONFIG_FLAG_DEBUG_LOG, CONFIG_FLAG_NO_CALLS, CONFIG_FLAG_QUARANTINE,
+    CONFIG_FLAG_QUARANTINE_ALL, CallSeen, Config, Counter, Domain, EVENT_DROP, EVENT_WOULD_DROP,
+    GlobalCounters, Headers, Mode, Number, QUARANTINE_RULE_ID, RuleCounters, SourceKey,
+    SourceStats,
+    limits::{CAUSE_QUARANTINE, RULE_FLAG_LIMIT, fingerprint},
 };
 
 use crate::{
     events::{self, Decision},
-    layers,
+    layers, limits,
     maps::{self, SG_CALLS, SG_SOURCES},
     reply, sip,
 };
@@ -46,39 +49,62 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
     // Into the scratch map, where the later stages read it (see `maps::Scratch::customer`).
     customer_of(ctx, cfg.customer_entries);
     let rule = maps::find_rule(&normalized.key(domain));
+    let quarantine = cfg.flags & CONFIG_FLAG_QUARANTINE != 0;
     if rule >> 63 == 0 {
-        return match maps::scratch() {
-            Some(s) if s.incomplete != 0 => incomplete(c, cfg),
-            _ => XDP_PASS,
-        };
+        if maps::scratch().is_some_and(|s| s.incomplete != 0) {
+            return incomplete(c, cfg);
+        }
+        // No rule: a quarantined customer or source is still refused in the quarantine's scope.
+        if quarantine {
+            return unmatched(ctx, c, cfg, domain);
+        }
+        return XDP_PASS;
     }
-    let (id, action) = (rule as u32, (rule >> 32) as u8);
+    let (id, action, flags) = (rule as u32, (rule >> 32) as u8, (rule >> 40) as u8);
     // Off by default (`kernel_debug_log` in the config): a log record per matched INVITE.
     log_match(ctx, cfg.flags, id, action);
-    let mut spare = RuleCounters::default();
     let counted = maps::rule_counters(id);
     // Without counters (the counter map is full, or out of memory) the verdict still stands,
     // without call accounting.
     let accounting = counted.is_some() && cfg.flags & CONFIG_FLAG_NO_CALLS == 0;
-    let stats = match counted {
-        Some(s) => s,
-        None => &mut spare,
+    let Some(stats) = counted.or_else(maps::spare_counters) else {
+        return XDP_PASS;
     };
     stats.matched += 1;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let new_call = accounting && {
-        let new_call = count_call(ctx, c, stats, id, now);
+    let mut call = 0;
+    if accounting {
+        call = count_call(ctx, c, stats, id, now);
         // Unless the customer lookup read them already.
         read_endpoints(ctx, cfg.customer_entries);
-        track_source(id, new_call, now);
-        maps::count_customer(c, id, new_call as u64);
-        new_call
-    };
+        track_source(id, call == CALL_NEW, now);
+        maps::count_customer(c, id, (call == CALL_NEW) as u64);
+    }
+    // Limits and the quarantine (see `limits`): a global BPF function, verified once on its
+    // own, that returns at once for a rule without limits when no quarantine is configured.
+    // Its arguments are computed without branches (BPF has no conditional set: a comparison
+    // is a branch, and a branch here would double the states the rest of this function is
+    // verified in).
+    let limited = (flags & RULE_FLAG_LIMIT) as u64;
+    let fp = fingerprint(&normalized, domain) & 0u64.wrapping_sub(limited);
+    let opts = flags as u32
+        | (action as u32) << 16
+        | ((2 - domain as u32) & 1) << 8
+        | (cfg.flags & CONFIG_FLAG_QUARANTINE_ALL) << 4
+        | (cfg.flags & CONFIG_FLAG_QUARANTINE) << 7
+        | ((cfg.mode ^ 1) & 1) << 9
+        | (accounting as u32) << 11;
+    let decided = limits::sipguard_limits_apply(id, call, fp, now, opts) as u32;
+    let (action, cause) = (decided as u8, (decided >> 8) as u8);
+    // Also through memory: the branches above do not split the states below.
+    let new_call = launder_call((call == CALL_NEW) as u32) != 0;
     let rc = enforce(c, cfg, action, stats);
     if rc == XDP_DROP && action == Action::Reject as u8 {
         c.bump(Counter::Rejected);
-        if reply::request(ctx, id) == 0 {
+        // The quarantine's response, or the rule's (chosen in `reply::request`, so that the
+        // choice does not split this function's states).
+        if reply::request(ctx, id, cause as u32) == 0 {
             c.bump(Counter::RepliesLost);
         }
     }
@@ -99,11 +125,57 @@ pub fn decide(ctx: &XdpContext, c: &mut GlobalCounters, number: &Number) -> u32 
                 action,
                 domain: domain as u8,
                 verdict,
+                cause,
             };
             events::emit(c, cfg, &normalized, &d, now);
         }
     }
     rc
+}
+
+/// `v` written to and read back from the scratch map's `call`.
+#[inline(always)]
+fn launder_call(v: u32) -> u32 {
+    match maps::scratch() {
+        // SAFETY: a field of this CPU's scratch value.
+        Some(s) => unsafe {
+            core::ptr::write_volatile(&mut s.call, v);
+            core::ptr::read_volatile(&s.call)
+        },
+        None => v,
+    }
+}
+
+/// An INVITE no rule matched, with a quarantine configured: refused (or counted in monitor
+/// mode) when its customer or source is quarantined and the number is in scope; else passed.
+#[inline(never)]
+fn unmatched(ctx: &XdpContext, c: &mut GlobalCounters, cfg: &Config, domain: Domain) -> u32 {
+    let in_scope =
+        matches!(domain, Domain::International) || cfg.flags & CONFIG_FLAG_QUARANTINE_ALL != 0;
+    if !in_scope {
+        return XDP_PASS;
+    }
+    read_endpoints(ctx, cfg.customer_entries);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let action = limits::quarantined(now);
+    if action == 0 {
+        return XDP_PASS;
+    }
+    if cfg.mode != Mode::Enforce as u32 {
+        c.bump(Counter::WouldQuarantine);
+        c.bump(Counter::WouldDrop);
+        return XDP_PASS;
+    }
+    c.bump(Counter::Quarantined);
+    c.bump(Counter::Dropped);
+    if action == Action::Reject as u32 {
+        c.bump(Counter::Rejected);
+        if reply::request(ctx, QUARANTINE_RULE_ID, CAUSE_QUARANTINE as u32) == 0 {
+            c.bump(Counter::RepliesLost);
+        }
+    }
+    XDP_DROP
 }
 
 /// The `kernel_debug_log` line of a matched INVITE, when `flags` asks for it. A BPF function of
@@ -195,8 +267,13 @@ fn enforce(c: &mut GlobalCounters, cfg: &Config, action: u8, stats: &mut RuleCou
     }
 }
 
+/// [`count_call`]: a new call.
+const CALL_NEW: u32 = 1;
+
 /// Calls, not packets: a new initial INVITE counts as a call; one whose Call-ID was seen is a
-/// retransmission; one with a To tag is a re-INVITE. Returns whether this is a new call.
+/// retransmission; one with a To tag is a re-INVITE. Returns [`CALL_NEW`] for a new call, the
+/// stop its call got (`CallSeen::limited`, above `CALL_NEW`) or 0 for a retransmission, and 0
+/// for a re-INVITE. Keeps the Call-ID hash in the scratch map.
 #[inline(always)]
 fn count_call(
     ctx: &XdpContext,
@@ -204,40 +281,50 @@ fn count_call(
     stats: &mut RuleCounters,
     id: u32,
     now: u64,
-) -> bool {
+) -> u32 {
     let h = sip::headers(ctx).unwrap_or(Headers {
         call_hash: None,
         to_tag: false,
     });
+    let Some(s) = maps::scratch() else {
+        return 0;
+    };
+    // Volatile: a select between the hash and 0 would read the hash's register where there is
+    // none, which the verifier refuses.
+    // SAFETY: a field of this CPU's scratch value.
+    unsafe { core::ptr::write_volatile(&mut s.call_hash, 0) };
     if h.to_tag {
         stats.reinvites += 1;
         c.bump(Counter::Reinvites);
-        return false;
+        return 0;
     }
     let Some(hash) = h.call_hash else {
         // Nothing to tell retransmissions apart: every packet is a call (an upper bound).
         c.bump(Counter::NoCallId);
         stats.calls += 1;
         c.bump(Counter::Calls);
-        return true;
+        return CALL_NEW;
     };
-    if SG_CALLS.get_ptr(&hash).is_some() {
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut s.call_hash, hash) };
+    // SAFETY: a map value, read once.
+    if let Some(seen) = unsafe { SG_CALLS.get(&hash) } {
         c.bump(Counter::Retransmissions);
-        return false;
+        return seen.limited;
     }
     let seen = CallSeen {
         rule_id: id,
-        _pad: 0,
+        limited: 0,
         first_seen_ns: now,
     };
     // BPF_NOEXIST: another CPU that raced us with the same call wins, and we count nothing.
     if SG_CALLS.insert(&hash, &seen, 1).is_err() {
         c.bump(Counter::Retransmissions);
-        return false;
+        return 0;
     }
     stats.calls += 1;
     c.bump(Counter::Calls);
-    true
+    CALL_NEW
 }
 
 /// Per rule and source address: packets, calls, first and last seen.

@@ -406,6 +406,8 @@ impl Kernel {
                         would_drop: new.would_drop - old.would_drop,
                         calls: new.calls - old.calls,
                         reinvites: new.reinvites - old.reinvites,
+                        over_limit: new.over_limit - old.over_limit,
+                        would_limit: new.would_limit - old.would_limit,
                     };
                     *old = new;
                     rule = Some((id, d));

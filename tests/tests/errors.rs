@@ -80,6 +80,42 @@ const BAD_CONFIGS: &[(&str, &str)] = &[
         "[settings]\ninternational_prefixes = [\"0\", \"00\", \"000\", \"0000\", \"1\"]\n",
         "bad.toml:2: international_prefixes: 5 given, at most 4",
     ),
+    (
+        "[[rule]]\nprefix = \"+\"\naction = \"allow\"\nlimit = \"10/fortnight\"\n",
+        "bad.toml:4: rate `10/fortnight`: unknown unit `fortnight` (units: s, min, h, d)",
+    ),
+    (
+        "[[rule]]\nprefix = \"+\"\naction = \"allow\"\nlimit = \"0/min\"\n",
+        "bad.toml:4: rate `0/min`: the count must be at least 1",
+    ),
+    (
+        "[[rule]]\nprefix = \"+\"\naction = \"allow\"\nlimit = \"-1/min\"\n",
+        "bad.toml:4: rate `-1/min`: the count must be at least 1",
+    ),
+    (
+        "[[rule]]\nprefix = \"+\"\naction = \"allow\"\nlimit = \"6/min\"\nburst = 0\n",
+        "bad.toml:5: burst 0: must be at least 1",
+    ),
+    (
+        "[[rule]]\nprefix = \"+\"\naction = \"allow\"\nlimit = \"6/min\"\nover_limit = \"allow\"\n",
+        "bad.toml:5: over_limit `allow`: use block, reject or monitor",
+    ),
+    (
+        "[[rule]]\nprefix = \"+\"\naction = \"allow\"\nrepeat_limit = \"3/fortnight\"\n",
+        "bad.toml:4: rate `3/fortnight`: unknown unit `fortnight`",
+    ),
+    (
+        "[quarantine]\nwindow = \"10min\"\n",
+        "[quarantine] has no trigger",
+    ),
+    (
+        "[quarantine]\ncalls = 30\nduration = \"0\"\n",
+        "bad.toml:3: duration `0`: must be more than 0",
+    ),
+    (
+        "[quarantine]\ncalls = 30\nduration = \"31d\"\n",
+        "bad.toml:3: duration `31d`: must be 1 s to 30 days",
+    ),
     ("[[rule]\nprefix = \"+232\"\n", "bad.toml:1: "),
 ];
 

@@ -392,7 +392,11 @@ fn metrics_scraped_during_a_sipp_run_match_stats() {
             checked += 1;
         }
     }
-    assert_eq!(checked, rules.len() * 5, "five counters per rule");
+    assert_eq!(
+        checked,
+        rules.len() * guard_common::RuleCounter::COUNT,
+        "every counter of every rule"
+    );
     let global = stats["global"].as_object().unwrap();
     assert_eq!(global.len(), guard_common::Counter::ALL.len(), "{stats}");
     for (name, v) in global {

@@ -11,8 +11,15 @@ use anyhow::{Context as _, bail};
 use crate::util;
 
 /// Debian packages the tests use: `ip` (iproute2), `sipp` (sip-tester), `tshark`, and
-/// `nsenter`/`setpriv` (util-linux, essential on Debian, listed so a slim image gets it).
-const PACKAGES: [&str; 4] = ["iproute2", "sip-tester", "tshark", "util-linux"];
+/// `nsenter`/`setpriv` (util-linux, essential on Debian, listed so a slim image gets it),
+/// `promtool` (prometheus) for the alerting rules.
+const PACKAGES: [&str; 5] = [
+    "iproute2",
+    "sip-tester",
+    "tshark",
+    "util-linux",
+    "prometheus",
+];
 const BPFFS: &str = "/sys/fs/bpf";
 /// bpf-linker versions below this are replaced.
 const MIN_BPF_LINKER: (u64, u64) = (0, 13);

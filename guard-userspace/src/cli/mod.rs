@@ -9,6 +9,7 @@ pub mod default_config;
 pub mod detach;
 pub mod events;
 pub mod explain;
+pub mod quarantine;
 pub mod replay;
 pub mod rules;
 pub mod run;
@@ -70,6 +71,11 @@ pub enum Verb {
     Policies {
         #[command(subcommand)]
         verb: customers::PoliciesVerb,
+    },
+    /// Quarantined customers and sources: list, add, release (live at once).
+    Quarantine {
+        #[command(subcommand)]
+        verb: quarantine::QuarantineVerb,
     },
     /// Per-rule and global counters, sorted by drops.
     Stats(stats::StatsArgs),
@@ -159,6 +165,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.verb {
         Verb::Run(args) => run::run(ctx, args),
         Verb::Rules { verb } => rules::run(&ctx, verb),
+        Verb::Quarantine { verb } => quarantine::run(&ctx, verb),
         Verb::Customers { verb } => customers::customers(&ctx, verb),
         Verb::Policies { verb } => customers::policies(&ctx, verb),
         Verb::Stats(args) => stats::run(&ctx, args),

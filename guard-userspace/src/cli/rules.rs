@@ -346,6 +346,7 @@ fn stage_edit(maps: &mut Maps, delta: &Delta) -> Result<Pending> {
                 country: None,
                 origin: Origin::Runtime,
                 status: None,
+                limits: None,
             },
         );
     }
@@ -369,6 +370,7 @@ pub fn country_rules(cc: &str, action: Action, comment: Option<String>) -> Resul
                 country: Some(c.alpha2.clone()),
                 origin: Origin::Runtime,
                 status: None,
+                limits: None,
             },
         );
     }

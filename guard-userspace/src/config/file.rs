@@ -46,6 +46,7 @@ use ipnet::IpNet;
 use crate::model::{
     country,
     customers::{Customer, Customers, Policy, check_name},
+    limits::{Limits as RuleLimits, QuarantineSettings, Rate, RateError, Scope, parse_duration},
     reply::{Status, StatusError},
     rules::{Origin, Prefix, Rule, RuleSet},
     settings::{Settings, TinyFragment},
@@ -213,6 +214,8 @@ pub struct ConfigFile {
     /// `[settings] reject_code` / `reject_reason`: the response of `reject` rules that give
     /// none of their own (403 Forbidden).
     pub reject: Status,
+    /// `[quarantine]`, if the config has one.
+    pub quarantine: Option<QuarantineSettings>,
 }
 
 // The file as serde reads it. Every value has a type that checks it as it is read, so a bad
@@ -234,6 +237,7 @@ struct RawFile {
     policy: Vec<Spanned<RawPolicy>>,
     #[serde(default)]
     customer: Vec<Spanned<RawCustomer>>,
+    quarantine: Option<Spanned<RawQuarantine>>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +317,24 @@ struct RawRule {
     country: Option<Spanned<CountryPrefixes>>,
     action: Option<Parsed<Action>>,
     comment: Option<String>,
+    reject_code: Option<Spanned<i64>>,
+    reject_reason: Option<Spanned<String>>,
+    limit: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
+    repeat_limit: Option<Spanned<String>>,
+    over_limit: Option<Spanned<String>>,
+}
+
+/// `[quarantine]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuarantine {
+    calls: Option<Spanned<i64>>,
+    over_limit: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    duration: Option<Spanned<String>>,
+    scope: Option<Spanned<String>>,
+    action: Option<Spanned<String>>,
     reject_code: Option<Spanned<i64>>,
     reject_reason: Option<Spanned<String>>,
 }
@@ -739,6 +761,10 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     // Anything the kernel config would refuse, refused here with the file's name.
     settings.to_config().map_err(|e| whole(e.to_string()))?;
 
+    let quarantine = raw
+        .quarantine
+        .map(|q| quarantine_of(q, &lines, &at))
+        .transpose()?;
     let mut rules = RuleSet::new();
     add_rules(&mut rules, GLOBAL_POLICY, raw.rule, &lines, &at)?;
     let mut warnings = Vec::new();
@@ -784,6 +810,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         customers,
         warnings,
         reject,
+        quarantine,
     })
 }
 
@@ -807,7 +834,12 @@ fn add_rules(
             comment,
             reject_code,
             reject_reason,
+            limit,
+            burst,
+            repeat_limit,
+            over_limit,
         } = r.into_inner();
+        let limits = limits_of(limit, burst, repeat_limit, over_limit, lines, at)?;
         let Some(Parsed(action)) = action else {
             return Err(at(
                 line,
@@ -873,11 +905,157 @@ fn add_rules(
                     country: country.clone(),
                     origin: Origin::Config,
                     status: status.clone(),
+                    limits: limits.clone(),
                 },
             );
         }
     }
     Ok(())
+}
+
+/// A rule's `limit`, `burst`, `repeat_limit` and `over_limit`, checked.
+fn limits_of(
+    limit: Option<Spanned<String>>,
+    burst: Option<Spanned<i64>>,
+    repeat_limit: Option<Spanned<String>>,
+    over_limit: Option<Spanned<String>>,
+    lines: &LineIndex,
+    at: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<Option<RuleLimits>, ConfigError> {
+    let rate = |v: Spanned<String>| -> Result<Rate, ConfigError> {
+        let line = lines.line_of(v.span().start);
+        v.into_inner()
+            .parse()
+            .map_err(|e: RateError| at(line, e.to_string()))
+    };
+    let (burst_at, over_at) = (
+        burst.as_ref().map(|b| lines.line_of(b.span().start)),
+        over_limit.as_ref().map(|o| lines.line_of(o.span().start)),
+    );
+    let limit = limit.map(rate).transpose()?;
+    let repeat_limit = repeat_limit.map(rate).transpose()?;
+    let burst = match burst {
+        Some(b) => {
+            let line = lines.line_of(b.span().start);
+            let n = *b.get_ref();
+            if limit.is_none() {
+                return Err(at(line, "burst belongs to a rule with a `limit`".into()));
+            }
+            match u32::try_from(n) {
+                Ok(n @ 1..) => Some(n),
+                _ => return Err(at(line, format!("burst {n}: must be at least 1"))),
+            }
+        }
+        None => None,
+    };
+    let over = match over_limit {
+        Some(o) => {
+            let line = lines.line_of(o.span().start);
+            let text = o.into_inner();
+            match text.parse::<Action>() {
+                Ok(a @ (Action::Block | Action::Reject | Action::Monitor)) => a,
+                _ => {
+                    return Err(at(
+                        line,
+                        format!("over_limit `{text}`: use block, reject or monitor"),
+                    ));
+                }
+            }
+        }
+        None => Action::Block,
+    };
+    if limit.is_none() && repeat_limit.is_none() {
+        if let Some(line) = over_at.or(burst_at) {
+            return Err(at(
+                line,
+                "over_limit belongs to a rule with a `limit` or `repeat_limit`".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(RuleLimits {
+        limit,
+        burst,
+        repeat_limit,
+        over_limit: over,
+    }))
+}
+
+/// `[quarantine]`, checked: a trigger (`calls` or `over_limit`), a window and a duration of 1 s
+/// to 30 days, a scope, an action (block or reject) and its response.
+fn quarantine_of(
+    raw: Spanned<RawQuarantine>,
+    lines: &LineIndex,
+    at: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<QuarantineSettings, ConfigError> {
+    let section = lines.line_of(raw.span().start);
+    let q = raw.into_inner();
+    let count = |v: Option<Spanned<i64>>, what: &str| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(0),
+            Some(v) => {
+                let line = lines.line_of(v.span().start);
+                u32::try_from(*v.get_ref())
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| at(line, format!("{what} {}: must be at least 1", v.get_ref())))
+            }
+        }
+    };
+    let calls = count(q.calls, "calls")?;
+    let over_limit = count(q.over_limit, "over_limit")?;
+    if calls == 0 && over_limit == 0 {
+        return Err(at(
+            section,
+            "[quarantine] has no trigger: give `calls` (more than N calls in scope within the window) or `over_limit` (more than N calls over a limit), or both".into(),
+        ));
+    }
+    let duration = |v: Option<Spanned<String>>, default: u64| -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) => {
+                let line = lines.line_of(v.span().start);
+                parse_duration(v.get_ref()).map_err(|e| at(line, e.to_string()))
+            }
+        }
+    };
+    let window_secs = duration(q.window, 600)?;
+    let duration_secs = duration(q.duration, 3600)?;
+    let scope = match q.scope {
+        None => Scope::International,
+        Some(v) => match v.get_ref().as_str() {
+            "international" => Scope::International,
+            "all" => Scope::All,
+            other => {
+                return Err(at(
+                    lines.line_of(v.span().start),
+                    format!("scope `{other}`: use international or all"),
+                ));
+            }
+        },
+    };
+    let action = match q.action {
+        None => Action::Reject,
+        Some(v) => match v.get_ref().parse::<Action>() {
+            Ok(a @ (Action::Block | Action::Reject)) => a,
+            _ => {
+                return Err(at(
+                    lines.line_of(v.span().start),
+                    format!("quarantine action `{}`: use reject or block", v.get_ref()),
+                ));
+            }
+        },
+    };
+    let status = status_of(q.reject_code, q.reject_reason, lines, at)?;
+    Ok(QuarantineSettings {
+        calls,
+        over_limit,
+        window_secs,
+        duration_secs,
+        scope,
+        action,
+        status,
+    })
 }
 
 /// A reject status from `reject_code` / `reject_reason` (each defaulting to 403 Forbidden's).

@@ -212,6 +212,7 @@ impl Overlay {
                     country: r.country.clone(),
                     origin: Origin::Runtime,
                     status: None,
+                    limits: None,
                 },
             );
         }
@@ -469,6 +470,7 @@ impl StateDir {
                         country: r.country,
                         origin: Origin::Runtime,
                         status: None,
+                        limits: None,
                     },
                 );
             }

@@ -46,6 +46,7 @@ pub(super) fn attach_iface(
             Err(e) => warn!("kernel debug log requested but unavailable: {e}"),
         }
     }
+    filter.maps.quarantine = cfg.quarantine.as_ref().map(|q| q.config());
     let report = filter
         .maps
         .commit_all(&cfg.settings, rules, Some(&eff.customers.entries()))?;

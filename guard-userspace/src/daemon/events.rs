@@ -59,7 +59,7 @@ impl Hub {
         }
     }
 
-    fn publish(&self, rec: &EventRecord) {
+    pub fn publish(&self, rec: &EventRecord) {
         if let Ok(line) = serde_json::to_string(rec) {
             self.publish_line(line);
         }

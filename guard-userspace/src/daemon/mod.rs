@@ -28,7 +28,7 @@ pub mod metrics;
 mod replies;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, atomic::Ordering},
@@ -58,6 +58,7 @@ use crate::{
         customers::Customers,
         reply::Status,
         rules::{Prefix, RuleSet},
+        time,
     },
     report::DaemonStatus,
     report::metrics::Tops,
@@ -134,9 +135,10 @@ fn effective(overlay: &Overlay, cfg: &ConfigFile, previous: &Customers) -> Resul
 
 /// Records the responses of the live rule set's `reject` rules (and the default for the
 /// others) under its generation.
-fn refresh_statuses(g: &Guarded, rules: &RuleSet, default: &Status) {
+fn refresh_statuses(g: &Guarded, rules: &RuleSet, cfg: &ConfigFile) {
+    let default = &cfg.reject;
     let ids = g.rule_ids.lock().map(|i| i.clone()).unwrap_or_default();
-    let map = ids
+    let mut map: BTreeMap<u32, Status> = ids
         .into_iter()
         .filter_map(|(id, p)| {
             let r = rules.get(&p)?;
@@ -144,6 +146,11 @@ fn refresh_statuses(g: &Guarded, rules: &RuleSet, default: &Status) {
                 .then(|| (id, r.status.clone().unwrap_or_else(|| default.clone())))
         })
         .collect();
+    // Over-limit rejects of a rule that is not itself `reject` get the default; the
+    // quarantine answers with its own.
+    if let Some(q) = &cfg.quarantine {
+        map.insert(guard_common::QUARANTINE_RULE_ID, q.status.clone());
+    }
     let generation = g.filter.maps.config().map_or(0, |c| c.generation);
     if let Ok(mut s) = g.statuses.lock() {
         s.record(generation, map, default.clone());
@@ -279,7 +286,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     }
     for g in guarded.iter_mut() {
-        refresh_statuses(g, &committed, &cfg.reject);
+        refresh_statuses(g, &committed, &cfg);
         match (g.filter.take_replies(), sys::if_index(&g.iface)) {
             (Some(ring), Some(ifindex)) => {
                 tokio::spawn(replies::serve(
@@ -340,6 +347,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         events_task,
         metrics: metrics_task,
         customer_names,
+        quarantines_seen: HashMap::new(),
         tops,
         status,
         applied_events: cfg.events.clone(),
@@ -383,6 +391,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         };
         d.check_state();
         d.check_ifaces();
+        d.check_quarantines();
         if let Some(why) = why {
             d.reload(why).await;
         }
@@ -505,6 +514,8 @@ struct Daemon {
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The customers and policies of the last commit, for naming them in events.
     customer_names: Arc<Mutex<Customers>>,
+    /// Quarantines already announced, by interface and subject: their start time.
+    quarantines_seen: HashMap<(String, guard_common::limits::Subject), u64>,
     /// `[metrics] top_rules` and `top_customers`, read by each scrape (a reload stores the new
     /// values).
     tops: Arc<metrics::SharedTops>,
@@ -541,6 +552,60 @@ impl Daemon {
 
     /// Keeps the state directory there: re-created with everything the daemon holds when it
     /// was removed; otherwise the runtime edits in memory follow runtime.toml.
+    /// Announces the quarantines the kernel started since the last look (one event each:
+    /// who, why, the counts, until when). The kernel quarantines by itself; this only tells.
+    fn check_quarantines(&mut self) {
+        use guard_common::limits::REASON_MANUAL;
+        let customers = self
+            .customer_names
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let mut live = HashMap::new();
+        for g in self.guarded.iter().filter(|g| g.state == IfState::Attached) {
+            let Ok(entries) = g.filter.maps.quarantined() else {
+                continue;
+            };
+            for (who, q) in entries {
+                let key = (g.iface.clone(), who);
+                live.insert(key.clone(), q.since_ns);
+                if q.reason == REASON_MANUAL || self.quarantines_seen.get(&key) == Some(&q.since_ns)
+                {
+                    continue;
+                }
+                let name = crate::model::limits::subject_name(&who, &customers);
+                let (customer, src) = match name.strip_prefix("customer ") {
+                    Some(c) => (Some(c.to_string()), String::new()),
+                    None => (None, name.clone()),
+                };
+                let rec = crate::report::event::EventRecord {
+                    time: time::rfc3339(time::boot_ns_to_system(q.since_ns)),
+                    iface: g.iface.clone(),
+                    verdict: "drop".into(),
+                    src,
+                    dst: String::new(),
+                    vlan: 0,
+                    number: String::new(),
+                    rule: String::new(),
+                    rule_id: 0,
+                    action: "quarantine".into(),
+                    customer,
+                    cause: "quarantine_started".into(),
+                    until: Some(time::rfc3339(time::boot_ns_to_system(q.until_ns))),
+                    reason: Some(format!(
+                        "{}: {} calls, {} over limit in the window",
+                        crate::model::limits::reason_str(q.reason),
+                        q.calls,
+                        q.over_limit
+                    )),
+                };
+                warn!(iface = %g.iface, who = %name, until = rec.until.as_deref().unwrap_or("?"), "quarantine started: {}", rec.reason.as_deref().unwrap_or(""));
+                self.hub.publish(&rec);
+            }
+        }
+        self.quarantines_seen = live;
+    }
+
     fn check_state(&mut self) {
         let state = &self.opts.state;
         if state.has_daemon_record() {
@@ -757,6 +822,7 @@ impl Daemon {
                 continue;
             }
             attach::warn_capacity(&g.iface, &g.filter.maps, cfg.settings.max_rules);
+            g.filter.maps.quarantine = cfg.quarantine.as_ref().map(|q| q.config());
             let r = g
                 .filter
                 .maps
@@ -766,7 +832,7 @@ impl Daemon {
             if let Ok(mut ids) = g.rule_ids.lock() {
                 *ids = id_map(&g.filter.maps);
             }
-            refresh_statuses(g, &rules, &cfg.reject);
+            refresh_statuses(g, &rules, &cfg);
         }
         self.opts.state.save_committed(&rules)?;
         self.opts.state.save_customers(&customers)?;

@@ -102,6 +102,8 @@ impl Filter {
         let unscoped = super::maps::take_unscoped_tries(dir)?;
         // Counters pinned by an older version (a per-CPU array) move into the new hash.
         let legacy = super::maps::take_legacy_stats(dir)?;
+        // Counters pinned before limits (five fields) are widened into the new maps.
+        let short = super::maps::take_short_counters(dir)?;
         let paths: Vec<(&'static str, std::path::PathBuf)> = PINNED_MAPS
             .iter()
             .chain(AUX_PINNED.iter())
@@ -125,6 +127,13 @@ impl Filter {
         }
         for (id, values) in legacy {
             f.maps.set_rule_counters(id, values)?;
+        }
+        if !short.is_empty() {
+            tracing::info!(
+                entries = short.len(),
+                "carried the counters of an older sipguard's pinned maps over (new fields zero)"
+            );
+            f.maps.restore_counters(short)?;
         }
         if !unscoped.is_empty() {
             f.maps.restore_rules(&unscoped)?;

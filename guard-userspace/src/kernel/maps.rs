@@ -53,8 +53,14 @@ use aya::{
     },
 };
 use guard_common::{
-    Action, CONFIG_SELECTOR, CUSTOMER_FLAG_INHERIT, Config, CustomerKeyData, CustomerValue,
-    GlobalCounters, RuleCounters, RuleKeyData, RuleValue, SourceKey, SourceStats, maps::names,
+    Action, CONFIG_FLAG_QUARANTINE, CONFIG_FLAG_QUARANTINE_ALL, CONFIG_SELECTOR,
+    CUSTOMER_FLAG_INHERIT, Config, CustomerKeyData, CustomerValue, GlobalCounters, RuleCounters,
+    RuleKeyData, RuleValue, SourceKey, SourceStats,
+    limits::{
+        LimitConfig, LimitParams, QUARANTINE_SCOPE_ALL, Quarantine, RULE_FLAG_LIMIT, Subject,
+        limit_key,
+    },
+    maps::names,
 };
 use thiserror::Error;
 
@@ -67,13 +73,18 @@ use crate::model::{
 
 /// Maps pinned next to [`PINNED_MAPS`] so calls, sources, queued events and customers survive a
 /// restart (each may be missing in pins made before it existed).
-pub const AUX_PINNED: [&str; 6] = [
+pub const AUX_PINNED: [&str; 11] = [
     names::CALLS,
     names::SOURCES,
     names::EVENTS,
     names::CUSTOMERS[0],
     names::CUSTOMERS[1],
     names::CUSTOMER_STATS,
+    names::LIMITS,
+    names::LIMIT_CONFIG,
+    names::BUCKETS,
+    names::QUARANTINE,
+    names::WINDOWS,
 ];
 
 /// Every map userspace works with, by pin name.
@@ -184,6 +195,10 @@ pub enum MapsError {
         "the pinned maps have no customer maps (made by an older sipguard): restart the daemon (`sipguard run`) once to add them"
     )]
     NoCustomerMaps,
+    #[error(
+        "the pinned maps have no limit maps (made by an older sipguard): restart the daemon (`sipguard run`) once to add them"
+    )]
+    NoLimitMaps,
 }
 
 fn map_err(name: &'static str, action: impl Into<String>) -> impl FnOnce(MapError) -> MapsError {
@@ -213,6 +228,18 @@ fn not_found(e: &MapError) -> bool {
 
 type Trie = LpmTrie<MapData, RuleKeyData, RuleValue>;
 type CustomerTrie = LpmTrie<MapData, CustomerKeyData, CustomerValue>;
+
+/// The config flags of quarantine settings `q`.
+fn quarantine_flags(q: &LimitConfig) -> u32 {
+    let mut flags = 0;
+    if q.is_on() {
+        flags |= CONFIG_FLAG_QUARANTINE;
+        if q.flags & QUARANTINE_SCOPE_ALL != 0 {
+            flags |= CONFIG_FLAG_QUARANTINE_ALL;
+        }
+    }
+    flags
+}
 
 /// What turns customer trie entries `have` into `wanted`: removals, then writes.
 fn customer_diff(
@@ -312,12 +339,13 @@ impl TrieKey {
         Prefix::from_key(self.prefix_len, &self.data)
     }
 
-    /// The trie value of a rule with this key.
-    fn value(self, id: u32, action: Action) -> RuleValue {
+    /// The trie value of a rule with this key (`flags`: [`RULE_FLAG_LIMIT`] for a rule with
+    /// limits).
+    fn value(self, id: u32, action: Action, flags: u8) -> RuleValue {
         RuleValue {
             id,
             action: action as u8,
-            flags: 0,
+            flags,
             prefix_len: self.prefix_len as u16,
         }
     }
@@ -359,6 +387,8 @@ pub struct Pending {
     /// Commits that set the customers: the ids of the customers that stay, so that the
     /// per-customer counters of the others go (a later customer never inherits them).
     live_customers: Option<HashSet<u32>>,
+    /// Full commits: the limits and quarantine settings the standby slot gets.
+    limits: Option<(Vec<(u32, LimitParams)>, LimitConfig)>,
 }
 
 impl Pending {
@@ -373,6 +403,9 @@ struct Later {
     sources: Option<Map>,
     customers: Option<[Map; 2]>,
     customer_stats: Option<Map>,
+    limits: Option<Map>,
+    limit_config: Option<Map>,
+    quarantine: Option<Map>,
 }
 
 /// The filter's maps.
@@ -396,6 +429,14 @@ pub struct Maps {
     customers: Option<[CustomerTrie; 2]>,
     /// Per (customer, rule) counters (absent in pins made before they existed).
     customer_stats: Option<PerCpuHashMap<MapData, u64, RuleCounters>>,
+    /// Rules' limits per slot, the quarantine settings per slot, the quarantined subjects
+    /// (absent in pins made before limits existed).
+    limits: Option<aya::maps::HashMap<MapData, u64, LimitParams>>,
+    limit_config: Option<Array<MapData, LimitConfig>>,
+    quarantine_map: Option<aya::maps::HashMap<MapData, Subject, Quarantine>>,
+    /// The quarantine settings the next full commit makes live (`None`: no quarantine). Opened
+    /// from pins, it is the live slot's, so that an edit keeps it.
+    pub quarantine: Option<LimitConfig>,
 }
 
 impl Maps {
@@ -408,6 +449,9 @@ impl Maps {
         let customers = [take(names::CUSTOMERS[0])?, take(names::CUSTOMERS[1])?];
         let sources = ebpf.take_map(names::SOURCES);
         let customer_stats = ebpf.take_map(names::CUSTOMER_STATS);
+        let limits = ebpf.take_map(names::LIMITS);
+        let limit_config = ebpf.take_map(names::LIMIT_CONFIG);
+        let quarantine = ebpf.take_map(names::QUARANTINE);
         Self::from_maps(
             [a, b],
             stats,
@@ -418,6 +462,9 @@ impl Maps {
                 sources,
                 customers: Some(customers),
                 customer_stats,
+                limits,
+                limit_config,
+                quarantine,
             },
         )
     }
@@ -451,11 +498,11 @@ impl Maps {
         } else {
             None
         };
-        let customer_stats = dir
-            .join(names::CUSTOMER_STATS)
-            .exists()
-            .then(|| open(names::CUSTOMER_STATS))
-            .transpose()?;
+        let optional = |name: &'static str| dir.join(name).exists().then(|| open(name)).transpose();
+        let customer_stats = optional(names::CUSTOMER_STATS)?;
+        let limits = optional(names::LIMITS)?;
+        let limit_config = optional(names::LIMIT_CONFIG)?;
+        let quarantine = optional(names::QUARANTINE)?;
         Self::from_maps(
             [a, b],
             stats,
@@ -466,6 +513,9 @@ impl Maps {
                 sources,
                 customers,
                 customer_stats,
+                limits,
+                limit_config,
+                quarantine,
             },
         )
     }
@@ -482,6 +532,9 @@ impl Maps {
             sources,
             customers,
             customer_stats,
+            limits,
+            limit_config,
+            quarantine,
         } = later;
         let rules = [
             Trie::try_from(a).map_err(map_err(names::RULES[0], "open"))?,
@@ -519,7 +572,103 @@ impl Maps {
             customer_stats: customer_stats
                 .map(|m| PerCpuHashMap::try_from(m).map_err(map_err(names::CUSTOMER_STATS, "open")))
                 .transpose()?,
-        })
+            limits: limits
+                .map(|m| aya::maps::HashMap::try_from(m).map_err(map_err(names::LIMITS, "open")))
+                .transpose()?,
+            limit_config: limit_config
+                .map(|m| Array::try_from(m).map_err(map_err(names::LIMIT_CONFIG, "open")))
+                .transpose()?,
+            quarantine_map: quarantine
+                .map(|m| {
+                    aya::maps::HashMap::try_from(m).map_err(map_err(names::QUARANTINE, "open"))
+                })
+                .transpose()?,
+            quarantine: None,
+        }
+        .with_live_quarantine())
+    }
+
+    /// Takes the live slot's quarantine settings as the ones to keep.
+    fn with_live_quarantine(mut self) -> Self {
+        let live = self.active_slot().unwrap_or(0);
+        self.quarantine = self
+            .limit_config
+            .as_ref()
+            .and_then(|a| a.get(&live, 0).ok())
+            .filter(LimitConfig::is_on);
+        self
+    }
+
+    /// Writes the limits of slot `slot`: its (rule id, params) entries replace the slot's old
+    /// ones, and its quarantine settings.
+    fn write_limits(
+        &mut self,
+        slot: u32,
+        entries: &[(u32, LimitParams)],
+        quarantine: LimitConfig,
+    ) -> Result<(), MapsError> {
+        if let Some(m) = &mut self.limits {
+            let stale: Vec<u64> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| (k >> 32) as u32 == slot)
+                .filter(|k| !entries.iter().any(|(id, _)| *id == *k as u32))
+                .collect();
+            for k in stale {
+                match m.remove(&k) {
+                    Ok(()) => {}
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(map_err(names::LIMITS, "remove")(e)),
+                }
+            }
+            for (id, p) in entries {
+                m.insert(limit_key(slot, *id), *p, 0)
+                    .map_err(map_err(names::LIMITS, format!("write rule {id}")))?;
+            }
+        } else if !entries.is_empty() {
+            return Err(MapsError::NoLimitMaps);
+        }
+        if let Some(a) = &mut self.limit_config {
+            a.set(slot, quarantine, 0)
+                .map_err(map_err(names::LIMIT_CONFIG, format!("write slot {slot}")))?;
+        } else if quarantine.is_on() {
+            return Err(MapsError::NoLimitMaps);
+        }
+        Ok(())
+    }
+
+    /// The quarantined customers and sources, with their entries.
+    pub fn quarantined(&self) -> Result<Vec<(Subject, Quarantine)>, MapsError> {
+        let Some(m) = &self.quarantine_map else {
+            return Ok(Vec::new());
+        };
+        m.iter()
+            .filter(|kv| !matches!(kv, Err(e) if not_found(e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::QUARANTINE, "iterate"))
+    }
+
+    /// Quarantines `who` (`Some`) or releases it (`None`); a release of a subject that is not
+    /// quarantined is `Ok(false)`.
+    pub fn set_quarantine(
+        &mut self,
+        who: &Subject,
+        entry: Option<Quarantine>,
+    ) -> Result<bool, MapsError> {
+        let Some(m) = &mut self.quarantine_map else {
+            return Err(MapsError::NoLimitMaps);
+        };
+        match entry {
+            Some(q) => m
+                .insert(*who, q, 0)
+                .map(|()| true)
+                .map_err(map_err(names::QUARANTINE, "insert")),
+            None => match m.remove(who) {
+                Ok(()) => Ok(true),
+                Err(e) if not_found(&e) => Ok(false),
+                Err(e) => Err(map_err(names::QUARANTINE, "remove")(e)),
+            },
+        }
     }
 
     /// Writes `rules` (from [`take_unscoped_tries`]) into both tries as they are, ids
@@ -1034,6 +1183,19 @@ impl Maps {
         // The rule set by key, in its (prefix) order: consecutive writes share trie paths.
         let mut keyed: Vec<(TrieKey, Action)> = Vec::with_capacity(rules.len());
         keyed.extend(rules.iter().map(|(p, e)| (TrieKey::of(p), e.action)));
+        // Rules with limits: their trie values carry RULE_FLAG_LIMIT, their params go into the
+        // slot's entries of the limit map.
+        let limited: HashMap<TrieKey, LimitParams> = rules
+            .iter()
+            .filter_map(|(p, e)| Some((TrieKey::of(p), e.limits.as_ref()?.params())))
+            .collect();
+        let flags_of = |k: &TrieKey| {
+            if limited.contains_key(k) {
+                RULE_FLAG_LIMIT
+            } else {
+                0
+            }
+        };
 
         // Ids: keep the live id of every prefix that stays; new prefixes get ids from the
         // growing counter, which starts above every id either trie holds.
@@ -1077,7 +1239,7 @@ impl Maps {
         for (key, action) in keyed {
             let id = match current.get(&key) {
                 Some(v) => {
-                    if v.action != action as u8 {
+                    if v.action != action as u8 || v.flags != flags_of(&key) {
                         report.changed += 1;
                     }
                     v.id
@@ -1087,7 +1249,7 @@ impl Maps {
                     // A prefix that a recent reload removed: its old id, and so its counters,
                     // come back (no trie holds the id: ids are never handed out twice).
                     if let Some(id) = self.retired.take(&key).filter(|id| !used.contains(id)) {
-                        wanted.push((key, key.value(id, action)));
+                        wanted.push((key, key.value(id, action, flags_of(&key))));
                         continue;
                     }
                     let id = ids.next().expect("one id per new prefix");
@@ -1097,7 +1259,7 @@ impl Maps {
                     id
                 }
             };
-            wanted.push((key, key.value(id, action)));
+            wanted.push((key, key.value(id, action, flags_of(&key))));
         }
         drop(ids);
         // Recycled ids (after a wrap): their counters, of long-gone rules, start from zero.
@@ -1169,6 +1331,13 @@ impl Maps {
                 .set(p as u32, 1u8, 0)
                 .map_err(map_err(names::SIP_PORTS, format!("add port {p}")))?;
         }
+        let limit_entries: Vec<(u32, LimitParams)> = wanted
+            .iter()
+            .filter_map(|(k, v)| Some((v.id, *limited.get(k)?)))
+            .collect();
+        let quarantine = self.quarantine.unwrap_or_default();
+        config.flags |= quarantine_flags(&quarantine);
+        self.write_limits(next, &limit_entries, quarantine)?;
         let config = self.stage_and_switch(next, &stage_ops, config, generation, rules.len())?;
         for &p in old_ports.difference(&new_ports) {
             self.ports
@@ -1191,6 +1360,7 @@ impl Maps {
                 live_ids: Some(live_ids),
                 customer_ops: standby_customer_ops,
                 live_customers: customers.map(|c| c.iter().map(|e| e.customer).collect()),
+                limits: Some((limit_entries, quarantine)),
             },
         ))
     }
@@ -1230,6 +1400,7 @@ impl Maps {
             live_ids: None,
             customer_ops: standby_ops,
             live_customers: Some(customers.iter().map(|e| e.customer).collect()),
+            limits: None,
         }))
     }
 
@@ -1266,7 +1437,7 @@ impl Maps {
                     report.changed += 1;
                     ops.push((
                         TrieKey::of(prefix),
-                        Some(TrieKey::of(prefix).value(v.id, *action)),
+                        Some(TrieKey::of(prefix).value(v.id, *action, 0)),
                     ));
                 }
                 None => {
@@ -1305,6 +1476,7 @@ impl Maps {
                 live_ids: None,
                 customer_ops: Vec::new(),
                 live_customers: None,
+                limits: None,
             };
             return Ok(Some((report, pending)));
         }
@@ -1313,7 +1485,7 @@ impl Maps {
         for (prefix, action) in new_prefixes {
             let key = TrieKey::of(prefix);
             match self.retired.take(&key) {
-                Some(id) => ops.push((key, Some(key.value(id, action)))),
+                Some(id) => ops.push((key, Some(key.value(id, action, 0)))),
                 None => brand_new.push((key, action)),
             }
         }
@@ -1321,7 +1493,7 @@ impl Maps {
             return Ok(None);
         };
         for (i, (key, action)) in brand_new.into_iter().enumerate() {
-            ops.push((key, Some(key.value(first + i as u32, action))));
+            ops.push((key, Some(key.value(first + i as u32, action, 0))));
         }
         let generation = next_generation(generation, generation);
         let config = self.stage_and_switch(next, &ops, live_config, generation, total)?;
@@ -1335,6 +1507,7 @@ impl Maps {
                 live_ids: None,
                 customer_ops: Vec::new(),
                 live_customers: None,
+                limits: None,
             },
         )))
     }
@@ -1349,6 +1522,9 @@ impl Maps {
 
     fn finish_inner(&mut self, p: Pending) -> Result<(), MapsError> {
         self.apply_customer_ops(p.slot, &p.customer_ops)?;
+        if let Some((entries, quarantine)) = &p.limits {
+            self.write_limits(p.slot, entries, *quarantine)?;
+        }
         if !p.ops.is_empty() || self.slot(p.slot)?.generation != p.config.generation {
             self.mark_dirty(p.slot)?;
             self.apply_ops(p.slot, &p.ops, p.config.rule_count as usize)?;
@@ -1511,6 +1687,105 @@ impl Maps {
             .insert(id, per_cpu, 0)
             .map_err(map_err(names::RULE_STATS, format!("write rule {id}")))
     }
+
+    /// Writes counters carried over by [`take_short_counters`].
+    pub fn restore_counters(&mut self, short: ShortCounters) -> Result<(), MapsError> {
+        for (id, v) in short.rules {
+            self.set_rule_counters(id, v)?;
+        }
+        if let Some(m) = &mut self.customer_stats {
+            for (k, v) in short.customers {
+                m.insert(k, v, 0)
+                    .map_err(map_err(names::CUSTOMER_STATS, format!("write {k:#x}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counters of pins whose values have the five fields `RuleCounters` had before limits.
+#[derive(Default)]
+pub struct ShortCounters {
+    pub rules: Vec<(u32, PerCpuValues<RuleCounters>)>,
+    pub customers: Vec<(u64, PerCpuValues<RuleCounters>)>,
+}
+
+impl ShortCounters {
+    pub fn len(&self) -> usize {
+        self.rules.len() + self.customers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Fields of `RuleCounters` before limits added `over_limit` and `would_limit`.
+type FiveCounters = [u64; 5];
+
+/// The per-rule and per-customer counters pinned in `dir` by a sipguard whose `RuleCounters`
+/// had five fields, widened (the new fields zero); their pins removed, so that loading creates
+/// the maps anew. Put them back with [`Maps::restore_counters`]. Empty when the pins are current
+/// or absent.
+pub fn take_short_counters(dir: &Path) -> Result<ShortCounters, MapsError> {
+    fn widen(v: PerCpuValues<FiveCounters>) -> Result<PerCpuValues<RuleCounters>, MapsError> {
+        let wide: Vec<RuleCounters> = v
+            .iter()
+            .map(|f| RuleCounters {
+                matched: f[0],
+                dropped: f[1],
+                would_drop: f[2],
+                calls: f[3],
+                reinvites: f[4],
+                ..RuleCounters::default()
+            })
+            .collect();
+        PerCpuValues::try_from(wide).map_err(|e| MapsError::Cpus(e.to_string()))
+    }
+    fn short<K: aya::Pod + Eq + std::hash::Hash>(
+        dir: &Path,
+        name: &'static str,
+    ) -> Result<Vec<(K, PerCpuValues<RuleCounters>)>, MapsError> {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let data = MapData::from_pin(&path).map_err(|source| MapsError::OpenPin {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let size = data
+            .info()
+            .map_err(map_err(name, "read map info"))?
+            .value_size();
+        if size as usize != std::mem::size_of::<FiveCounters>() {
+            return Ok(Vec::new());
+        }
+        let map = Map::from_map_data(data).map_err(|source| MapsError::OpenPin {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let m = PerCpuHashMap::<MapData, K, FiveCounters>::try_from(map)
+            .map_err(map_err(name, "open"))?;
+        let mut out = Vec::new();
+        for kv in m.iter() {
+            match kv {
+                Ok((k, v)) => out.push((k, widen(v)?)),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(map_err(name, "iterate")(e)),
+            }
+        }
+        drop(m);
+        std::fs::remove_file(&path).map_err(|source| MapsError::Unpin {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(out)
+    }
+    Ok(ShortCounters {
+        rules: short(dir, names::RULE_STATS)?,
+        customers: short(dir, names::CUSTOMER_STATS)?,
+    })
 }
 
 /// Counters pinned by an older sipguard (a per-CPU array indexed by rule id) for the rules in
@@ -1627,7 +1902,7 @@ pub fn take_legacy_stats(dir: &Path) -> Result<Vec<(u32, PerCpuValues<RuleCounte
 
 /// The trie value of rule `prefix`.
 pub fn rule_value(prefix: &Prefix, id: u32, action: Action) -> RuleValue {
-    TrieKey::of(prefix).value(id, action)
+    TrieKey::of(prefix).value(id, action, 0)
 }
 
 /// The generation after `a` and `b` (never 0, which means "unknown").

@@ -3,6 +3,7 @@
 
 pub mod country;
 pub mod customers;
+pub mod limits;
 pub mod reply;
 pub mod rules;
 pub mod settings;

@@ -207,6 +207,9 @@ pub struct Rule {
     /// `[settings]` (403 Forbidden unless set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::model::reply::Status>,
+    /// Velocity limits (`limit`, `burst`, `repeat_limit`, `over_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::model::limits::Limits>,
 }
 
 impl Rule {
@@ -218,6 +221,7 @@ impl Rule {
             country: None,
             origin,
             status: None,
+            limits: None,
         }
     }
 }

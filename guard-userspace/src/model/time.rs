@@ -3,17 +3,26 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `CLOCK_BOOTTIME` ns (the kernel's timestamps) to wall-clock time.
-pub fn boot_ns_to_system(ns: u64) -> SystemTime {
+/// `CLOCK_BOOTTIME` now, in ns (the kernel's clock: it keeps running in suspend).
+pub fn boot_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let boot_now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-    let ago = Duration::from_nanos(boot_now.saturating_sub(ns));
-    SystemTime::now().checked_sub(ago).unwrap_or(UNIX_EPOCH)
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `CLOCK_BOOTTIME` ns (the kernel's timestamps, past or future) to wall-clock time.
+pub fn boot_ns_to_system(ns: u64) -> SystemTime {
+    let boot_now = boot_now_ns();
+    let now = SystemTime::now();
+    if ns >= boot_now {
+        return now + Duration::from_nanos(ns - boot_now);
+    }
+    now.checked_sub(Duration::from_nanos(boot_now - ns))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 /// RFC 3339 UTC, milliseconds.

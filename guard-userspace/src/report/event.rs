@@ -31,6 +31,30 @@ pub struct EventRecord {
     /// The source's customer, if it is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer: Option<String>,
+    /// Why: `rule` (the rule's action), `limit`, `repeat_limit`, `quarantine`, or
+    /// `quarantine_started` (then `until` and `reason` say more).
+    #[serde(default = "rule_cause")]
+    pub cause: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn rule_cause() -> String {
+    "rule".into()
+}
+
+/// The name of an event's `cause` byte.
+pub fn cause_str(cause: u8) -> &'static str {
+    use guard_common::limits::*;
+    match cause {
+        CAUSE_LIMIT => "limit",
+        CAUSE_REPEAT => "repeat_limit",
+        CAUSE_QUARANTINE => "quarantine",
+        CAUSE_QUARANTINE_START => "quarantine_started",
+        _ => "rule",
+    }
 }
 
 /// The kernel record in a ring-buffer item, if the item is long enough to hold one.
@@ -88,6 +112,9 @@ pub fn decode(
                 .customer_by_id(ev.customer)
                 .map_or_else(|| format!("customer {}", ev.customer), |c| c.name.clone())
         }),
+        cause: cause_str(ev.cause).into(),
+        until: None,
+        reason: None,
     })
 }
 
@@ -98,8 +125,25 @@ impl EventRecord {
             .customer
             .as_ref()
             .map_or_else(String::new, |c| format!(" customer {c}"));
+        if self.cause == "quarantine_started" {
+            return format!(
+                "{} {:<10} quarantine of {} started ({}), until {} iface {}",
+                self.time,
+                self.verdict,
+                self.customer.as_deref().unwrap_or(&self.src),
+                self.reason.as_deref().unwrap_or("?"),
+                self.until.as_deref().unwrap_or("?"),
+                self.iface
+            );
+        }
+        let cause = match self.cause.as_str() {
+            "rule" => String::new(),
+            "limit" => ", over limit".into(),
+            "repeat_limit" => ", over repeat limit".into(),
+            other => format!(", {other}"),
+        };
         format!(
-            "{} {:<10} {} -> {} {} rule {} ({}) vlan {} iface {}{customer}",
+            "{} {:<10} {} -> {} {} rule {} ({}{cause}) vlan {} iface {}{customer}",
             self.time,
             self.verdict,
             self.src,

@@ -180,6 +180,11 @@ pub fn render(
         "max_rules",
         "Rules the rule maps can hold (their size, max_rules when they were created)",
     );
+    let quarantined: Family<IfaceLabels, Gauge> = family(
+        &mut reg,
+        "quarantined",
+        "Customers and sources in quarantine now",
+    );
     let attached: Family<IfaceLabels, Gauge> = family(
         &mut reg,
         "program_attached",
@@ -207,6 +212,7 @@ pub fn render(
             .get_or_create(&il)
             .set(i64::from(i.settings.max_rules));
         attached.get_or_create(&il).set(i64::from(i.attached));
+        quarantined.get_or_create(&il).set(i.quarantined as i64);
         let mut sums = guard_common::RuleCounters::default();
         for r in &i.rules {
             sums += r.counters;
@@ -295,6 +301,27 @@ mod tests {
         match s.value {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
             _ => f64::NAN,
+        }
+    }
+
+    /// The alerting rules shipped in contrib/prometheus use series that exist.
+    #[test]
+    fn the_alert_rules_use_series_that_exist() {
+        let text = render(&sample(), &DaemonStatus::default(), Tops::default()).unwrap();
+        let scrape = parse(&text);
+        let alerts = include_str!("../../../contrib/prometheus/alerts.yml");
+        let mut used: Vec<&str> = alerts
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("sipguard_"))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert!(used.len() >= 3, "{used:?}");
+        for m in used {
+            assert!(
+                scrape.samples.iter().any(|s| s.metric == m),
+                "alerts.yml uses {m}, which /metrics does not export"
+            );
         }
     }
 

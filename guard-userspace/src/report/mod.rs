@@ -93,6 +93,8 @@ pub struct IfaceReport {
     pub sources: Vec<SourceRow>,
     /// With [`Parts::customers`]: per customer and rule, most stopped calls first.
     pub customers: Vec<CustomerRow>,
+    /// Quarantines in force (customers and sources).
+    pub quarantined: usize,
 }
 
 /// What one customer's INVITEs did under one rule. The kernel counts the INVITEs and calls of
@@ -205,6 +207,7 @@ impl Report {
                 global: GlobalCounters::default(),
                 sources: Vec::new(),
                 customers: Vec::new(),
+                quarantined: 0,
             })
             .collect();
         for iface in ifaces {
@@ -346,6 +349,14 @@ impl Report {
                 global: maps.global_counters().map_err(at)?,
                 sources,
                 customers: customer_rows,
+                quarantined: {
+                    let now = crate::model::time::boot_now_ns();
+                    maps.quarantined()
+                        .map_err(at)?
+                        .iter()
+                        .filter(|(_, q)| q.active(now))
+                        .count()
+                },
                 iface,
             });
         }
@@ -586,6 +597,8 @@ pub(crate) fn sample() -> Report {
             would_drop: if action == Action::Monitor { 7 * n } else { 0 },
             calls: 3 * n,
             reinvites: n,
+            over_limit: 2 * n,
+            would_limit: 0,
         },
     };
     let iface = |name: &str, scale: u64| {
@@ -603,6 +616,7 @@ pub(crate) fn sample() -> Report {
             },
             xdp_mode: "native".into(),
             program_id: Some(40 + scale as u32),
+            quarantined: scale as usize,
             settings: Settings {
                 mode: if scale == 1 {
                     Mode::Enforce
