@@ -217,13 +217,26 @@ fn buckets(s: &mut maps::Scratch, slot: u32, id: u32, fp: u64, now: u64) -> u32 
         return pack_stop(over, action);
     }
     if let Conform::Take(tat) = repeat {
-        let _ = SG_BUCKETS.insert(&s.bucket, &tat, 0);
+        store(&s.bucket, tat);
     }
     if let Conform::Take(tat) = rate {
         s.bucket.number = 0;
-        let _ = SG_BUCKETS.insert(&s.bucket, &tat, 0);
+        store(&s.bucket, tat);
     }
     0
+}
+
+/// Writes a bucket's TAT: in place when the bucket exists (an LRU update takes a lock and an
+/// element; a store into the value does not), else as a new element.
+#[inline(always)]
+fn store(key: &BucketKey, tat: u64) {
+    match SG_BUCKETS.get_ptr_mut(key) {
+        // SAFETY: a map value; a racing CPU's store may win, which costs one call's accuracy.
+        Some(p) => unsafe { *p = tat },
+        None => {
+            let _ = SG_BUCKETS.insert(key, &tat, 0);
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -252,11 +265,15 @@ fn conform(key: &BucketKey, g: &Gcra, now: u64) -> Conform {
 /// reason when it trips (0: no trip).
 #[inline(always)]
 fn observe(s: &mut maps::Scratch, q: &LimitConfig, in_scope: bool, over: bool, now: u64) -> u32 {
-    match SG_QWINDOWS.get_ptr_mut(&s.bucket.subject) {
+    // In place when the window exists (see `store`).
+    if let Some(p) = SG_QWINDOWS.get_ptr_mut(&s.bucket.subject) {
         // SAFETY: a map value; a racing CPU may lose a count, which the trigger tolerates.
-        Some(p) => s.window = unsafe { *p },
-        None => s.window = Window::default(),
+        let w = unsafe { &mut *p };
+        let reason = w.observe(q, now, in_scope, over);
+        s.window = *w;
+        return reason;
     }
+    s.window = Window::default();
     let reason = s.window.observe(q, now, in_scope, over);
     let _ = SG_QWINDOWS.insert(&s.bucket.subject, &s.window, 0);
     reason

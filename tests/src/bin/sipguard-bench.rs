@@ -120,14 +120,15 @@ fn main() -> ExitCode {
     let mut rounds = 3u32;
     let mut capacity_rules = 1_000_000usize;
     let mut customer_count = BENCH_CUSTOMERS;
-    let (mut table, mut capacity, mut customers) = (true, true, true);
+    let (mut table, mut capacity, mut customers, mut limits) = (true, true, true, true);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-table" => table = false,
             "--no-capacity" => capacity = false,
             "--no-customers" => customers = false,
-            "--customers-only" => (table, capacity) = (false, false),
+            "--customers-only" => (table, capacity, limits) = (false, false, false),
+            "--limits-only" => (table, capacity, customers) = (false, false, false),
             "--scrape-only" => {
                 return match scrape_section(SCRAPE_RULES) {
                     Ok(()) => ExitCode::SUCCESS,
@@ -146,7 +147,7 @@ fn main() -> ExitCode {
                 }
                 _ => {
                     eprintln!(
-                        "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)] [--capacity-rules N (default 1000000)] [--no-table] [--no-capacity] [--no-customers] [--customers-only] [--customers N (1024..4000000, default 100000)] [--scrape-only]"
+                        "usage: sipguard-bench [--repeat N (default 1000000)] [--rounds N (default 3)] [--capacity-rules N (default 1000000)] [--no-table] [--no-capacity] [--no-customers] [--customers-only] [--limits-only] [--customers N (1024..4000000, default 100000)] [--scrape-only]"
                     );
                     return ExitCode::from(2);
                 }
@@ -158,6 +159,10 @@ fn main() -> ExitCode {
     }
     if customers && let Err(e) = customers_section(customer_count, repeat, rounds) {
         eprintln!("customers: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    if limits && let Err(e) = limits_section(repeat, rounds) {
+        eprintln!("limits: {e:#}");
         return ExitCode::FAILURE;
     }
     if capacity && let Err(e) = capacity_section(capacity_rules) {
@@ -944,5 +949,115 @@ fn customers_section(count: usize, repeat: u32, rounds: u32) -> anyhow::Result<(
             (ns / base - 1.0) * 100.0
         );
     }
+    Ok(())
+}
+
+/// An INVITE to `uri` without a Call-ID: every run of it is a new call (nothing tells its
+/// retransmissions apart), so each takes the limits' bucket path.
+fn invite_without_call_id(uri: &str) -> Vec<u8> {
+    Pkt::v4(
+        format!(
+            "INVITE {uri} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK776asdhds\r\n\
+             To: <{uri}>\r\n\
+             From: <sip:100@192.0.2.10>;tag=1928301774\r\n\
+             CSeq: 1 INVITE\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .src("198.51.100.7")
+    .build()
+}
+
+/// The cost of a limit: the same INVITEs against the same rules with and without a limit (and
+/// with a quarantine configured), on one instance re-committed each round. Every run is a new
+/// call (see [`invite_without_call_id`]); the limit (a million calls a second, a burst of a
+/// million) is never reached, so the verdict stays the rule's. And the limit maps' kernel
+/// memory at their default sizes.
+fn limits_section(repeat: u32, rounds: u32) -> anyhow::Result<()> {
+    let config = |limit: &str, quarantine: &str| {
+        format!(
+            "[settings]\nsip_ports = [5060]\n\
+             [[rule]]\nprefix = \"+44\"\naction = \"allow\"\n{limit}\
+             [[rule]]\nprefix = \"+232\"\naction = \"block\"\n{limit}{quarantine}"
+        )
+    };
+    let limit = "limit = \"1000000/s\"\nburst = 1000000\n";
+    let quarantine = "[quarantine]\ncalls = 4000000000\n";
+    let parse = |t: &str| sipguard::config::parse(std::path::Path::new("bench.toml"), t);
+    let sets = [
+        ("without a limit", parse(&config("", ""))?),
+        ("with a limit", parse(&config(limit, ""))?),
+        (
+            "with a limit and a quarantine",
+            parse(&config(limit, quarantine))?,
+        ),
+    ];
+    let mut f = Filter::load(&sets[0].1.settings)?;
+    let allowed = invite_without_call_id("sip:+442079460000@gw.example.net");
+    let blocked = invite_without_call_id(BLOCKED_URI);
+    // [set][frame]
+    let mut best = [[f64::MAX; 2]; 3];
+    let mut empty = f64::MAX;
+    for _ in 0..rounds.max(5) {
+        for (i, (_, cfg)) in sets.iter().enumerate() {
+            f.maps.quarantine = cfg.quarantine.as_ref().map(|q| q.config());
+            f.maps.commit_all(&cfg.settings, &cfg.rules, Some(&[]))?;
+            for (j, (frame, want)) in [(&allowed, Verdict::Pass), (&blocked, Verdict::Drop)]
+                .into_iter()
+                .enumerate()
+            {
+                let (rc, ns) = f.run(programs::FILTER, frame, repeat)?;
+                if Verdict::from_xdp(rc) != want {
+                    bail!("{want:?} expected, XDP action {rc}");
+                }
+                best[i][j] = best[i][j].min(ns);
+            }
+        }
+        empty = empty.min(f.run(programs::EMPTY, &allowed, repeat)?.1);
+    }
+    let mem: Vec<(String, u64)> = f
+        .kernel_memory()?
+        .into_iter()
+        .filter(|m| {
+            [
+                "SG_LIMITS",
+                "SG_LIMIT_CONFIG",
+                "SG_BUCKETS",
+                "SG_QUARANTINE",
+                "SG_QWINDOWS",
+            ]
+            .contains(&m.name.as_str())
+        })
+        .map(|m| (m.name.clone(), m.memlock))
+        .collect();
+    println!();
+    println!(
+        "Limits: BPF_PROG_TEST_RUN, repeat {repeat}, best of {}; every run a new call (no Call-ID)",
+        rounds.max(5)
+    );
+    println!();
+    println!("| INVITE | rule | ns | ratio to empty | vs without a limit |");
+    println!("|---|---|---:|---:|---:|");
+    println!("| empty XDP_PASS program | | {empty:.1} | 1.00 | |");
+    for (j, what) in ["allowed (+44)", "blocked (+232)"].iter().enumerate() {
+        for (i, (label, _)) in sets.iter().enumerate() {
+            println!(
+                "| {what} | {label} | {:.1} | {:.2} | {:+.1}% |",
+                best[i][j],
+                best[i][j] / empty,
+                (best[i][j] / best[0][j] - 1.0) * 100.0
+            );
+        }
+    }
+    println!();
+    println!("| map (default size) | kernel memory |");
+    println!("|---|---:|");
+    for (name, bytes) in &mem {
+        println!("| {name} | {:.1} KiB |", *bytes as f64 / 1024.0);
+    }
+    let total: u64 = mem.iter().map(|(_, b)| b).sum();
+    println!("| total | {:.1} MiB |", total as f64 / (1 << 20) as f64);
     Ok(())
 }
