@@ -1325,6 +1325,53 @@ mod tests {
     }
 
     #[test]
+    fn the_default_configs_limit_and_quarantine_examples_work_uncommented() {
+        let uncomment = |block: &str| -> String {
+            block
+                .lines()
+                .map(|l| l.trim_start_matches('#').trim_start())
+                .map(|l| l.split("  #").next().unwrap_or(l).trim_end())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let (_, after) = EMBEDDED
+            .split_once("# [quarantine]")
+            .expect("the example is there");
+        let block = after.split("\n\n").next().unwrap();
+        let q = p(&uncomment(&format!("[quarantine]{block}")))
+            .unwrap()
+            .quarantine
+            .expect("a quarantine");
+        assert_eq!((q.over_limit, q.calls), (30, 200));
+        assert_eq!((q.window_secs, q.duration_secs), (600, 3600));
+        assert_eq!(q.action, Action::Reject);
+        let limits: String = EMBEDDED
+            .lines()
+            .filter(|l| l.starts_with("#   ") && l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let rule = format!(
+            "[[rule]]\nprefix = \"+\"\naction = \"allow\"\n{}",
+            uncomment(&limits)
+        );
+        let c = p(&rule).unwrap();
+        let l = c
+            .rules
+            .values()
+            .next()
+            .unwrap()
+            .limits
+            .clone()
+            .expect("limits");
+        assert_eq!(l.limit.unwrap().to_string(), "10/min");
+        assert_eq!(l.burst, Some(5));
+        assert_eq!(l.over_limit, Action::Reject);
+        assert_eq!(l.repeat_limit.unwrap().to_string(), "3/10min");
+        // As shipped, it is only a comment.
+        assert!(p(EMBEDDED).unwrap().quarantine.is_none());
+    }
+
+    #[test]
     fn reject_statuses_are_checked_where_they_stand() {
         let cases: &[(&str, &str)] = &[
             (
