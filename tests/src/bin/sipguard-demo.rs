@@ -292,6 +292,11 @@ fn demo(interrupted: &AtomicBool) -> Outcome {
     println!();
     step("sipguard stats --customers");
     println!("{}", sg.ok(&["stats", "--customers"]));
+    if interrupted.load(Ordering::SeqCst) {
+        return Outcome::Interrupted;
+    }
+    wrong += hacked_pbx_act(&mut sg, &topo, &office, &dir, &cfg);
+
     step(&format!(
         "tearing down (namespaces, veths, pins, processes); the demo took {:.0} s",
         t0.elapsed().as_secs_f64()
@@ -303,4 +308,134 @@ fn demo(interrupted: &AtomicBool) -> Outcome {
     } else {
         Outcome::Unexpected
     }
+}
+
+/// Act three, the story of the seed: the PBX is a customer now (`acme`, international calls at
+/// most 6 a minute, 3 at once), and it is hacked: a burst of international calls to
+/// destinations on no list. The limit refuses them (403), the quarantine trips within seconds
+/// in the kernel (603 from then on), the daemon announces it, and the office calls on.
+/// Returns the number of unexpected results.
+fn hacked_pbx_act(
+    sg: &mut Instance,
+    topo: &Topology,
+    office: &sipguard_tests::topology::SecondPbx,
+    dir: &std::path::Path,
+    cfg: &std::path::Path,
+) -> u32 {
+    let limited = format!(
+        "{}\n[[policy]]\nname = \"limited\"\n[[policy.rule]]\nprefix = \"+\"\naction = \"allow\"\n\
+         limit = \"6/min\"\nburst = 3\nover_limit = \"reject\"\n\n\
+         [[customer]]\nname = \"acme\"\nsources = [\"192.0.2.0/24\", \"2001:db8:1::/64\"]\npolicy = \"limited\"\n\n\
+         [quarantine]\nover_limit = 10\nwindow = \"10min\"\nduration = \"1h\"\nreject_code = 603\nreject_reason = \"Decline\"\n",
+        std::fs::read_to_string(cfg).unwrap_or_default()
+    );
+    step(
+        "reload: the PBX becomes customer `acme` (policy `limited`: + allow, limit 6/min, burst 3, over it 403) with a [quarantine] (more than 10 over-limit calls in 10 min: 1 h, 603)",
+    );
+    let applied = sg.log_text().matches("config applied").count();
+    sg.write("demo.toml", &limited);
+    sg.signal(libc::SIGHUP);
+    sg.wait_log("config applied", applied + 1);
+
+    step(
+        "acme's PBX is hacked: 40 calls at 10 calls/s to international numbers on no list; the office calls at the same time",
+    );
+    let uas = Uas::start(&topo.carrier, CARRIER4, dir, "hacked");
+    let burst: Vec<String> = (0..40)
+        .map(|i| format!("sip:+4420794{:05}@{CARRIER4}:5060", 60000 + i))
+        .collect();
+    let office_uris: Vec<String> = (0..6)
+        .map(|i| format!("sip:03123456{i:02}@{CARRIER4}:5060"))
+        .collect();
+    let (hacked, office_run) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            run_uac(&UacSpec {
+                ns: &topo.pbx,
+                local_ip: PBX4,
+                remote: format!("{CARRIER4}:5060"),
+                uris: &burst,
+                calls: burst.len() as u32,
+                rate: 10,
+                dir,
+                tag: "hacked",
+            })
+        });
+        let o = s.spawn(|| {
+            run_uac(&UacSpec {
+                ns: &office.pbx,
+                local_ip: PBX2_4,
+                remote: format!("{CARRIER4}:5060"),
+                uris: &office_uris,
+                calls: office_uris.len() as u32,
+                rate: 2,
+                dir,
+                tag: "office2",
+            })
+        });
+        (h.join().unwrap(), o.join().unwrap())
+    });
+    let _ = uas.finish();
+    let mut calls: Vec<&sipguard_tests::sipp::Call> = hacked.calls.iter().collect();
+    calls.sort_by(|a, b| {
+        a.first_invite_at
+            .partial_cmp(&b.first_invite_at)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let count =
+        |f: &dyn Fn(&&sipguard_tests::sipp::Call) -> bool| calls.iter().filter(|c| f(c)).count();
+    let completed = count(&|c| c.completed);
+    let limited_403 = count(&|c| c.refused == Some(403));
+    let quarantined_603 = count(&|c| c.refused == Some(603));
+    let first_603 = calls.iter().position(|c| c.refused == Some(603));
+    let start = calls.first().and_then(|c| c.first_invite_at).unwrap_or(0.0);
+    let tripped_after = first_603
+        .and_then(|i| calls[i].first_invite_at)
+        .map(|t| t - start);
+    println!();
+    println!(
+        "{:<20} {:>6} {:>10} {:>22} {:>24}",
+        "CALLER", "CALLS", "COMPLETED", "REFUSED: LIMIT (403)", "REFUSED: QUARANTINE (603)"
+    );
+    println!(
+        "{:<20} {:>6} {completed:>10} {limited_403:>22} {quarantined_603:>24}",
+        "acme (hacked PBX)",
+        calls.len()
+    );
+    let office_ok = office_run.calls.iter().filter(|c| c.completed).count();
+    println!(
+        "{:<20} {:>6} {office_ok:>10} {:>22} {:>24}",
+        "example-office",
+        office_run.calls.len(),
+        0,
+        0
+    );
+    if let Some(t) = tripped_after {
+        println!(
+            "(the quarantine tripped {t:.1} s into the burst, in the kernel: every later call got 603 at once)"
+        );
+    }
+    println!();
+    // The daemon announces the quarantine within half a second.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    step("sipguard events (the quarantine)");
+    for l in sg
+        .ok(&["events"])
+        .lines()
+        .filter(|l| l.contains("quarantine of"))
+    {
+        println!("{l}");
+    }
+    step("sipguard quarantine list");
+    let list = sg.ok(&["quarantine", "list"]);
+    println!("{list}");
+    let mut wrong = 0;
+    if completed != 3 || quarantined_603 == 0 || !list.contains("customer acme") {
+        wrong += 1;
+    }
+    if office_ok != office_run.calls.len() {
+        wrong += 1;
+    }
+    step("sipguard quarantine release acme (service back at once)");
+    println!("{}", sg.ok(&["quarantine", "release", "acme"]));
+    wrong
 }
