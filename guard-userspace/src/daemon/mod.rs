@@ -305,6 +305,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let status = Arc::new(Mutex::new(DaemonStatus {
         last_reload: None,
         last_reload_ok: true,
+        quarantine_releases: 0,
     }));
     let tops = Arc::new(metrics::SharedTops::new(Tops {
         rules: cfg.top_rules as usize,
@@ -515,7 +516,7 @@ struct Daemon {
     /// The customers and policies of the last commit, for naming them in events.
     customer_names: Arc<Mutex<Customers>>,
     /// Quarantines already announced, by interface and subject: their start time.
-    quarantines_seen: HashMap<(String, guard_common::limits::Subject), u64>,
+    quarantines_seen: HashMap<(String, guard_common::limits::Subject), (u64, u64)>,
     /// `[metrics] top_rules` and `top_customers`, read by each scrape (a reload stores the new
     /// values).
     tops: Arc<metrics::SharedTops>,
@@ -568,8 +569,9 @@ impl Daemon {
             };
             for (who, q) in entries {
                 let key = (g.iface.clone(), who);
-                live.insert(key.clone(), q.since_ns);
-                if q.reason == REASON_MANUAL || self.quarantines_seen.get(&key) == Some(&q.since_ns)
+                live.insert(key.clone(), (q.since_ns, q.until_ns));
+                if q.reason == REASON_MANUAL
+                    || self.quarantines_seen.get(&key).map(|s| s.0) == Some(q.since_ns)
                 {
                     continue;
                 }
@@ -602,6 +604,19 @@ impl Daemon {
                 warn!(iface = %g.iface, who = %name, until = rec.until.as_deref().unwrap_or("?"), "quarantine started: {}", rec.reason.as_deref().unwrap_or(""));
                 self.hub.publish(&rec);
             }
+        }
+        // An entry gone from the map before its time was released (the kernel never deletes
+        // one; an expired entry stays until the next trip replaces it).
+        let now = time::boot_now_ns();
+        let released = self
+            .quarantines_seen
+            .iter()
+            .filter(|(k, (_, until))| !live.contains_key(*k) && *until > now)
+            .count() as u64;
+        if released > 0
+            && let Ok(mut st) = self.status.lock()
+        {
+            st.quarantine_releases += released;
         }
         self.quarantines_seen = live;
     }

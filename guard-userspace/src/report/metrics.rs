@@ -196,6 +196,12 @@ pub fn render(
         "Unix time of the last reload attempt (0: none since start)",
         reload_time.clone(),
     );
+    let releases = prometheus_client::metrics::counter::Counter::<u64>::default();
+    reg.register(
+        "quarantine_releases",
+        "Quarantines ended before their time (sipguard quarantine release), seen by the daemon",
+        releases.clone(),
+    );
     let reload_ok = Gauge::<i64>::default();
     reg.register(
         "last_reload_success",
@@ -279,6 +285,7 @@ pub fn render(
             .map_or(0, |d| d.as_secs() as i64),
     );
     reload_ok.set(i64::from(status.last_reload_ok));
+    releases.inc_by(status.quarantine_releases);
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
@@ -405,8 +412,21 @@ mod tests {
                 SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
             ),
             last_reload_ok: false,
+            quarantine_releases: 2,
         };
         let scrape = parse(&render(&report, &status, Tops::default()).unwrap());
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == "sipguard_quarantine_releases_total" && value(s) == 2.0),
+            "quarantine releases: {:?}",
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric.contains("release"))
+                .collect::<Vec<_>>()
+        );
         let calls: Vec<&Sample> = scrape
             .samples
             .iter()

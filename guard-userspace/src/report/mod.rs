@@ -576,6 +576,8 @@ impl IfaceReport {
 pub struct DaemonStatus {
     pub last_reload: Option<SystemTime>,
     pub last_reload_ok: bool,
+    /// Quarantines ended before their time (`sipguard quarantine release`), seen by the daemon.
+    pub quarantine_releases: u64,
 }
 
 /// A report as two interfaces with a few rules, counters and sources would give, for the
