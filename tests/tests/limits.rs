@@ -242,3 +242,27 @@ fn rules_without_limits_are_untouched() {
     }
     assert_eq!(counter(&f, Counter::OverLimit), 0);
 }
+
+#[test]
+fn limit_buckets_sizes_the_bucket_map() {
+    let cfg = parse(&CONFIG.replace(
+        "sip_ports = [5060]",
+        "sip_ports = [5060]\nlimit_buckets = 4096",
+    ));
+    assert_eq!(cfg.settings.limit_buckets, 4096);
+    let f = load(&cfg);
+    let buckets = f
+        .kernel_memory()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "SG_BUCKETS")
+        .expect("the bucket map");
+    assert_eq!(buckets.max_entries, 4096);
+    let e = sipguard::config::parse(Path::new("limits.toml"), "[settings]\nlimit_buckets = 10\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("limits.toml:2: limit_buckets: 10 is out of range (1024 to 16777216)"),
+        "{e}"
+    );
+}

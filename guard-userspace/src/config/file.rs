@@ -273,6 +273,7 @@ struct RawSettings {
     event_rate: Option<Bounded<EventRate>>,
     event_burst: Option<Bounded<EventBurst>>,
     max_rules: Option<Bounded<MaxRules>>,
+    limit_buckets: Option<Bounded<LimitBuckets>>,
     incomplete_action: Option<Parsed<Action>>,
     tiny_first_fragment: Option<Parsed<TinyFragment>>,
     reject_code: Option<Spanned<i64>>,
@@ -292,6 +293,7 @@ impl RawSettings {
             event_rate: self.event_rate.map_or(d.event_rate, |n| n.0),
             event_burst: self.event_burst.map_or(d.event_burst, |n| n.0),
             max_rules: self.max_rules.map_or(d.max_rules, |n| n.0),
+            limit_buckets: self.limit_buckets.map_or(d.limit_buckets, |n| n.0),
             incomplete_action: self.incomplete_action.map_or(d.incomplete_action, |a| a.0),
             tiny_first_fragment: self
                 .tiny_first_fragment
@@ -382,6 +384,13 @@ impl Limits for MaxRules {
     const FIELD: &'static str = "max_rules";
     const MIN: u32 = 1;
     const MAX: u32 = guard_common::MAX_RULES_LIMIT;
+}
+
+enum LimitBuckets {}
+impl Limits for LimitBuckets {
+    const FIELD: &'static str = "limit_buckets";
+    const MIN: u32 = 1024;
+    const MAX: u32 = 16_777_216;
 }
 
 enum TopRules {}

@@ -35,7 +35,8 @@ pub(super) fn attach_iface(
 ) -> Result<(Guarded, &'static str)> {
     let rules = &eff.rules;
     let dir = opts.pins.prepare(iface)?;
-    let mut filter = Filter::load_pinned(&dir, cfg.settings.max_rules)?;
+    let mut filter =
+        Filter::load_pinned_sized(&dir, cfg.settings.max_rules, cfg.settings.limit_buckets)?;
     warn_capacity(iface, &filter.maps, cfg.settings.max_rules);
     if cfg.settings.kernel_debug_log {
         match aya_log::EbpfLogger::init_with_logger(filter.ebpf_mut(), klog::KernelLog) {

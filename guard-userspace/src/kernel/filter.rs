@@ -86,6 +86,7 @@ impl Filter {
             loader.map_max_entries(name, settings.max_rules);
         }
         loader.map_max_entries(names::RULE_STATS, stats_entries(settings.max_rules));
+        loader.map_max_entries(names::BUCKETS, settings.limit_buckets);
         let ebpf = loader.load(OBJECT).map_err(FilterError::Load)?;
         let mut f = Self::finish_load(ebpf)?;
         f.maps.commit(settings, &RuleSet::new())?;
@@ -98,6 +99,16 @@ impl Filter {
     /// [`Maps::capacity`] with `max_rules`. Settings and rules are left as they are; commit them
     /// next.
     pub fn load_pinned(dir: &Path, max_rules: u32) -> Result<Self, FilterError> {
+        Self::load_pinned_sized(dir, max_rules, guard_common::DEFAULT_BUCKETS)
+    }
+
+    /// [`Filter::load_pinned`] with the size of the limits' bucket map (`limit_buckets`) for a
+    /// map that does not exist yet.
+    pub fn load_pinned_sized(
+        dir: &Path,
+        max_rules: u32,
+        limit_buckets: u32,
+    ) -> Result<Self, FilterError> {
         // Rule tries pinned before policies existed are re-keyed into the new ones.
         let unscoped = super::maps::take_unscoped_tries(dir)?;
         // Counters pinned by an older version (a per-CPU array) move into the new hash.
@@ -117,6 +128,7 @@ impl Filter {
             loader.map_max_entries(name, max_rules);
         }
         loader.map_max_entries(names::RULE_STATS, stats_entries(max_rules));
+        loader.map_max_entries(names::BUCKETS, limit_buckets);
         let ebpf = loader.load(OBJECT).map_err(FilterError::Load)?;
         let mut f = Self::finish_load(ebpf)?;
         if !legacy.is_empty() {

@@ -50,6 +50,9 @@ pub struct Settings {
     /// Tiny first fragments to a SIP port (too short to hold a request line and its number):
     /// dropped by default, counted as `tiny_first_fragments` either way.
     pub tiny_first_fragment: TinyFragment,
+    /// Token buckets of the velocity limits (an LRU map: the least recently used bucket goes
+    /// when it is full), applied when the map is created. Pinned maps keep their size.
+    pub limit_buckets: u32,
 }
 
 /// What happens to a tiny first fragment (`tiny_first_fragment` in `[settings]`).
@@ -106,6 +109,7 @@ impl Default for Settings {
             max_rules: MAX_RULES,
             incomplete_action: Action::Monitor,
             tiny_first_fragment: TinyFragment::Drop,
+            limit_buckets: guard_common::DEFAULT_BUCKETS,
         }
     }
 }
@@ -137,6 +141,7 @@ impl Settings {
             } else {
                 TinyFragment::Drop
             },
+            limit_buckets: guard_common::DEFAULT_BUCKETS,
         }
     }
 
