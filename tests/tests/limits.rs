@@ -266,3 +266,24 @@ fn limit_buckets_sizes_the_bucket_map() {
         "{e}"
     );
 }
+
+#[test]
+fn over_limit_monitor_passes_and_counts_would_limit() {
+    let mut cfg = parse(&CONFIG.replace("over_limit = \"reject\"", "over_limit = \"monitor\""));
+    cfg.quarantine = None;
+    let f = load(&cfg);
+    let got: Vec<Verdict> = (0..5)
+        .map(|i| {
+            f.test_run(&call(
+                "198.51.100.7",
+                "+442079460000",
+                &format!("w-{i}@pbx"),
+            ))
+            .unwrap()
+        })
+        .collect();
+    assert!(got.iter().all(|v| *v == Verdict::Pass), "{got:?}");
+    assert_eq!(counter(&f, Counter::WouldLimit), 2);
+    assert_eq!(counter(&f, Counter::OverLimit), 0);
+    assert_eq!(counter(&f, Counter::WouldDrop), 2);
+}
