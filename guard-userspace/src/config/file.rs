@@ -1814,7 +1814,7 @@ action = "block"
 
     #[test]
     fn every_setting_is_read() {
-        let c = p("[settings]\nsip_ports = [5060, 65535]\ninternational_prefixes = [\"00\", \"011\", \"010\", \"12345678\"]\nmode = \"monitor\"\nfail_mode = \"keep\"\nkernel_debug_log = true\ntrack_calls = false\nevent_rate = 0\nevent_burst = 1000000\nmax_rules = 4000000\nincomplete_action = \"block\"\ntiny_first_fragment = \"pass\"\n").unwrap();
+        let c = p("[settings]\nsip_ports = [5060, 65535]\ninternational_prefixes = [\"00\", \"011\", \"010\", \"12345678\"]\nmode = \"monitor\"\nfail_mode = \"keep\"\nkernel_debug_log = true\ntrack_calls = false\nevent_rate = 0\nevent_burst = 1000000\nmax_rules = 4000000\nincomplete_action = \"block\"\ntiny_first_fragment = \"pass\"\nlimit_buckets = 2048\n").unwrap();
         assert_eq!(
             c.settings,
             Settings {
@@ -1828,6 +1828,7 @@ action = "block"
                 max_rules: guard_common::MAX_RULES_LIMIT,
                 incomplete_action: Action::Block,
                 tiny_first_fragment: TinyFragment::Pass,
+                limit_buckets: 2048,
             }
         );
         assert!(c.has_settings);
