@@ -19,7 +19,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // `check-config` documents its codes: 1 invalid, 2 unreadable.
+            match e.downcast_ref::<sipguard::cli::check_config::CheckFailed>() {
+                Some(c) => ExitCode::from(c.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -74,3 +74,75 @@ fn bad_arguments_are_refused_with_the_problem_named() {
         "{stderr}"
     );
 }
+
+/// `check-config` without root: as the unprivileged user `nobody` when the tests run as root
+/// (setpriv), else as the user running them. Exit codes 0 valid, 1 invalid, 2 unreadable.
+#[test]
+fn check_config_works_without_root_and_documents_its_exit_codes() {
+    let dir = std::env::temp_dir().join(format!("sg-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    };
+    let good = write(
+        "good.toml",
+        "[settings]\nsip_ports = [5060]\n[[rule]]\ncountry = \"SL\"\naction = \"block\"\n\
+         [[rule]]\nprefix = \"+\"\naction = \"allow\"\nlimit = \"10/min\"\n\
+         [[policy]]\nname = \"barred\"\n[[policy.rule]]\nprefix = \"+\"\naction = \"reject\"\n\
+         [[customer]]\nname = \"a\"\nsources = [\"198.51.100.0/24\", \"2001:db8::/32\"]\npolicy = \"barred\"\n\
+         [quarantine]\nover_limit = 3\n",
+    );
+    let bad = write(
+        "bad.toml",
+        "[[rule]]\nprefix = \"+232\"\naction = \"drop\"\n",
+    );
+    let missing = dir.join("missing.toml");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let run = |file: &std::path::Path| {
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(env!("CARGO_BIN_EXE_sipguard"));
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_sipguard"))
+        };
+        let out = c.arg("check-config").arg(file).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&good);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("good.toml: valid"), "{out}");
+    assert!(out.contains("rules: "), "{out}");
+    assert!(
+        out.contains("1 in policies") || out.contains("1 of them in policies"),
+        "{out}"
+    );
+    assert!(out.contains("countries expanded: SL (1 prefixes)"), "{out}");
+    assert!(
+        out.contains("customers: 1 (2 source entries); policies: 1"),
+        "{out}"
+    );
+    assert!(out.contains("rules with limits: 1"), "{out}");
+    assert!(
+        out.contains("quarantine: after more than 0 calls or 3 over-limit calls"),
+        "{out}"
+    );
+    let (code, _, err) = run(&bad);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bad.toml:3: unknown action `drop`"), "{err}");
+    let (code, _, err) = run(&missing);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("missing.toml: cannot read"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,6 +3,7 @@
 //! layers, and `run` starts the [`daemon`](crate::daemon). Rendering is separate from reading,
 //! so every table and JSON form is tested without root.
 
+pub mod check_config;
 pub mod classify;
 pub mod customers;
 pub mod default_config;
@@ -72,6 +73,13 @@ pub enum Verb {
         #[command(subcommand)]
         verb: customers::PoliciesVerb,
     },
+    /// Validate a config file without root and without a kernel: the errors `run` would give,
+    /// or a summary of what it holds. Exit codes: 0 valid, 1 invalid, 2 unreadable.
+    CheckConfig {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Quarantined customers and sources: list, add, release (live at once).
     Quarantine {
         #[command(subcommand)]
@@ -139,7 +147,10 @@ pub enum Verb {
 impl Verb {
     /// Whether the verb works without root (no kernel, no pins).
     fn needs_root(&self) -> bool {
-        !matches!(self, Verb::Classify { .. } | Verb::DefaultConfig)
+        !matches!(
+            self,
+            Verb::Classify { .. } | Verb::DefaultConfig | Verb::CheckConfig { .. }
+        )
     }
 }
 
@@ -189,6 +200,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             uri,
         } => explain::run(config.as_deref(), src, vlan, &uri, json),
         Verb::DefaultConfig => default_config::run(),
+        Verb::CheckConfig { file, json } => check_config::run(&file, json),
     }
 }
 
