@@ -153,7 +153,10 @@ fn bad_input_is_refused_and_nothing_loaded_is_lost() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "check-config {text:?}: {err}");
-        assert!(err.contains(want), "check-config {text:?}\nwant: {want}\n got: {err}");
+        assert!(
+            err.contains(want),
+            "check-config {text:?}\nwant: {want}\n got: {err}"
+        );
         // ... and `rules import` does too.
         let r = sg.cli(&["rules", "import", bad.to_str().unwrap()]);
         assert!(
