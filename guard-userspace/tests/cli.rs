@@ -146,3 +146,84 @@ fn check_config_works_without_root_and_documents_its_exit_codes() {
     assert!(err.contains("missing.toml: cannot read"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The manual pages and completions come from the clap definitions: a page per verb, each
+/// rendering with `man -l` without a warning; the bash completion loads and completes verbs.
+#[test]
+fn man_pages_render_and_completions_load() {
+    let dir = std::env::temp_dir().join(format!("sg-man-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = sipguard().arg("man").arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pages.sort();
+    for want in [
+        "sipguard.1",
+        "sipguard-run.1",
+        "sipguard-check-config.1",
+        "sipguard-quarantine-release.1",
+        "sipguard-customers-add.1",
+    ] {
+        assert!(pages.iter().any(|p| p == want), "no {want} in {pages:?}");
+    }
+    for p in &pages {
+        let out = Command::new("man")
+            .args(["--warnings", "-l"])
+            .arg(dir.join(p))
+            .env("MANWIDTH", "80")
+            .env("MAN_KEEP_FORMATTING", "0")
+            .output()
+            .expect("man (man-db)");
+        assert!(out.status.success(), "{p}");
+        assert!(
+            out.stderr.is_empty(),
+            "{p}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sipguard"),
+            "{p}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    // bash: the script loads, and completes the verbs.
+    let script = sipguard().args(["completions", "bash"]).output().unwrap();
+    assert!(script.status.success());
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(
+            "source /dev/stdin; COMP_WORDS=(sipguard qua); COMP_CWORD=1; \
+             _sipguard sipguard qua sipguard; echo \"${COMPREPLY[@]}\"; complete -p sipguard",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(&script.stdout)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("quarantine"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("complete -o bashdefault -o default -o nosort -F _sipguard sipguard"),
+        "{text}"
+    );
+    for shell in ["zsh", "fish"] {
+        let out = sipguard().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+}

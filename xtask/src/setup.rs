@@ -12,13 +12,14 @@ use crate::util;
 
 /// Debian packages the tests use: `ip` (iproute2), `sipp` (sip-tester), `tshark`, and
 /// `nsenter`/`setpriv` (util-linux, essential on Debian, listed so a slim image gets it),
-/// `promtool` (prometheus) for the alerting rules.
-const PACKAGES: [&str; 5] = [
+/// `promtool` (prometheus) for the alerting rules, `man` (man-db) to render the manual pages.
+const PACKAGES: [&str; 6] = [
     "iproute2",
     "sip-tester",
     "tshark",
     "util-linux",
     "prometheus",
+    "man-db",
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 /// bpf-linker versions below this are replaced.

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod customers;
 pub mod default_config;
 pub mod detach;
+pub mod docs;
 pub mod events;
 pub mod explain;
 pub mod quarantine;
@@ -80,6 +81,10 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Write the manual pages (sipguard.1 and one per verb) into DIR.
+    Man { dir: PathBuf },
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// Quarantined customers and sources: list, add, release (live at once).
     Quarantine {
         #[command(subcommand)]
@@ -149,7 +154,11 @@ impl Verb {
     fn needs_root(&self) -> bool {
         !matches!(
             self,
-            Verb::Classify { .. } | Verb::DefaultConfig | Verb::CheckConfig { .. }
+            Verb::Classify { .. }
+                | Verb::DefaultConfig
+                | Verb::CheckConfig { .. }
+                | Verb::Man { .. }
+                | Verb::Completions { .. }
         )
     }
 }
@@ -201,6 +210,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         } => explain::run(config.as_deref(), src, vlan, &uri, json),
         Verb::DefaultConfig => default_config::run(),
         Verb::CheckConfig { file, json } => check_config::run(&file, json),
+        Verb::Man { dir } => docs::man(&dir),
+        Verb::Completions { shell } => docs::completions(shell),
     }
 }
 
