@@ -501,3 +501,16 @@ pub fn burst(tx: &Netns, rx_sock: &UdpSocket, tag: &str, uri: &str, n: usize) ->
     got.retain(|id| id.starts_with(&format!("{tag}-")));
     got
 }
+
+/// `GET /metrics` from the daemon's default endpoint (127.0.0.1:9960), inside `ns`.
+pub fn scrape_metrics(ns: &Netns) -> String {
+    ns.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9960").expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+}

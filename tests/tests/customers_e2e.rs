@@ -204,15 +204,7 @@ fn barring_for_one_customer_an_exception_for_the_other() {
         "{per}"
     );
     // The same in /metrics, per customer.
-    let body = topo.router.run(|| {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9960").expect("connect to /metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    });
+    let body = sipguard_tests::harness::scrape_metrics(&topo.router);
     let b_stopped = b
         .calls
         .iter()

@@ -234,18 +234,7 @@ fn a_hacked_pbx_is_limited_then_quarantined_and_released() {
         "{err}"
     );
     // The daemon saw the release (its next tick) and counts it for Prometheus.
-    let scrape = || {
-        topo.router.run(|| {
-            use std::io::{Read as _, Write as _};
-            let mut s =
-                std::net::TcpStream::connect("127.0.0.1:9960").expect("connect to /metrics");
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-    };
+    let scrape = || sipguard_tests::harness::scrape_metrics(&topo.router);
     let mut body = scrape();
     for _ in 0..20 {
         if body.contains("sipguard_quarantine_releases_total 1") {

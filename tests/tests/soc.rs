@@ -3,7 +3,7 @@
 //! and Prometheus metrics scraped during a sipp run. Run as root.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::{TcpStream, UdpSocket},
     process::{Command, Stdio},
     thread,
@@ -11,7 +11,7 @@ use std::{
 };
 
 use sipguard_tests::{
-    harness::{Instance, receiver_socket, sipguard_bin},
+    harness::{Instance, receiver_socket, scrape_metrics as scrape, sipguard_bin},
     mix::uris,
     netns::{RX4, RX6, TX4, TX6, VethPair},
     packet::request_with_call_id,
@@ -288,17 +288,6 @@ fn event_flood_is_bounded_and_the_suppressed_are_counted() {
 }
 
 /// GET /metrics from inside the router namespace.
-fn scrape(ns: &sipguard_tests::netns::Netns) -> String {
-    ns.run(|| {
-        let mut s = TcpStream::connect("127.0.0.1:9960").expect("connect to /metrics");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    })
-}
-
 #[test]
 fn metrics_scraped_during_a_sipp_run_match_stats() {
     let topo = Topology::new("mt");

@@ -488,17 +488,14 @@ impl Maps {
             });
         }
         let (config, ports) = (open(names::CONFIG)?, open(names::SIP_PORTS)?);
-        let sources = dir
-            .join(names::SOURCES)
-            .exists()
-            .then(|| open(names::SOURCES))
-            .transpose()?;
+        // Maps that pins made by older versions may lack.
+        let optional = |name: &'static str| dir.join(name).exists().then(|| open(name)).transpose();
+        let sources = optional(names::SOURCES)?;
         let customers = if names::CUSTOMERS.iter().all(|n| dir.join(n).exists()) {
             Some([open(names::CUSTOMERS[0])?, open(names::CUSTOMERS[1])?])
         } else {
             None
         };
-        let optional = |name: &'static str| dir.join(name).exists().then(|| open(name)).transpose();
         let customer_stats = optional(names::CUSTOMER_STATS)?;
         let limits = optional(names::LIMITS)?;
         let limit_config = optional(names::LIMIT_CONFIG)?;

@@ -12,7 +12,7 @@ use guard_common::{Action, parse_payload};
 
 use crate::{
     config::ConfigFile,
-    kernel::filter::{Filter, Verdict},
+    kernel::filter::Verdict,
     model::{reply::Status, rules::Prefix},
 };
 
@@ -79,11 +79,7 @@ pub fn explain(cfg: &ConfigFile, src: IpAddr, vlan: u16, uri: &str) -> Result<Ex
     if uri.is_empty() || uri.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         bail!("the URI must be one token without spaces or control characters: {uri:?}");
     }
-    let mut filter = Filter::load(&cfg.settings).context("loading a private filter instance")?;
-    filter
-        .maps
-        .commit_all(&cfg.settings, &cfg.rules, Some(&cfg.customers.entries()))
-        .context("loading the rules and customers of the config into the private instance")?;
+    let filter = super::private_filter(cfg)?;
     let port = *cfg.settings.sip_ports.first().context("no SIP port")?;
     let f = frame(src, vlan, port, uri)?;
     let before = filter.maps.all_rule_counters()?;

@@ -203,11 +203,7 @@ pub fn run(
 ) -> Result<Summary> {
     let cfg = config::load(config_path)?;
     let mut reader = capture::open(capture_path)?;
-    let mut filter = Filter::load(&cfg.settings).context("loading a private filter instance")?;
-    filter
-        .maps
-        .commit_all(&cfg.settings, &cfg.rules, Some(&cfg.customers.entries()))
-        .context("loading the rules and customers of the config into the private instance")?;
+    let filter = private_filter(&cfg)?;
     let intl = cfg.settings.to_config()?.intl_prefixes;
     let by_id: BTreeMap<u32, Prefix> = filter
         .maps
@@ -312,6 +308,19 @@ impl FrameResult {
             reason: None,
         }
     }
+}
+
+/// A private instance of the program (no pins, nothing attached) loaded with `cfg`: its
+/// settings, rules, customers and quarantine, as the daemon would commit them. `replay` and
+/// `explain` run frames through it.
+pub fn private_filter(cfg: &crate::config::ConfigFile) -> anyhow::Result<Filter> {
+    let mut filter = Filter::load(&cfg.settings).context("loading a private filter instance")?;
+    filter.maps.quarantine = cfg.quarantine.as_ref().map(|q| q.config());
+    filter
+        .maps
+        .commit_all(&cfg.settings, &cfg.rules, Some(&cfg.customers.entries()))
+        .context("loading the rules and customers of the config into the private instance")?;
+    Ok(filter)
 }
 
 #[cfg(test)]
