@@ -19,12 +19,14 @@
 //!   Prometheus form; drop events decoded;
 //! - [`replay`]: pcap/pcapng reading and `sipguard replay`;
 //! - [`daemon`]: `sipguard run`;
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line;
+//! - [`logging`]: log lines for a terminal, a pipe or journald (used by the binary only).
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod kernel;
+pub mod logging;
 pub mod model;
 pub mod replay;
 pub mod report;

@@ -8,17 +8,11 @@ use sipguard::cli::{Cli, dispatch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    sipguard::logging::init();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            sipguard::logging::print_error(&e);
             // `check-config` documents its codes: 1 invalid, 2 unreadable.
             match e.downcast_ref::<sipguard::cli::check_config::CheckFailed>() {
                 Some(c) => ExitCode::from(c.code),

@@ -8,6 +8,7 @@ mod build;
 mod clippy;
 mod demo;
 mod fuzz;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -45,6 +46,8 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Setup, build, then the Debian package (cargo-deb) in target/debian/, checked by lintian.
+    Package,
     /// Setup, build, then real SIP calls through sipguard in namespaces, with a report.
     Demo,
     /// Clippy (warnings are errors) on the host crates, then a rustfmt check.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Verb::Test { args } => test::run(&args),
         Verb::Bench { args } => bench::run(&args),
         Verb::Demo => demo::run(),
+        Verb::Package => package::run().map(|()| ExitCode::SUCCESS),
         Verb::Clippy => clippy::run(),
         Verb::Fuzz {
             time,

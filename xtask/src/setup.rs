@@ -12,15 +12,20 @@ use crate::util;
 
 /// Debian packages the tests use: `ip` (iproute2), `sipp` (sip-tester), `tshark`, and
 /// `nsenter`/`setpriv` (util-linux, essential on Debian, listed so a slim image gets it),
-/// `promtool` (prometheus) for the alerting rules, `man` (man-db) to render the manual pages.
-const PACKAGES: [&str; 6] = [
+/// `promtool` (prometheus) for the alerting rules, `man` (man-db) to render the manual pages,
+/// `lintian` to check the Debian package, `systemd-analyze` (systemd) to check its unit.
+const PACKAGES: [&str; 8] = [
     "iproute2",
     "sip-tester",
     "tshark",
     "util-linux",
     "prometheus",
     "man-db",
+    "lintian",
+    "systemd",
 ];
+/// The cargo-deb that `cargo xtask package` runs (3.8 builds with rustc 1.95).
+const CARGO_DEB: &str = "3.8.0";
 const BPFFS: &str = "/sys/fs/bpf";
 /// bpf-linker versions below this are replaced.
 const MIN_BPF_LINKER: (u64, u64) = (0, 13);
@@ -126,7 +131,23 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
         )?;
     }
 
-    // d. bpffs
+    // d. cargo-deb
+    match util::stdout_of(util::tool("cargo-deb").arg("--version")) {
+        Some(v) if v.contains(CARGO_DEB) => println!("ok: {v}"),
+        _ => {
+            println!("installing: cargo-deb {CARGO_DEB}");
+            util::run(util::cargo().current_dir(util::home_dir()?).args([
+                "install",
+                "cargo-deb",
+                "--locked",
+                "--version",
+                CARGO_DEB,
+            ]))
+            .context("installing cargo-deb")?;
+        }
+    }
+
+    // e. bpffs
     if bpffs_ok {
         println!("ok: bpffs at {BPFFS}");
     } else {

@@ -8,17 +8,20 @@ use anyhow::{Context as _, Result};
 use clap::CommandFactory as _;
 use clap_complete::Shell;
 
-use super::Cli;
+use super::{Cli, config_page};
 
-/// Writes `sipguard.1` and `sipguard-VERB[-SUBVERB].1` into `dir` (created if needed) and lists
-/// them.
+/// Writes `sipguard.1`, `sipguard-VERB[-SUBVERB].1` and `sipguard.toml.5` into `dir` (created
+/// if needed) and lists them.
 pub fn man(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     clap_mangen::generate_to(Cli::command(), dir)
         .with_context(|| format!("writing the manual pages into {}", dir.display()))?;
+    let toml5 = dir.join("sipguard.toml.5");
+    std::fs::write(&toml5, config_page::render())
+        .with_context(|| format!("writing {}", toml5.display()))?;
     let mut pages: Vec<String> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("sipguard") && n.ends_with(".1"))
+        .filter(|n| n.starts_with("sipguard") && (n.ends_with(".1") || n.ends_with(".5")))
         .collect();
     pages.sort();
     println!("{} manual page(s) in {}:", pages.len(), dir.display());

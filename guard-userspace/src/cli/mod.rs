@@ -5,12 +5,14 @@
 
 pub mod check_config;
 pub mod classify;
+pub mod config_page;
 pub mod customers;
 pub mod default_config;
 pub mod detach;
 pub mod docs;
 pub mod events;
 pub mod explain;
+pub mod prepare;
 pub mod quarantine;
 pub mod replay;
 pub mod rules;
@@ -20,7 +22,7 @@ pub mod status;
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use guard_common::Action;
 
@@ -28,7 +30,7 @@ use crate::{
     config::state::{self, StateDir},
     kernel::{
         pins::{self, PinRoot},
-        sys,
+        privilege, sys,
     },
 };
 
@@ -42,7 +44,13 @@ pub struct Ctx {
 #[command(
     name = "sipguard",
     version,
-    about = "XDP filter against SIP toll fraud"
+    about = "XDP filter against SIP toll fraud",
+    long_about = "XDP filter against SIP toll fraud. `sipguard run` attaches an XDP program that \
+        parses SIP on the router's interfaces and drops or rejects INVITEs to barred destinations, \
+        per customer, with rate limits and quarantines; the other verbs show and edit what it \
+        enforces. The filter stays attached and enforcing when the daemon stops (fail_mode = \
+        keep, the default): `systemctl stop sipguard` does not open the gate, `sipguard detach` \
+        does. The config file is described in sipguard.toml(5)."
 )]
 pub struct Cli {
     /// Where the pinned program, links and maps live (one directory per interface).
@@ -58,6 +66,15 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Verb {
     /// Load, attach and pin the filter, apply the config, and keep it applied.
+    ///
+    /// Stopping the daemon (SIGTERM, systemctl stop sipguard, a crash) leaves the filter
+    /// attached and enforcing the last rules it applied: with the default fail_mode = keep a
+    /// stopped daemon never opens the gate. `sipguard detach --iface IF` removes the filter;
+    /// fail_mode = detach in the config makes stopping remove it. SIGHUP or a change of the
+    /// config file reloads it: all of the new config, or none of it when it is invalid.
+    /// Under systemd (Type=notify) it reports ready once every interface is attached and the
+    /// config applied. It needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_NET_RAW (root, or
+    /// these as ambient capabilities), and names any that is missing.
     Run(run::RunArgs),
     /// List or edit the live rules (effective at once; kept across reloads and restarts).
     Rules {
@@ -81,7 +98,14 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
-    /// Write the manual pages (sipguard.1 and one per verb) into DIR.
+    /// As root, before a daemon that runs as USER starts (the systemd unit does it): mount
+    /// bpffs if needed, give USER the pin root and the state directory.
+    Prepare {
+        /// The daemon's user (the package's is `sipguard`).
+        #[arg(long)]
+        user: String,
+    },
+    /// Write the manual pages (sipguard.1, one per verb, sipguard.toml.5) into DIR.
     Man { dir: PathBuf },
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -150,16 +174,20 @@ pub enum Verb {
 }
 
 impl Verb {
-    /// Whether the verb works without root (no kernel, no pins).
-    fn needs_root(&self) -> bool {
-        !matches!(
-            self,
+    /// The capabilities the verb needs (none: it works without root, no kernel, no pins).
+    /// `run` checks its own, after the arguments.
+    fn needs(&self) -> &'static [privilege::Need] {
+        match self {
             Verb::Classify { .. }
-                | Verb::DefaultConfig
-                | Verb::CheckConfig { .. }
-                | Verb::Man { .. }
-                | Verb::Completions { .. }
-        )
+            | Verb::DefaultConfig
+            | Verb::CheckConfig { .. }
+            | Verb::Man { .. }
+            | Verb::Completions { .. }
+            | Verb::Prepare { .. }
+            | Verb::Run(_) => &[],
+            Verb::Detach { .. } => privilege::DETACH,
+            _ => privilege::MAPS,
+        }
     }
 }
 
@@ -174,11 +202,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         pins: PinRoot::new(cli.pin_root),
         state: StateDir::new(cli.state_dir),
     };
-    if cli.verb.needs_root() && !sys::is_root() {
-        bail!(
-            "this verb needs root (CAP_BPF and CAP_NET_ADMIN to open the pinned maps or load the program)"
-        );
-    }
+    privilege::check("this verb", cli.verb.needs()).map_err(anyhow::Error::msg)?;
     if !matches!(cli.verb, Verb::Run(_)) {
         sys::default_sigpipe();
     }
@@ -210,6 +234,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         } => explain::run(config.as_deref(), src, vlan, &uri, json),
         Verb::DefaultConfig => default_config::run(),
         Verb::CheckConfig { file, json } => check_config::run(&file, json),
+        Verb::Prepare { user } => prepare::run(&ctx, &user),
         Verb::Man { dir } => docs::man(&dir),
         Verb::Completions { shell } => docs::completions(shell),
     }

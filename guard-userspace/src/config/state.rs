@@ -295,10 +295,31 @@ impl StateDir {
 
     /// Creates the directory (0700) if needed.
     pub fn create(&self) -> Result<(), StateError> {
-        use std::os::unix::fs::PermissionsExt as _;
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir, "create directory"))?;
+        let m = fs::metadata(&self.dir).map_err(io_err(&self.dir, "stat"))?;
+        if m.mode() & 0o777 == 0o700 {
+            return Ok(());
+        }
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err(&self.dir, "chmod 0700"))
+    }
+
+    /// Gives a file that root just made in the directory to the directory's owner, so that a
+    /// daemon running as its own user (the systemd unit's `sipguard`) can still read and
+    /// replace what `sudo sipguard rules add` wrote. Nothing to do when not root or when root
+    /// owns the directory.
+    fn adopt(&self, file: &fs::File, path: &Path) -> Result<(), StateError> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !sys_is_root() {
+            return Ok(());
+        }
+        let dir = fs::metadata(&self.dir).map_err(io_err(&self.dir, "stat"))?;
+        if dir.uid() == 0 {
+            return Ok(());
+        }
+        std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()))
+            .map_err(io_err(path, "chown to the state directory's owner"))
     }
 
     /// Takes the lock that serialises map changes (blocking).
@@ -311,6 +332,7 @@ impl StateDir {
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "open lock"))?;
+        self.adopt(&file, &path)?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io_err(&path, "flock")(io::Error::last_os_error()));
@@ -331,6 +353,7 @@ impl StateDir {
             .write(true)
             .open(&path)
             .map_err(io_err(&path, "open lock"))?;
+        self.adopt(&file, &path)?;
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
@@ -417,6 +440,7 @@ impl StateDir {
         fs::write(&tmp, text).map_err(io_err(&tmp, "write"))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
             .map_err(io_err(&tmp, "chmod 0600"))?;
+        self.adopt(&fs::File::open(&tmp).map_err(io_err(&tmp, "open"))?, &tmp)?;
         fs::rename(&tmp, &path).map_err(io_err(&path, "replace"))
     }
 
@@ -588,6 +612,12 @@ pub fn pid_is_sipguard(pid: u32) -> bool {
             Some(Path::new(&name).file_name()?.to_string_lossy() == "sipguard")
         })
         .unwrap_or(false)
+}
+
+/// Whether this process is root (uid 0), whose files in the state directory go to its owner.
+fn sys_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]

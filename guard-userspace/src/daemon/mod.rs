@@ -25,6 +25,7 @@ mod attach;
 pub mod events;
 mod klog;
 pub mod metrics;
+mod notify;
 mod replies;
 
 use std::{
@@ -52,7 +53,7 @@ use crate::{
         filter::Filter,
         maps::{Maps, PINNED_MAPS},
         pins::{self, LINK_PIN, LinkState, PinRoot},
-        sys,
+        privilege, sys,
     },
     model::{
         customers::Customers,
@@ -183,11 +184,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
 
 /// Checks the things a user gets wrong first, with messages that say what to do.
 pub fn preflight(ifaces: &[String]) -> Result<()> {
-    if !sys::is_root() {
-        bail!(
-            "sipguard run must run as root (it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load, attach and pin the XDP program)"
-        );
-    }
+    privilege::check("sipguard run", privilege::DAEMON).map_err(anyhow::Error::msg)?;
     if ifaces.is_empty() {
         bail!("no interface given: use --iface IF (repeat it for several interfaces)");
     }
@@ -200,11 +197,7 @@ pub fn preflight(ifaces: &[String]) -> Result<()> {
 }
 
 pub async fn run(opts: RunOptions) -> Result<()> {
-    if !sys::is_root() {
-        bail!(
-            "sipguard run must run as root (it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN to load, attach and pin the XDP program)"
-        );
-    }
+    privilege::check("sipguard run", privilege::DAEMON).map_err(anyhow::Error::msg)?;
     let source = ConfigLocation::resolve(opts.config.as_deref());
     let cfg = source
         .load()
@@ -361,6 +354,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         pid = me,
         "sipguard running; SIGHUP or a change of the config file reloads it"
     );
+    notify::ready(&d.status_line());
+    let watchdog = notify::watchdog();
 
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -394,9 +389,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         d.check_ifaces();
         d.check_quarantines();
         if let Some(why) = why {
+            notify::reloading();
             d.reload(why).await;
+            notify::ready(&d.status_line());
+        }
+        if watchdog.is_some() {
+            notify::ping();
         }
     }
+    notify::stopping(match d.fail_mode {
+        FailMode::Keep => "stopping; the filter stays attached and enforcing (fail_mode = keep)",
+        FailMode::Detach => "stopping; detaching the filter (fail_mode = detach)",
+    });
 
     if let Some(t) = link_watch {
         t.abort();
@@ -775,6 +779,29 @@ impl Daemon {
         if changed {
             self.save_info();
         }
+    }
+
+    /// One line for `systemctl status`: what is enforced where, and the last reload.
+    fn status_line(&self) -> String {
+        let ifaces: Vec<&str> = self
+            .guarded
+            .iter()
+            .filter(|g| g.state != IfState::Detached)
+            .map(|g| g.iface.as_str())
+            .collect();
+        let reload = match &self.last_reload {
+            Some(r) if !r.ok => "; the last reload FAILED, the previous rules stay in force",
+            _ => "",
+        };
+        format!(
+            "enforcing {} rules on {}{reload}",
+            self.committed.len(),
+            if ifaces.is_empty() {
+                "no interface".to_string()
+            } else {
+                ifaces.join(", ")
+            }
+        )
     }
 
     async fn reload(&mut self, why: &str) {

@@ -5,6 +5,7 @@ pub mod filter;
 pub mod maps;
 pub mod memory;
 pub mod pins;
+pub mod privilege;
 pub mod sys;
 
 pub use filter::{Filter, FilterError, Verdict};

@@ -39,6 +39,10 @@ pub enum PinsError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cannot create {path}: permission denied; a daemon that does not run as root needs the pin root made for it: as root, run `sipguard prepare --user USER` (the systemd unit does, before every start)"
+    )]
+    NotOurs { path: String },
     #[error("{path} is not on a bpf filesystem; the pin root must be below a bpffs mount")]
     NotBpffs { path: String },
     #[error("{path}: {action} failed")]
@@ -159,11 +163,52 @@ impl PinRoot {
         ensure_bpffs(&self.root)?;
         let dir = self.iface_dir(iface);
         for d in [&self.root, &dir] {
-            fs::create_dir_all(d).map_err(io_err(d, "create directory"))?;
+            if let Err(e) = fs::create_dir_all(d) {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    return Err(PinsError::NotOurs {
+                        path: d.display().to_string(),
+                    });
+                }
+                return Err(io_err(d, "create directory")(e));
+            }
             fs::set_permissions(d, fs::Permissions::from_mode(0o700))
                 .map_err(io_err(d, "chmod 0700"))?;
         }
         Ok(dir)
+    }
+
+    /// Gives the pin root to `uid`:`gid` for a daemon that runs as that user (root's step
+    /// before it starts): mounts bpffs if needed, creates the root (0700), hands it and every
+    /// pin below it over, and lets the user pass through the directories above it (search
+    /// only: `o+x`, which lists nothing; every pin stays 0600). Returns what it changed.
+    pub fn hand_over(&self, uid: u32, gid: u32) -> Result<Vec<String>, PinsError> {
+        use std::os::unix::fs::MetadataExt as _;
+        ensure_bpffs(&self.root)?;
+        let mut changed = Vec::new();
+        for a in self.root.ancestors().skip(1) {
+            if !sys::is_bpffs(a) {
+                break;
+            }
+            let m = fs::metadata(a).map_err(io_err(a, "stat"))?;
+            if m.mode() & 0o001 == 0 {
+                fs::set_permissions(a, fs::Permissions::from_mode((m.mode() & 0o7777) | 0o001))
+                    .map_err(io_err(a, "chmod o+x"))?;
+                changed.push(format!(
+                    "{}: search permission for others (o+x)",
+                    a.display()
+                ));
+            }
+        }
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root, "create directory"))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&self.root, "chmod 0700"))?;
+        let mut n = 0;
+        chown_tree(&self.root, uid, gid, &mut n)?;
+        changed.push(format!(
+            "{}: owned by {uid}:{gid} ({n} entries)",
+            self.root.display()
+        ));
+        Ok(changed)
     }
 
     /// Removes `iface`'s program and link pins, and its map pins unless `keep_maps`; the
@@ -228,6 +273,23 @@ pub fn link_state(path: &Path) -> LinkState {
 /// chmod 0600 on a pin.
 pub fn secure(path: &Path) -> Result<(), PinsError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path, "chmod 0600"))
+}
+
+/// chown -R, counting the entries it changed; symbolic links are not followed.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32, n: &mut usize) -> Result<(), PinsError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::symlink_metadata(path).map_err(io_err(path, "stat"))?;
+    if m.uid() != uid || m.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io_err(path, "chown"))?;
+        *n += 1;
+    }
+    if m.is_dir() {
+        for e in fs::read_dir(path).map_err(io_err(path, "list"))? {
+            let e = e.map_err(io_err(path, "list"))?;
+            chown_tree(&e.path(), uid, gid, n)?;
+        }
+    }
+    Ok(())
 }
 
 /// The deepest existing ancestor of `path` (itself included).
