@@ -58,6 +58,17 @@ impl From<Output> for Run {
     }
 }
 
+/// How [`Instance::launch`] starts the daemon.
+#[derive(Default)]
+pub struct Launch {
+    /// A command the daemon runs under (e.g. setpriv and its arguments, ending in `--`).
+    pub wrapper: Vec<String>,
+    /// Give it JOURNAL_STREAM naming its log, as systemd does for a unit's stderr.
+    pub journal: bool,
+    /// Leave NO_COLOR unset (the daemon must still write no colours into a file).
+    pub colour_allowed: bool,
+}
+
 /// One sipguard installation: pin root, state directory, and at most one daemon.
 pub struct Instance {
     pub pin_root: PathBuf,
@@ -151,6 +162,19 @@ impl Instance {
         config: Option<&Path>,
         extra: &[&str],
     ) {
+        self.launch(ns, ifaces, config, extra, &Launch::default())
+    }
+
+    /// Starts `sipguard run` as [`Instance::start_with`] does, the way `how` says (under a
+    /// wrapper such as setpriv, as journald's stream, in colour if it wanted).
+    pub fn launch(
+        &mut self,
+        ns: &Netns,
+        ifaces: &[&str],
+        config: Option<&Path>,
+        extra: &[&str],
+        how: &Launch,
+    ) {
         assert!(self.daemon.is_none(), "a daemon is already running");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -160,12 +184,21 @@ impl Instance {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", ns.name))
             .arg("--")
+            .args(how.wrapper.iter())
             .arg(sipguard_bin())
             .env("SIPGUARD_PIN_ROOT", &self.pin_root)
             .env("SIPGUARD_STATE_DIR", &self.state_dir)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+            .env_remove("JOURNAL_STREAM")
             .arg("run");
+        if !how.colour_allowed {
+            c.env("NO_COLOR", "1");
+        }
+        if how.journal {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = log.metadata().expect("log metadata");
+            c.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
         if let Some(config) = config {
             c.arg("--config").arg(config);
         }

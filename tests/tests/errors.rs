@@ -279,6 +279,10 @@ fn bad_input_is_refused_and_nothing_loaded_is_lost() {
             "/nonexistent.pcap: cannot read",
         ),
         (vec!["frobnicate"], "unrecognized subcommand"),
+        (
+            vec!["run", "--config", cfg.to_str().unwrap()],
+            "no interface given: use --iface IF",
+        ),
     ];
     for (args, want) in &cases {
         let r = sg.cli(args);
@@ -301,7 +305,9 @@ fn bad_input_is_refused_and_nothing_loaded_is_lost() {
         .expect("setpriv");
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(
-        !r.status.success() && stderr.contains("needs root"),
+        !r.status.success()
+            && stderr.contains("this verb needs the capabilities CAP_BPF; this process lacks:")
+            && stderr.contains("CAP_BPF (to load the XDP program"),
         "{stderr}"
     );
 

@@ -1,6 +1,7 @@
 //! `cargo xtask test [-- ARGS]`: the one test command CI runs.
 //!
-//! Setup, a release build of guard-userspace, then a single `cargo test` over the host crates.
+//! Setup, a release build of guard-userspace, the Debian package (tests/tests/package.rs
+//! installs it), then a single `cargo test` over the host crates.
 //! Its stdout is streamed live and scanned for libtest's `test result:` lines; we print the summed
 //! `N passed, M failed, K skipped`, and cargo's exit status is handed on.
 //!
@@ -17,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{build, fuzz, setup, util};
+use crate::{build, fuzz, package, setup, util};
 
 /// Seconds each fuzz target runs in the smoke (5 targets: under a minute, plus the build).
 pub const FUZZ_SMOKE_SECS: u64 = 8;
@@ -28,9 +29,12 @@ pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
         eprintln!("warning: not running as root; kernel tests need root to attach XDP programs");
     }
     build::build_userspace()?;
+    // The package tests install this .deb (built from the release binary just built).
+    let deb = package::build_deb()?;
 
     let mut cmd = util::cargo();
     cmd.env("RUST_BACKTRACE", "1")
+        .env("SIPGUARD_DEB", &deb)
         .args([
             "test",
             "--release",

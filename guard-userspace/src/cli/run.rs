@@ -11,7 +11,7 @@ use crate::daemon::{self, ModeChoice, RunOptions};
 #[derive(Args)]
 pub struct RunArgs {
     /// Interface to guard (repeat for several).
-    #[arg(long = "iface", required = true)]
+    #[arg(long = "iface")]
     pub ifaces: Vec<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: ModeChoice,

@@ -186,7 +186,14 @@ fn stamp(path: &Path) -> Option<Stamp> {
 pub fn preflight(ifaces: &[String]) -> Result<()> {
     privilege::check("sipguard run", privilege::DAEMON).map_err(anyhow::Error::msg)?;
     if ifaces.is_empty() {
-        bail!("no interface given: use --iface IF (repeat it for several interfaces)");
+        // Under systemd (INVOCATION_ID is set for every unit), the interfaces come from the
+        // unit's environment file.
+        let hint = if std::env::var_os("INVOCATION_ID").is_some() {
+            " (sipguard.service: set SIPGUARD_OPTS=\"--iface eth1\" in /etc/default/sipguard)"
+        } else {
+            ""
+        };
+        bail!("no interface given: use --iface IF (repeat it for several interfaces){hint}");
     }
     for iface in ifaces {
         if sys::if_index(iface).is_none() {
