@@ -5,7 +5,8 @@
 //! ```text
 //! cli                 one file per verb; renders the report
 //! daemon              `sipguard run`: attach, reload, events, metrics, kernel log
-//! report    replay    the typed rows every view reads; captures through a private filter
+//! report    replay    fleet     the typed rows every view reads; captures through a private
+//!                               filter; the fleet's etcd keys
 //! kernel    config    filter, maps, pins, raw syscalls | config file, runtime edits, state dir
 //! model               rules, settings, countries, times
 //! ```
@@ -18,6 +19,8 @@
 //! - [`report`]: rules, settings, counters and sources read into typed rows, and their
 //!   Prometheus form; drop events decoded;
 //! - [`replay`]: pcap/pcapng reading and `sipguard replay`;
+//! - [`fleet`]: the fleet's etcd keys (document, routers' status), for `run --fleet` and
+//!   `sipguard fleet`;
 //! - [`daemon`]: `sipguard run`;
 //! - [`cli`]: the command line;
 //! - [`logging`]: log lines for a terminal, a pipe or journald (used by the binary only).
@@ -25,6 +28,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod kernel;
 pub mod logging;
 pub mod model;

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 /// Layer of each top-level module: a module may import from a lower number only.
-const LAYERS: [(&str, u8); 8] = [
+const LAYERS: [(&str, u8); 9] = [
     ("model", 0),
     // Log output for the binary: imports nothing of the crate.
     ("logging", 0),
@@ -12,6 +12,7 @@ const LAYERS: [(&str, u8); 8] = [
     ("kernel", 1),
     ("report", 2),
     ("replay", 2),
+    ("fleet", 2),
     ("daemon", 3),
     ("cli", 4),
 ];

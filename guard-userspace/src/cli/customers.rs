@@ -75,6 +75,11 @@ fn first_maps(ctx: &Ctx) -> Result<Maps> {
 }
 
 pub fn customers(ctx: &Ctx, verb: CustomersVerb) -> Result<()> {
+    if !matches!(verb, CustomersVerb::List { .. })
+        && let Some(f) = ctx.state.fleet_record()
+    {
+        anyhow::bail!("{}", f.refusal("customer edit"));
+    }
     match verb {
         CustomersVerb::List { json } => {
             let c = ctx.state.customers();

@@ -12,6 +12,7 @@ pub mod detach;
 pub mod docs;
 pub mod events;
 pub mod explain;
+pub mod fleet;
 pub mod prepare;
 pub mod quarantine;
 pub mod replay;
@@ -105,6 +106,14 @@ pub enum Verb {
         #[arg(long)]
         user: String,
     },
+    /// The fleet: the rule document in etcd that every router applies (status, get, push).
+    Fleet {
+        /// The fleet file: etcd endpoints, key prefix, TLS, user.
+        #[arg(long, default_value = fleet::DEFAULT_FLEET_FILE)]
+        fleet: PathBuf,
+        #[command(subcommand)]
+        verb: fleet::FleetVerb,
+    },
     /// Write the manual pages (sipguard.1, one per verb, sipguard.toml.5) into DIR.
     Man { dir: PathBuf },
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
@@ -184,6 +193,7 @@ impl Verb {
             | Verb::Man { .. }
             | Verb::Completions { .. }
             | Verb::Prepare { .. }
+            | Verb::Fleet { .. }
             | Verb::Run(_) => &[],
             Verb::Detach { .. } => privilege::DETACH,
             _ => privilege::MAPS,
@@ -235,6 +245,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Verb::DefaultConfig => default_config::run(),
         Verb::CheckConfig { file, json } => check_config::run(&file, json),
         Verb::Prepare { user } => prepare::run(&ctx, &user),
+        Verb::Fleet { fleet, verb } => fleet::run(&fleet, verb),
         Verb::Man { dir } => docs::man(&dir),
         Verb::Completions { shell } => docs::completions(shell),
     }

@@ -58,6 +58,11 @@ pub enum RulesVerb {
 
 /// `sipguard rules ...`.
 pub fn run(ctx: &Ctx, verb: RulesVerb) -> Result<()> {
+    if !matches!(verb, RulesVerb::List { .. })
+        && let Some(f) = ctx.state.fleet_record()
+    {
+        anyhow::bail!("{}", f.refusal("rule edit"));
+    }
     match verb {
         RulesVerb::List { json } => {
             let report = Report::read(

@@ -3,6 +3,7 @@
 //! kernel and report layers; imports only the model.
 
 pub mod file;
+pub mod fleet;
 pub mod state;
 
 pub use file::{

@@ -136,6 +136,11 @@ pub struct OverlayRule {
 }
 
 impl Overlay {
+    /// How many edits it holds (rules added or deleted, customers added or deleted).
+    pub fn edits(&self) -> usize {
+        self.deleted.len() + self.deleted_customers.len() + self.rule.len() + self.customer.len()
+    }
+
     /// Records a runtime add (which also cancels an earlier runtime delete of that prefix).
     pub fn add(&mut self, prefix: Prefix, entry: &Rule) {
         self.deleted.remove(&prefix);
@@ -590,6 +595,38 @@ impl StateDir {
     /// The daemon, if its recorded pid is alive and is a sipguard process.
     pub fn running_daemon(&self) -> Result<Option<DaemonInfo>, StateError> {
         Ok(self.daemon_record()?.filter(|d| pid_is_sipguard(d.pid)))
+    }
+
+    /// Where a fleet router keeps the last document it applied (the daemon's config file in
+    /// fleet mode).
+    pub fn fleet_doc(&self) -> PathBuf {
+        self.path(super::fleet::APPLIED_DOC)
+    }
+
+    /// Writes the fleet document `run --fleet` applies next (atomically, 0600).
+    pub fn save_fleet_doc(&self, text: &str) -> Result<(), StateError> {
+        self.write(super::fleet::APPLIED_DOC, text)
+    }
+
+    /// The fleet record: this router takes its rules from etcd (read by the edit verbs, which
+    /// refuse), and the revision it applied.
+    pub fn fleet_record(&self) -> Option<super::fleet::FleetRecord> {
+        let (_, text) = self.read_opt(super::fleet::APPLIED_RECORD).ok()??;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn save_fleet_record(&self, r: &super::fleet::FleetRecord) -> Result<(), StateError> {
+        let text = serde_json::to_string_pretty(r).map_err(|e| StateError::Corrupt {
+            path: self.path(super::fleet::APPLIED_RECORD).display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write(super::fleet::APPLIED_RECORD, &text)
+    }
+
+    /// Leaves fleet mode: the record and the cached document go.
+    pub fn clear_fleet(&self) {
+        let _ = fs::remove_file(self.path(super::fleet::APPLIED_RECORD));
+        let _ = fs::remove_file(self.fleet_doc());
     }
 
     /// Forgets the daemon record if it is ours.

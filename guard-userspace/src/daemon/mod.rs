@@ -23,6 +23,7 @@
 
 mod attach;
 pub mod events;
+mod fleet;
 mod klog;
 pub mod metrics;
 mod notify;
@@ -45,6 +46,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    config::fleet::{FleetConfig, FleetRecord, NodeError, NodeStatus},
     config::{
         self, ConfigFile, ConfigLocation, EventOutputs, FailMode,
         state::{DaemonInfo, Effective, IfaceInfo, IfaceLock, Overlay, ReloadRecord, StateDir},
@@ -61,7 +63,7 @@ use crate::{
         rules::{Prefix, RuleSet},
         time,
     },
-    report::DaemonStatus,
+    report::{DaemonStatus, FleetMetrics},
     report::metrics::Tops,
 };
 
@@ -78,6 +80,8 @@ pub struct RunOptions {
     pub ifaces: Vec<String>,
     pub xdp_mode: ModeChoice,
     pub config: Option<PathBuf>,
+    /// `--fleet`: the rules come from etcd.
+    pub fleet: Option<FleetConfig>,
     pub pins: PinRoot,
     pub state: StateDir,
 }
@@ -203,8 +207,40 @@ pub fn preflight(ifaces: &[String]) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(opts: RunOptions) -> Result<()> {
+pub async fn run(mut opts: RunOptions) -> Result<()> {
     privilege::check("sipguard run", privilege::DAEMON).map_err(anyhow::Error::msg)?;
+    // A fleet router enforces the last document it applied until etcd answers; a new one
+    // enforces its local config (or the built-in default) until the first document arrives.
+    let fleet_record = match &opts.fleet {
+        Some(f) => {
+            let rec = opts.state.fleet_record().filter(|r| r.prefix == f.prefix);
+            match &rec {
+                Some(r) if opts.state.fleet_doc().exists() => {
+                    opts.config = Some(opts.state.fleet_doc());
+                    info!(
+                        revision = r.revision,
+                        "fleet mode ({}): enforcing the last applied revision until etcd answers",
+                        f.describe()
+                    );
+                }
+                _ => warn!(
+                    "fleet mode ({}): no fleet document applied yet; enforcing the local config until etcd delivers one",
+                    f.describe()
+                ),
+            }
+            Some(rec.unwrap_or_else(|| FleetRecord {
+                endpoints: f.endpoints.clone(),
+                prefix: f.prefix.clone(),
+                node: f.node.clone(),
+                revision: 0,
+                applied_unix: 0,
+            }))
+        }
+        None => {
+            opts.state.clear_fleet();
+            None
+        }
+    };
     let source = ConfigLocation::resolve(opts.config.as_deref());
     let cfg = source
         .load()
@@ -306,6 +342,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         last_reload: None,
         last_reload_ok: true,
         quarantine_releases: 0,
+        fleet: None,
     }));
     let tops = Arc::new(metrics::SharedTops::new(Tops {
         rules: cfg.top_rules as usize,
@@ -355,12 +392,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         applied_debug_log: cfg.settings.kernel_debug_log,
         fail_mode: cfg.fail_mode,
         last_reload: None,
+        fleet: None,
     };
     d.opts.state.save_daemon(&d.info())?;
     info!(
         pid = me,
         "sipguard running; SIGHUP or a change of the config file reloads it"
     );
+    if let (Some(f), Some(rec)) = (d.opts.fleet.clone(), fleet_record) {
+        if let Err(e) = d.opts.state.save_fleet_record(&rec) {
+            warn!("recording fleet mode: {e:#}");
+        }
+        let status = d.node_status(&f, &rec, None);
+        d.set_fleet_metrics(&rec, false);
+        d.fleet = Some(FleetState {
+            task: fleet::spawn(f.clone(), rec.revision, status),
+            cfg: f,
+            record: rec,
+            error: None,
+        });
+    }
     notify::ready(&d.status_line());
     let watchdog = notify::watchdog();
 
@@ -377,6 +428,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = links.notified() => None,
+            ev = fleet_event(&mut d.fleet) => {
+                if let Some(ev) = ev {
+                    d.on_fleet(ev).await;
+                    // The document file changed under our hands: not a reload of its own.
+                    seen = stamp(&source_path);
+                    pending = None;
+                }
+                None
+            }
             _ = tick.tick() => {
                 let now = stamp(&source_path);
                 if now == seen {
@@ -536,6 +596,24 @@ struct Daemon {
     applied_debug_log: bool,
     fail_mode: FailMode,
     last_reload: Option<ReloadRecord>,
+    /// `--fleet`: the etcd task and what was applied from it.
+    fleet: Option<FleetState>,
+}
+
+struct FleetState {
+    cfg: FleetConfig,
+    task: fleet::FleetTask,
+    record: FleetRecord,
+    /// The last revision refused, and why.
+    error: Option<NodeError>,
+}
+
+/// The fleet task's next event; never, without a fleet.
+async fn fleet_event(f: &mut Option<FleetState>) -> Option<fleet::FleetEvent> {
+    match f {
+        Some(f) => f.task.events.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Daemon {
@@ -786,6 +864,122 @@ impl Daemon {
         if changed {
             self.save_info();
         }
+    }
+
+    /// What this router reports at `<prefix>/status/<node>`.
+    fn node_status(&self, f: &FleetConfig, rec: &FleetRecord, error: Option<NodeError>) -> NodeStatus {
+        NodeStatus {
+            node: f.node.clone(),
+            revision: rec.revision,
+            applied_unix: rec.applied_unix,
+            rules: self.committed.len(),
+            local_edits: self.overlay.edits(),
+            error,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    fn set_fleet_metrics(&self, rec: &FleetRecord, connected: bool) {
+        if let Ok(mut st) = self.status.lock() {
+            let last = st.fleet.as_ref().map_or(0, |f| f.last_watch_unix);
+            st.fleet = Some(FleetMetrics {
+                revision: rec.revision,
+                connected,
+                last_watch_unix: last,
+            });
+        }
+    }
+
+    /// One event of the fleet task.
+    async fn on_fleet(&mut self, ev: fleet::FleetEvent) {
+        match ev {
+            fleet::FleetEvent::Connected(up, why) => {
+                if let Some(f) = &self.fleet {
+                    if up {
+                        info!("{}: connected", f.cfg.describe());
+                    } else {
+                        warn!(
+                            revision = f.record.revision,
+                            "{} unreachable ({}): the rules in force stay, reconnecting",
+                            f.cfg.describe(),
+                            why.unwrap_or_default()
+                        );
+                    }
+                    self.set_fleet_metrics(&f.record, up);
+                }
+            }
+            fleet::FleetEvent::Watched => {
+                if let Ok(mut st) = self.status.lock()
+                    && let Some(m) = st.fleet.as_mut()
+                {
+                    m.last_watch_unix = unix_now();
+                }
+            }
+            fleet::FleetEvent::Document { text, revision } => self.apply_fleet(text, revision).await,
+        }
+    }
+
+    /// Validates and applies one revision of the fleet's document, as a reload: all of it,
+    /// or nothing (the previous revision stays in force and the error goes to etcd).
+    async fn apply_fleet(&mut self, text: String, revision: i64) {
+        let Some(f) = &self.fleet else { return };
+        if revision <= f.record.revision {
+            return;
+        }
+        let label = format!("{}@{revision}", f.cfg.config_key());
+        let result: Result<()> = async {
+            config::parse(std::path::Path::new(&label), &text)?;
+            let previous = std::fs::read_to_string(self.opts.state.fleet_doc()).ok();
+            self.opts.state.save_fleet_doc(&text)?;
+            // From now on the daemon's config file is the fleet's document.
+            self.opts.config = Some(self.opts.state.fleet_doc());
+            self.config = self.opts.config.clone();
+            self.reload(&format!("fleet revision {revision}")).await;
+            match &self.last_reload {
+                Some(r) if !r.ok => {
+                    if let Some(p) = previous {
+                        let _ = self.opts.state.save_fleet_doc(&p);
+                    }
+                    bail!("{}", r.error.clone().unwrap_or_default())
+                }
+                _ => Ok(()),
+            }
+        }
+        .await;
+        let Some(f) = self.fleet.as_mut() else { return };
+        match result {
+            Ok(()) => {
+                f.record.revision = revision;
+                f.record.applied_unix = unix_now();
+                f.error = None;
+                if let Err(e) = self.opts.state.save_fleet_record(&f.record) {
+                    warn!("recording the fleet revision: {e:#}");
+                }
+                info!(revision, "fleet revision applied");
+            }
+            Err(e) => {
+                error!(
+                    revision,
+                    in_force = f.record.revision,
+                    "fleet revision refused, the rules in force stay: {e:#}"
+                );
+                f.error = Some(NodeError {
+                    revision,
+                    message: format!("{e:#}"),
+                });
+            }
+        }
+        let Some(f) = &self.fleet else { return };
+        let status = self.node_status(&f.cfg, &f.record, f.error.clone());
+        let _ = f.task.status.send(status);
+        let connected = self
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.fleet.as_ref().map(|m| m.connected))
+            .unwrap_or(false);
+        self.set_fleet_metrics(&f.record, connected);
+        self.save_info();
     }
 
     /// One line for `systemctl status`: what is enforced where, and the last reload.

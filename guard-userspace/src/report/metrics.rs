@@ -286,6 +286,29 @@ pub fn render(
     );
     reload_ok.set(i64::from(status.last_reload_ok));
     releases.inc_by(status.quarantine_releases);
+    if let Some(f) = &status.fleet {
+        let revision = Gauge::<i64>::default();
+        reg.register(
+            "config_revision",
+            "The etcd revision of the fleet document in force",
+            revision.clone(),
+        );
+        revision.set(f.revision);
+        let connected = Gauge::<i64>::default();
+        reg.register(
+            "fleet_connected",
+            "1 while the router is connected to the fleet's etcd",
+            connected.clone(),
+        );
+        connected.set(i64::from(f.connected));
+        let last = Gauge::<i64>::default();
+        reg.register(
+            "fleet_last_watch_event_timestamp_seconds",
+            "When the last change of the fleet document arrived (Unix time; 0: none yet)",
+            last.clone(),
+        );
+        last.set(f.last_watch_unix as i64);
+    }
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
@@ -413,6 +436,11 @@ mod tests {
             ),
             last_reload_ok: false,
             quarantine_releases: 2,
+            fleet: Some(super::super::FleetMetrics {
+                revision: 42,
+                connected: true,
+                last_watch_unix: 1_700_000_100,
+            }),
         };
         let scrape = parse(&render(&report, &status, Tops::default()).unwrap());
         assert!(
@@ -420,6 +448,25 @@ mod tests {
                 .samples
                 .iter()
                 .any(|s| s.metric == "sipguard_quarantine_releases_total" && value(s) == 2.0),
+            "quarantine releases: {:?}",
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric.contains("release"))
+                .collect::<Vec<_>>()
+        );
+        for (metric, want) in [
+            ("sipguard_config_revision", 42.0),
+            ("sipguard_fleet_connected", 1.0),
+            ("sipguard_fleet_last_watch_event_timestamp_seconds", 1_700_000_100.0),
+        ] {
+            assert!(
+                scrape.samples.iter().any(|s| s.metric == metric && value(s) == want),
+                "{metric}"
+            );
+        }
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == "sipguard_quarantine_releases_total"),
             "quarantine releases: {:?}",
             scrape
                 .samples

@@ -578,6 +578,18 @@ pub struct DaemonStatus {
     pub last_reload_ok: bool,
     /// Quarantines ended before their time (`sipguard quarantine release`), seen by the daemon.
     pub quarantine_releases: u64,
+    /// A fleet router's etcd side (None: not a fleet router).
+    pub fleet: Option<FleetMetrics>,
+}
+
+/// What a fleet router's metrics say of etcd.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetMetrics {
+    /// The etcd revision of the document in force.
+    pub revision: i64,
+    pub connected: bool,
+    /// The last watch event (Unix seconds; 0: none yet).
+    pub last_watch_unix: u64,
 }
 
 /// A report as two interfaces with a few rules, counters and sources would give, for the
