@@ -165,12 +165,18 @@ impl Store {
     pub async fn routers(&mut self) -> Result<Vec<Router>, StoreError> {
         let nodes = self
             .client
-            .get(self.cfg.nodes_prefix(), Some(GetOptions::new().with_prefix()))
+            .get(
+                self.cfg.nodes_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await
             .map_err(self.request("listing the routers"))?;
         let statuses = self
             .client
-            .get(self.cfg.status_prefix(), Some(GetOptions::new().with_prefix()))
+            .get(
+                self.cfg.status_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await
             .map_err(self.request("reading the routers' status"))?;
         let mut out: Vec<Router> = Vec::new();

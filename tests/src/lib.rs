@@ -5,6 +5,7 @@
 pub mod capacity;
 pub mod diff;
 pub mod fixtures;
+pub mod fleet;
 pub mod flood;
 pub mod harness;
 pub mod mix;

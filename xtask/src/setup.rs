@@ -13,8 +13,11 @@ use crate::util;
 /// Debian packages the tests use: `ip` (iproute2), `sipp` (sip-tester), `tshark`, and
 /// `nsenter`/`setpriv` (util-linux, essential on Debian, listed so a slim image gets it),
 /// `promtool` (prometheus) for the alerting rules, `man` (man-db) to render the manual pages,
-/// `lintian` to check the Debian package, `systemd-analyze` (systemd) to check its unit.
-const PACKAGES: [&str; 8] = [
+/// `lintian` to check the Debian package, `systemd-analyze` (systemd) to check its unit,
+/// `protoc` (protobuf-compiler) to build etcd-client, `etcd` and `etcdctl` (etcd-server,
+/// etcd-client) for the fleet tests, `openssl` for their certificates, `curl` for their
+/// HTTP queries.
+const PACKAGES: [&str; 13] = [
     "iproute2",
     "sip-tester",
     "tshark",
@@ -23,6 +26,11 @@ const PACKAGES: [&str; 8] = [
     "man-db",
     "lintian",
     "systemd",
+    "protobuf-compiler",
+    "etcd-server",
+    "etcd-client",
+    "openssl",
+    "curl",
 ];
 /// The cargo-deb that `cargo xtask package` runs (3.8 builds with rustc 1.95).
 const CARGO_DEB: &str = "3.8.0";

@@ -100,7 +100,10 @@ pub fn render(routers: &[Router], current: i64, json: bool) -> String {
             s.map_or("-".into(), |s| ago(s.applied_unix)),
             s.map_or("-".into(), |s| s.rules.to_string()),
             s.and_then(|s| s.error.as_ref())
-                .map_or(String::new(), |e| format!("revision {}: {}", e.revision, e.message)),
+                .map_or(String::new(), |e| format!(
+                    "revision {}: {}",
+                    e.revision, e.message
+                )),
         );
     }
     let count = |st: &str| routers.iter().filter(|r| state(r, current) == st).count();

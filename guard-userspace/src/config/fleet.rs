@@ -87,7 +87,9 @@ impl FleetConfig {
         let raw: RawFile = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
         let f = raw.fleet;
         if f.endpoints.is_empty() {
-            return Err(bad("[fleet] endpoints: give at least one etcd endpoint".into()));
+            return Err(bad(
+                "[fleet] endpoints: give at least one etcd endpoint".into()
+            ));
         }
         for e in &f.endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
@@ -105,7 +107,9 @@ impl FleetConfig {
         }
         let node = match f.node {
             Some(n) => n,
-            None => hostname().ok_or_else(|| bad("[fleet] node: not given and no hostname".into()))?,
+            None => {
+                hostname().ok_or_else(|| bad("[fleet] node: not given and no hostname".into()))?
+            }
         };
         if node.is_empty() || node.contains('/') || node.chars().any(char::is_whitespace) {
             return Err(bad(format!(
@@ -121,7 +125,9 @@ impl FleetConfig {
                 identity: Some((cert, key)),
             }),
             (None, _, _) => {
-                return Err(bad("[fleet] cert and key need ca (the etcd CA certificate)".into()));
+                return Err(bad(
+                    "[fleet] cert and key need ca (the etcd CA certificate)".into(),
+                ));
             }
             _ => return Err(bad("[fleet] cert and key go together".into())),
         };
@@ -137,14 +143,12 @@ impl FleetConfig {
         }
         let password = match (f.password, f.password_file) {
             (Some(_), Some(_)) => {
-                return Err(bad("[fleet] give password or password_file, not both".into()));
+                return Err(bad(
+                    "[fleet] give password or password_file, not both".into()
+                ));
             }
             (Some(p), None) => Some(p),
-            (None, Some(file)) => Some(
-                read(&file)?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
+            (None, Some(file)) => Some(read(&file)?.trim_end_matches(['\n', '\r']).to_string()),
             (None, None) => None,
         };
         let user = match (f.user, password) {
@@ -152,14 +156,15 @@ impl FleetConfig {
             (None, None) => None,
             _ => return Err(bad("[fleet] user and password go together".into())),
         };
-        let duration = |v: Option<String>, default: u64, what: &str| -> Result<Duration, ConfigError> {
-            match v {
-                None => Ok(Duration::from_secs(default)),
-                Some(s) => parse_duration(&s)
-                    .map(Duration::from_secs)
-                    .map_err(|e| bad(format!("[fleet] {what}: {e}"))),
-            }
-        };
+        let duration =
+            |v: Option<String>, default: u64, what: &str| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(Duration::from_secs(default)),
+                    Some(s) => parse_duration(&s)
+                        .map(Duration::from_secs)
+                        .map_err(|e| bad(format!("[fleet] {what}: {e}"))),
+                }
+            };
         let status_ttl = duration(f.status_ttl, 10, "status_ttl")?;
         if status_ttl < Duration::from_secs(2) {
             return Err(bad("[fleet] status_ttl: 2s at least".into()));
@@ -257,7 +262,9 @@ fn hostname() -> Option<String> {
         return None;
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8(buf[..end].to_vec()).ok().filter(|s| !s.is_empty())
+    String::from_utf8(buf[..end].to_vec())
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -291,7 +298,10 @@ mod tests {
     #[test]
     fn bad_fleet_settings_name_the_problem() {
         for (text, want) in [
-            ("[fleet]\nendpoints = []\nprefix = \"/p\"\n", "at least one etcd endpoint"),
+            (
+                "[fleet]\nendpoints = []\nprefix = \"/p\"\n",
+                "at least one etcd endpoint",
+            ),
             (
                 "[fleet]\nendpoints = [\"198.51.100.1:2379\"]\nprefix = \"/p\"\n",
                 "write it as http://HOST:PORT",

@@ -617,7 +617,10 @@ impl StateDir {
 
     pub fn save_fleet_record(&self, r: &super::fleet::FleetRecord) -> Result<(), StateError> {
         let text = serde_json::to_string_pretty(r).map_err(|e| StateError::Corrupt {
-            path: self.path(super::fleet::APPLIED_RECORD).display().to_string(),
+            path: self
+                .path(super::fleet::APPLIED_RECORD)
+                .display()
+                .to_string(),
             reason: e.to_string(),
         })?;
         self.write(super::fleet::APPLIED_RECORD, &text)

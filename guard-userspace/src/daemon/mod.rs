@@ -63,8 +63,8 @@ use crate::{
         rules::{Prefix, RuleSet},
         time,
     },
-    report::{DaemonStatus, FleetMetrics},
     report::metrics::Tops,
+    report::{DaemonStatus, FleetMetrics},
 };
 
 /// `--xdp-mode`.
@@ -867,7 +867,12 @@ impl Daemon {
     }
 
     /// What this router reports at `<prefix>/status/<node>`.
-    fn node_status(&self, f: &FleetConfig, rec: &FleetRecord, error: Option<NodeError>) -> NodeStatus {
+    fn node_status(
+        &self,
+        f: &FleetConfig,
+        rec: &FleetRecord,
+        error: Option<NodeError>,
+    ) -> NodeStatus {
         NodeStatus {
             node: f.node.clone(),
             revision: rec.revision,
@@ -915,7 +920,9 @@ impl Daemon {
                     m.last_watch_unix = unix_now();
                 }
             }
-            fleet::FleetEvent::Document { text, revision } => self.apply_fleet(text, revision).await,
+            fleet::FleetEvent::Document { text, revision } => {
+                self.apply_fleet(text, revision).await
+            }
         }
     }
 

@@ -458,15 +458,24 @@ mod tests {
         for (metric, want) in [
             ("sipguard_config_revision", 42.0),
             ("sipguard_fleet_connected", 1.0),
-            ("sipguard_fleet_last_watch_event_timestamp_seconds", 1_700_000_100.0),
+            (
+                "sipguard_fleet_last_watch_event_timestamp_seconds",
+                1_700_000_100.0,
+            ),
         ] {
             assert!(
-                scrape.samples.iter().any(|s| s.metric == metric && value(s) == want),
+                scrape
+                    .samples
+                    .iter()
+                    .any(|s| s.metric == metric && value(s) == want),
                 "{metric}"
             );
         }
         assert!(
-            scrape.samples.iter().any(|s| s.metric == "sipguard_quarantine_releases_total"),
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == "sipguard_quarantine_releases_total"),
             "quarantine releases: {:?}",
             scrape
                 .samples
