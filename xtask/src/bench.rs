@@ -1,6 +1,9 @@
 //! `cargo xtask bench [-- ARGS]`: setup, a release build of the `sipguard` binary (the capacity
 //! section runs the real CLI), then the sipguard-bench binary (BPF_PROG_TEST_RUN, capacity).
 //!
+//! `cargo xtask bench fleet [N ...]`: the time from `sipguard fleet push` to the last
+//! router's applied revision, for fleets of N routers (default 10, 50, 100).
+//!
 //! `cargo xtask bench veth [ARGS]`: setup, the Debian packages the veth bench needs, a release
 //! build of the sipguard binary, then the sipguard-bench-veth binary (a SIP INVITE flood on a
 //! veth pair, ns per packet on the receiving CPU for sipguard and the alternatives).
@@ -20,6 +23,9 @@ pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     if args.first().is_some_and(|a| a == "veth") {
         return veth(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == "fleet") {
+        return fleet(&args[1..]);
+    }
     if !util::is_root() {
         eprintln!("warning: not running as root; the benchmark needs root to attach XDP programs");
     }
@@ -34,6 +40,29 @@ pub fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
                 "sipguard-tests",
                 "--bin",
                 "sipguard-bench",
+                "--",
+            ])
+            .args(args),
+    )?;
+    Ok(util::exit_code(st))
+}
+
+/// `bench fleet [N ...] [--rounds R]`: push-to-applied time for fleets of N routers.
+fn fleet(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    if !util::is_root() {
+        bail!("the fleet bench builds namespaces and attaches XDP programs: run it as root");
+    }
+    build::build_userspace()?;
+    let st = util::status(
+        util::cargo()
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "sipguard-tests",
+                "--bin",
+                "sipguard-bench-fleet",
                 "--",
             ])
             .args(args),
