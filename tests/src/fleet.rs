@@ -23,6 +23,13 @@ pub const ETCD_PORT: u16 = 2379;
 pub const PROM_PORT: u16 = 9090;
 pub const PREFIX: &str = "/sipguard/test";
 
+/// The metrics only a fleet router exports.
+pub const FLEET_METRICS: [&str; 3] = [
+    "sipguard_config_revision",
+    "sipguard_fleet_connected",
+    "sipguard_fleet_last_watch_event_timestamp_seconds",
+];
+
 /// The management address of router `i`.
 pub fn router_addr(i: usize) -> String {
     format!("198.51.100.{}", 10 + i)

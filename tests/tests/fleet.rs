@@ -110,6 +110,16 @@ fn ten_routers_follow_etcd_and_keep_enforcing_without_it() {
         Some(blocked as f64)
     );
     assert_eq!(f.query("count(sipguard_config_revision)"), Some(n as f64));
+    // The dashboard's fleet metrics are what a fleet router exports.
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/grafana/sipguard.json"
+    ))
+    .unwrap();
+    for m in sipguard_tests::fleet::FLEET_METRICS {
+        assert!(dash.contains(m), "the dashboard does not show {m}");
+        assert!(metric(&f, 0, m).is_some(), "router 0 does not export {m}");
+    }
 
     // An invalid document written straight to the key: refused everywhere, shown centrally,
     // the rules in force stay.
