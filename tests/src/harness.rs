@@ -67,6 +67,8 @@ pub struct Launch {
     pub journal: bool,
     /// Leave NO_COLOR unset (the daemon must still write no colours into a file).
     pub colour_allowed: bool,
+    /// More environment (e.g. NOTIFY_SOCKET, as systemd gives a Type=notify unit).
+    pub env: Vec<(String, String)>,
 }
 
 /// One sipguard installation: pin root, state directory, and at most one daemon.
@@ -193,6 +195,9 @@ impl Instance {
             .arg("run");
         if !how.colour_allowed {
             c.env("NO_COLOR", "1");
+        }
+        for (k, v) in &how.env {
+            c.env(k, v);
         }
         if how.journal {
             use std::os::unix::fs::MetadataExt as _;

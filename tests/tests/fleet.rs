@@ -309,5 +309,9 @@ fn a_tls_fleet_with_client_certificates() {
         !o.status.success(),
         "a client without a certificate was let in"
     );
-    assert!(err.contains("etcd https://198.51.100.1:2379"), "{err}");
+    assert!(
+        err.contains("etcd https://198.51.100.1:2379"),
+        "{}: {err}",
+        o.status
+    );
 }

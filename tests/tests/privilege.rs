@@ -7,8 +7,10 @@
 
 use std::{
     fs,
+    os::unix::{fs::PermissionsExt as _, net::UnixDatagram},
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use sipguard_tests::{
@@ -103,6 +105,21 @@ impl Drop for Bpffs {
 
 const NOBODY: u32 = 65534;
 
+/// The next notify datagram that contains `want` (bounded by the socket's read timeout).
+fn next_notify(sock: &UnixDatagram, want: &str) -> String {
+    let mut buf = [0u8; 4096];
+    for _ in 0..200 {
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no `{want}` from the daemon: {e}"));
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.lines().any(|l| l == want) {
+            return msg;
+        }
+    }
+    panic!("no `{want}` in 200 notify messages");
+}
+
 #[test]
 fn an_unprivileged_user_with_the_units_capabilities_attaches_enforces_and_reloads() {
     let caps = unit_caps();
@@ -136,6 +153,14 @@ fn an_unprivileged_user_with_the_units_capabilities_attaches_enforces_and_reload
     }
 
     let cfg = sg.write("sipguard.toml", CONFIG);
+    // systemd's side of Type=notify and WatchdogSec=: a datagram socket the daemon (nobody)
+    // may write to.
+    let notify_path = sg.dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    fs::set_permissions(&notify_path, fs::Permissions::from_mode(0o777)).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     sg.launch(
         &pair.rx,
         &[&pair.rx_if],
@@ -145,8 +170,19 @@ fn an_unprivileged_user_with_the_units_capabilities_attaches_enforces_and_reload
             wrapper: setpriv(NOBODY, &caps),
             journal: true,
             colour_allowed: true,
+            env: vec![
+                ("NOTIFY_SOCKET".into(), notify_path.display().to_string()),
+                ("WATCHDOG_USEC".into(), "2000000".into()),
+            ],
         },
     );
+    // READY=1 once attached and applied, with a status line for `systemctl status`.
+    let ready = next_notify(&notify, "READY=1");
+    assert!(
+        ready.contains(&format!("STATUS=enforcing 1 rules on {}", pair.rx_if)),
+        "{ready}"
+    );
+    next_notify(&notify, "WATCHDOG=1");
 
     // It is nobody, with exactly the unit's capabilities in force.
     let st = fs::read_to_string(format!("/proc/{}/status", sg.pid())).unwrap();
@@ -198,6 +234,10 @@ fn an_unprivileged_user_with_the_units_capabilities_attaches_enforces_and_reload
     sg.write("sipguard.toml", RELOADED);
     sg.signal(libc::SIGHUP);
     sg.wait_log("reloaded", 1);
+    // The reload is told to systemd: RELOADING=1, then READY=1 with the new rule count.
+    next_notify(&notify, "RELOADING=1");
+    let ready = next_notify(&notify, "READY=1");
+    assert!(ready.contains("STATUS=enforcing 3 rules"), "{ready}");
     assert!(
         !sg.log_text().contains("reload failed"),
         "{}",
@@ -281,6 +321,7 @@ fn an_unprivileged_user_with_the_units_capabilities_attaches_enforces_and_reload
             wrapper: setpriv(NOBODY, &caps),
             journal: false,
             colour_allowed: true,
+            env: Vec::new(),
         },
     );
     let plain = sg.log_text()[before..].to_string();

@@ -213,7 +213,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         state: StateDir::new(cli.state_dir),
     };
     privilege::check("this verb", cli.verb.needs()).map_err(anyhow::Error::msg)?;
-    if !matches!(cli.verb, Verb::Run(_)) {
+    // Not for the verbs with network sockets: a peer that closes its end (etcd refusing a TLS
+    // client) would kill them silently through a write on the socket.
+    if !matches!(cli.verb, Verb::Run(_) | Verb::Fleet { .. }) {
         sys::default_sigpipe();
     }
     match cli.verb {
