@@ -27,3 +27,11 @@ fn the_alert_rules_are_valid_and_fire_when_they_should() {
     let test = promtool(&["test", "rules", "alerts_test.yml"]);
     assert!(test.contains("SUCCESS"), "{test}");
 }
+
+#[test]
+fn the_fleet_rules_are_valid_and_aggregate_across_routers() {
+    let check = promtool(&["check", "rules", "fleet.yml"]);
+    assert!(check.contains("SUCCESS: 11 rules found"), "{check}");
+    let test = promtool(&["test", "rules", "fleet_test.yml"]);
+    assert!(test.contains("SUCCESS"), "{test}");
+}

@@ -94,6 +94,8 @@ fn the_package_holds_everything_and_lintian_finds_no_error() {
         "/usr/share/fish/vendor_completions.d/sipguard.fish",
         "/usr/share/sipguard/grafana/sipguard.json",
         "/usr/share/sipguard/prometheus/alerts.yml",
+        "/usr/share/sipguard/prometheus/fleet.yml",
+        "/usr/share/sipguard/prometheus/scrape-fleet.yml",
         "/usr/share/doc/sipguard/README.md",
         "/usr/share/doc/sipguard/copyright",
         "/usr/share/doc/sipguard/changelog.Debian.gz",
