@@ -56,6 +56,19 @@ pub struct Router {
     pub status: Option<NodeStatus>,
 }
 
+/// The error of `action` on the fleet's etcd, for `map_err`.
+pub fn request(
+    cfg: &FleetConfig,
+    action: &'static str,
+) -> impl FnOnce(etcd_client::Error) -> StoreError + use<> {
+    let what = cfg.describe();
+    move |cause| StoreError::Request {
+        what,
+        action,
+        cause,
+    }
+}
+
 pub struct Store {
     pub cfg: FleetConfig,
     pub client: Client,
@@ -101,12 +114,7 @@ impl Store {
     }
 
     fn request(&self, action: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
-        let what = self.cfg.describe();
-        move |cause| StoreError::Request {
-            what,
-            action,
-            cause,
-        }
+        request(&self.cfg, action)
     }
 
     /// The document, or None when nobody has pushed one.

@@ -35,14 +35,20 @@ pub fn router_addr(i: usize) -> String {
     format!("198.51.100.{}", 10 + i)
 }
 
-fn spawn_in(ns: &Netns, program: &str, args: &[&str], log: &Path) -> Child {
-    let log = fs::File::create(log).expect("log file");
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name))
+/// `program ARGS` inside `ns` (network namespace only), stdin closed.
+pub fn in_ns(ns: &Netns, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", ns.name))
         .arg("--")
         .arg(program)
+        .stdin(Stdio::null());
+    c
+}
+
+fn spawn_in(ns: &Netns, program: &str, args: &[&str], log: &Path) -> Child {
+    let log = fs::File::create(log).expect("log file");
+    in_ns(ns, program)
         .args(args)
-        .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log fd"))
         .stderr(log)
         .spawn()
@@ -51,12 +57,8 @@ fn spawn_in(ns: &Netns, program: &str, args: &[&str], log: &Path) -> Child {
 
 /// Runs a command inside `ns` (network namespace only).
 pub fn run_in(ns: &Netns, program: &str, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name))
-        .arg("--")
-        .arg(program)
+    in_ns(ns, program)
         .args(args)
-        .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
@@ -258,10 +260,7 @@ impl Fleet {
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         let mut all = self.etcdctl_args();
         all.extend(args.iter().map(|s| s.to_string()));
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.mgmt.name))
-            .arg("--")
-            .arg("etcdctl")
+        in_ns(&self.mgmt, "etcdctl")
             .args(&all)
             .env("ETCDCTL_API", "3")
             .output()
@@ -421,10 +420,7 @@ impl Fleet {
 
     /// `sipguard fleet ARGS` in the management namespace.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let o = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.mgmt.name))
-            .arg("--")
-            .arg(sipguard_bin())
+        let o = in_ns(&self.mgmt, sipguard_bin())
             .arg("fleet")
             .arg("--fleet")
             .arg(&self.fleet_file)

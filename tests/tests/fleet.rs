@@ -9,7 +9,7 @@
 use std::{thread, time::Duration};
 
 use sipguard_tests::{
-    fleet::{Fleet, PREFIX, run_in},
+    fleet::{Fleet, PREFIX, in_ns, run_in},
     harness::{burst, receiver_socket},
 };
 
@@ -297,10 +297,7 @@ fn a_tls_fleet_with_client_certificates() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&noclient, text).unwrap();
-    let o = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", f.mgmt.name))
-        .arg("--")
-        .arg(sipguard_tests::harness::sipguard_bin())
+    let o = in_ns(&f.mgmt, sipguard_tests::harness::sipguard_bin())
         .args(["fleet", "--fleet", noclient.to_str().unwrap(), "get"])
         .output()
         .unwrap();

@@ -53,6 +53,11 @@ fn fleet(args: &[OsString]) -> anyhow::Result<ExitCode> {
         bail!("the fleet bench builds namespaces and attaches XDP programs: run it as root");
     }
     build::build_userspace()?;
+    run_bin("sipguard-bench-fleet", args)
+}
+
+/// `cargo run --release --quiet -p sipguard-tests --bin BIN -- ARGS`.
+fn run_bin(bin: &str, args: &[OsString]) -> anyhow::Result<ExitCode> {
     let st = util::status(
         util::cargo()
             .args([
@@ -62,7 +67,7 @@ fn fleet(args: &[OsString]) -> anyhow::Result<ExitCode> {
                 "-p",
                 "sipguard-tests",
                 "--bin",
-                "sipguard-bench-fleet",
+                bin,
                 "--",
             ])
             .args(args),
@@ -77,19 +82,5 @@ fn veth(args: &[OsString]) -> anyhow::Result<ExitCode> {
     setup::ensure_packages(&VETH_PACKAGES)?;
     // The bench drives the sipguard binary, which `cargo run` of the tests crate does not build.
     build::build_userspace()?;
-    let st = util::status(
-        util::cargo()
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "sipguard-tests",
-                "--bin",
-                "sipguard-bench-veth",
-                "--",
-            ])
-            .args(args),
-    )?;
-    Ok(util::exit_code(st))
+    run_bin("sipguard-bench-veth", args)
 }

@@ -13,10 +13,7 @@ use serde_json::json;
 
 use super::check_config::{CheckFailed, exit_code};
 use crate::{
-    config::{
-        self,
-        fleet::{DEFAULT_PATH, FleetConfig},
-    },
+    config::{self, fleet::FleetConfig},
     fleet::{Router, Store},
     model::limits::parse_duration,
 };
@@ -204,6 +201,3 @@ pub fn run(fleet_file: &Path, verb: FleetVerb) -> Result<()> {
             Ok(())
         })
 }
-
-/// The default fleet file, for clap.
-pub const DEFAULT_FLEET_FILE: &str = DEFAULT_PATH;

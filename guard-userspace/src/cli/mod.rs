@@ -109,7 +109,7 @@ pub enum Verb {
     /// The fleet: the rule document in etcd that every router applies (status, get, push).
     Fleet {
         /// The fleet file: etcd endpoints, key prefix, TLS, user.
-        #[arg(long, default_value = fleet::DEFAULT_FLEET_FILE)]
+        #[arg(long, default_value = crate::config::fleet::DEFAULT_PATH)]
         fleet: PathBuf,
         #[command(subcommand)]
         verb: fleet::FleetVerb,

@@ -10,7 +10,7 @@ use std::ffi::CString;
 use anyhow::{Context as _, Result, bail};
 
 use super::Ctx;
-use crate::kernel::pins;
+use crate::kernel::{pins, sys};
 
 /// The uid and gid of `user` (a name or a number).
 pub fn lookup(user: &str) -> Result<(u32, u32)> {
@@ -30,8 +30,7 @@ pub fn lookup(user: &str) -> Result<(u32, u32)> {
 }
 
 pub fn run(ctx: &Ctx, user: &str) -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !sys::is_root() {
         bail!(
             "sipguard prepare must run as root: it mounts bpffs and hands the pin root and the state directory to {user}"
         );

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::fleet::{FleetConfig, NodeStatus},
-    fleet::{Store, StoreError},
+    fleet::{Store, StoreError, request},
 };
 
 /// What the task tells the daemon's loop.
@@ -94,24 +94,15 @@ async fn session(
     }
 }
 
-enum Never {}
-
 async fn session_inner(
     cfg: &FleetConfig,
     seen: &mut i64,
     tx: &mpsc::Sender<FleetEvent>,
     status: &mut watch::Receiver<NodeStatus>,
     connected: &mut Option<bool>,
-) -> Result<Never, StoreError> {
+) -> Result<std::convert::Infallible, StoreError> {
     let mut store = Store::connect(cfg).await?;
-    let request = |action: &'static str| {
-        let what = cfg.describe();
-        move |cause| StoreError::Request {
-            what,
-            action,
-            cause,
-        }
-    };
+    let request = |action| request(cfg, action);
     // Catch up: the current document, if newer than what is in force.
     let now = store.document().await?;
     let from = match now {
